@@ -1,0 +1,1 @@
+"""difflens attention mode."""

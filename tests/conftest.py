@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random diffusers pipelines, saved once per session and loaded back through
+`DiffusionPipeline.from_pretrained`, the path users take."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Return a function family -> directory holding a saved tiny pipeline of that family."""
+    from difflens.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-pipelines")
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = save_tiny_pipeline(family, root / family, seed=0)
+        return cache[family]
+
+    return get
