@@ -1,0 +1,81 @@
+"""Loading diffusers pipelines from a hub id or a local directory, offline-capable.
+
+Every mode that needs a model goes through :func:`load_pipeline`, so dtype, device and offline handling
+are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def is_offline(offline: bool = False) -> bool:
+    """Offline when asked, or when HF_HUB_OFFLINE / DIFFLENS_OFFLINE is set."""
+    env = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "DIFFLENS_OFFLINE"))
+    return offline or env
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``None``/``"auto"`` -> cuda when available, else cpu."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DifflensError(f"--device {device} was asked for, but no CUDA device is available.",
+                            "use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise DifflensError(f"unknown dtype {dtype!r}.", f"use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def load_pipeline(model: str | Path, dtype: str = "float32", device: str | None = None,
+                  offline: bool = False) -> Any:
+    """``DiffusionPipeline.from_pretrained(model)`` with a clear error when it cannot be loaded.
+
+    ``model`` is a local pipeline directory (with model_index.json) or a hub id; offline, a hub id is
+    looked up only in the local cache.
+    """
+    from diffusers import DiffusionPipeline
+
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    path = Path(str(model)).expanduser()
+    local = path.exists()
+    if local and not (path / "model_index.json").is_file():
+        raise DifflensError(f"{path} is not a diffusers pipeline folder (no model_index.json).",
+                            "pass the folder written by save_pretrained, or a hub id")
+    off = is_offline(offline)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(path) if local else str(model), torch_dtype=torch_dtype, local_files_only=off or local,
+        )
+    except (OSError, ValueError, EnvironmentError) as exc:
+        where = "the local cache (offline mode)" if off else "the Hugging Face hub or the local cache"
+        raise DifflensError(f"could not load model {model!r} from {where}: {str(exc).splitlines()[0]}",
+                            "pass a local pipeline folder, or download the model first while online "
+                            "(huggingface-cli download ID)") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def model_family(pipe: Any) -> str:
+    """A short family name from the pipeline's components: sd, sdxl, sd3, flux, pixart, or the class name."""
+    name = type(pipe).__name__
+    for key, family in (("StableDiffusionXL", "sdxl"), ("StableDiffusion3", "sd3"), ("Flux", "flux"),
+                        ("PixArt", "pixart"), ("StableDiffusion", "sd")):
+        if name.startswith(key):
+            return family
+    return name
