@@ -17,7 +17,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 def is_offline(offline: bool = False) -> bool:
     """Offline when asked, or when HF_HUB_OFFLINE / DIFFLENS_OFFLINE is set."""
-    env = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "DIFFLENS_OFFLINE"))
+    keys = ("HF_HUB_OFFLINE", "DIFFLENS_OFFLINE")
+    env = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in keys)
     return offline or env
 
 
@@ -62,7 +63,7 @@ def load_pipeline(model: str | Path, dtype: str = "float32", device: str | None 
         pipe = DiffusionPipeline.from_pretrained(
             str(path) if local else str(model), torch_dtype=torch_dtype, local_files_only=off or local,
         )
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         where = "the local cache (offline mode)" if off else "the Hugging Face hub or the local cache"
         raise DifflensError(f"could not load model {model!r} from {where}: {str(exc).splitlines()[0]}",
                             "pass a local pipeline folder, or download the model first while online "
