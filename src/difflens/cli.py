@@ -43,9 +43,10 @@ def _register_modes() -> None:
     from difflens.generate import cli as generate_cli
     from difflens.latent import cli as latent_cli
     from difflens.metrics import cli as metrics_cli
+    from difflens.refsets import cli as refsets_cli
     from difflens.schedule import cli as schedule_cli
 
-    for module in (metrics_cli, generate_cli, schedule_cli, attention_cli, latent_cli, analyze_cli):
+    for module in (metrics_cli, generate_cli, refsets_cli, schedule_cli, attention_cli, latent_cli, analyze_cli):
         module.register(app)
 
 
