@@ -1,0 +1,117 @@
+"""Turn each mode's result files into the rows the report shows: headline numbers and checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from difflens.report.collect import ModeData, RunData
+
+
+@dataclass(frozen=True)
+class Check:
+    source: str
+    name: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Headline:
+    name: str
+    value: str
+    detail: str = ""
+
+
+def fmt_number(value: Any, digits: int = 4) -> str:
+    """Readable number: 4 significant digits, `n/a` for missing or non-finite."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def metric_rows(mode: ModeData) -> list[Headline]:
+    """One row per metric: value, and the interval or std when present."""
+    rows: list[Headline] = []
+    for content in mode.results.values():
+        metrics = content.get("metrics") if isinstance(content, dict) else None
+        if not isinstance(metrics, dict):
+            continue
+        for name, entry in metrics.items():
+            if not isinstance(entry, dict):
+                continue
+            detail = ""
+            if entry.get("ci95"):
+                lo, hi = entry["ci95"]
+                detail = f"95% CI [{fmt_number(lo)}, {fmt_number(hi)}]"
+            elif entry.get("std") is not None:
+                detail = f"± {fmt_number(entry['std'])} (std)"
+            rows.append(Headline(name, fmt_number(entry.get("value")), detail))
+    return rows
+
+
+def collect_checks(mode: ModeData) -> list[Check]:
+    """Every `checks` list found in the mode's JSON files (schedule checks, attention invariants...)."""
+    found: list[Check] = []
+
+    def walk(node: Any, source: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "checks" and isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, dict) and "ok" in item:
+                            found.append(Check(source, str(item.get("name", "?")), bool(item["ok"]),
+                                               str(item.get("message", ""))))
+                else:
+                    walk(value, f"{source} / {key}" if key not in ("schedules",) else source)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, source)
+
+    for path, content in mode.results.items():
+        walk(content, path.rsplit(".", 1)[0])
+    return found
+
+
+def ood_rows(mode: ModeData) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for content in mode.results.values():
+        if isinstance(content, dict) and isinstance(content.get("methods"), dict):
+            for method, entry in content["methods"].items():
+                if isinstance(entry, dict):
+                    rows.append((method, fmt_number(entry.get("auroc")), fmt_number(entry.get("aupr")),
+                                 fmt_number(entry.get("fpr95"))))
+    return rows
+
+
+def smoothness_rows(mode: ModeData) -> list[Headline]:
+    rows = []
+    for path, content in mode.results.items():
+        if isinstance(content, dict) and isinstance(content.get("smoothness"), dict):
+            for key, value in content["smoothness"].items():
+                rows.append(Headline(f"{path.split('/')[0]}: {key}", fmt_number(value)))
+    return rows
+
+
+def headlines(run: RunData) -> list[Headline]:
+    """The numbers at the top of the report."""
+    out: list[Headline] = []
+    if "metrics" in run.modes:
+        out += metric_rows(run.modes["metrics"])
+    if "latent" in run.modes:
+        for method, auroc, _, _ in ood_rows(run.modes["latent"]):
+            out.append(Headline(f"OOD AUROC ({method})", auroc))
+    return out
+
+
+def failed_checks(run: RunData) -> list[Check]:
+    return [c for mode in run.modes.values() for c in collect_checks(mode) if not c.ok]
