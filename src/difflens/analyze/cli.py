@@ -1,9 +1,78 @@
-"""CLI for the analyze mode (placeholder until the mode lands)."""
+"""CLI: `difflens analyze` (every mode, one report), `difflens report` (rebuild, compare runs),
+`difflens demo` (offline, tiny built-in model)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def analyze(
+    model: str = typer.Option(..., "--model", help="Hub id or local diffusers pipeline folder."),
+    out: Path = typer.Option(..., "--out", help="Run folder: each mode's outputs and report.html."),
+    modes: str = typer.Option("metrics,schedule,attention,latent", "--modes",
+                              help="Comma list of modes to run."),
+    real: str | None = typer.Option(None, "--real", help="Reference images for metrics and OOD."),
+    prompts: str | None = typer.Option(None, "--prompts", help="Prompts file for generated samples."),
+    num_samples: int | None = typer.Option(None, "--num-samples", min=2,
+                                              help="Samples to generate for metrics."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt for attention and latent modes."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file with per-mode options."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for generation."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: auto)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, float16 or bfloat16."),
+    offline: bool = typer.Option(False, "--offline", help="Never touch the network."),
+) -> None:
+    """Run the chosen analysis modes on a model and write RUN_DIR/report.html."""
+    from difflens.analyze.config import AnalysisConfig, parse_modes, read_config_file
+    from difflens.analyze.runner import run_analysis
+
+    file_opts = read_config_file(config) if config else {}
+    top = {k: v for k, v in file_opts.items() if not isinstance(v, dict)}
+    mode_options = {k: v for k, v in file_opts.items() if isinstance(v, dict)}
+    cli = {"real": real, "prompts": prompts, "num_samples": num_samples, "prompt": prompt, "seed": seed,
+           "device": device, "dtype": dtype}
+    merged = {**top, **{k: v for k, v in cli.items() if v is not None}}
+    allowed = {"real", "prompts", "num_samples", "prompt", "seed", "device", "dtype", "label"}
+    unknown = sorted(set(top) - allowed - {"modes", "model", "offline"})
+    if unknown:
+        from difflens.errors import DifflensError
+
+        raise DifflensError(f"config file has unknown top-level key(s) {', '.join(unknown)}.",
+                            f"use {', '.join(sorted(allowed))}, or a [mode] table")
+    cfg = AnalysisConfig(model=model, out=out, modes=parse_modes(modes),
+                         offline=offline or bool(top.get("offline", False)), mode_options=mode_options,
+                         **{k: v for k, v in merged.items() if k in allowed})
+    run_analysis(cfg)
+
+
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or several run folders written by `analyze`."),
+    out: Path | None = typer.Option(None, "--out", help="Output HTML (default: FIRST_RUN/report.html)."),
+) -> None:
+    """Rebuild report.html from saved outputs; with several runs, compare them side by side."""
+    from difflens.console import console
+    from difflens.report.render import write_report
+
+    dest = write_report(list(run_dirs), out)
+    console.print(f"report: {dest}")
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-run"), "--out", help="Run folder for the demo."),
+    modes: str = typer.Option("metrics,schedule,attention,latent", "--modes", help="Comma list of modes."),
+) -> None:
+    """Run every mode offline on a tiny random-weight pipeline and small real image sets (about a minute
+    on a laptop CPU). The numbers show the tool working, not a model's quality."""
+    from difflens.analyze.config import parse_modes
+    from difflens.demo.run import run_demo
+
+    run_demo(out, parse_modes(modes))
+
+
 def register(app: typer.Typer) -> None:
-    """Add this mode's commands to the main app."""
+    """Add analyze, report and demo to the main app."""
+    app.command("analyze")(analyze)
+    app.command("report")(report)
+    app.command("demo")(demo)

@@ -49,7 +49,7 @@ def run_analysis(cfg: AnalysisConfig, notes: list[str] | None = None) -> Path:
             entry: dict[str, Any] = {"status": "ok"}
             info["fingerprints"].update(extra.get("fingerprints", {}))
             info["notes"] += [n for n in extra.get("notes", []) if n not in info["notes"]]
-        except Exception as exc:  # noqa: BLE001 - one failing mode must not stop the others
+        except Exception as exc:
             entry = {"status": "error", "error": _error_text(exc)}
             console.print(f"[bold red]{mode} failed:[/] {entry['error']}", highlight=False)
         entry["seconds"] = round(time.perf_counter() - start, 2)
