@@ -1,9 +1,194 @@
-"""CLI for the latent mode (placeholder until the mode lands)."""
+"""CLI for the latent mode: `difflens latent encode | interpolate | direction | ood`.
+
+Only typer and the standard library are imported here; the work happens in :mod:`difflens.latent.api`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+latent_app = typer.Typer(
+    name="latent",
+    help="Probe the latent space: VAE round trip, interpolation smoothness, semantic directions, OOD scores.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_MODEL = typer.Option(..., "--model", "-m", help="Hub id or local diffusers pipeline folder.")
+_DTYPE = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16.")
+_DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: auto).")
+_OFFLINE = typer.Option(False, "--offline", help="Never touch the network (local files and cache only).")
+_SIZE = typer.Option(None, "--size", help="Square image size in pixels (default: the model's own size).")
+_BATCH = typer.Option(8, "--batch-size", help="Images per VAE / feature / reconstruction batch.")
+_MSL = typer.Option(None, "--max-sequence-length",
+                    help="T5 token limit for SD3/Flux/PixArt (default: the pipeline's own).")
+_GUIDANCE = typer.Option(None, "--guidance", help="Guidance scale (default: the pipeline's).")
+_FEATURES_HELP = ("Feature space for distances: vae (the model's VAE encoder, always available), clip "
+                  "(--clip-model) or inception (--inception-weights).")
+
+
+@latent_app.command("encode")
+def encode(
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    model: str = _MODEL,
+    out: Path = typer.Option(..., "--out", "-o", help="Latents file: .npz or .safetensors."),
+    report: Path | None = typer.Option(None, "--report",
+                                       help="PSNR report JSON (default: OUT with suffix .json)."),
+    size: int | None = _SIZE,
+    batch_size: int = _BATCH,
+    dtype: str = _DTYPE,
+    device: str | None = _DEVICE,
+    offline: bool = _OFFLINE,
+) -> None:
+    """Encode images to the model's latents and report the VAE round-trip PSNR.
+
+    Latents are normalized with the VAE's scaling and shift factors (Flux: also stored 2x2-packed).
+    """
+    from difflens.console import console
+    from difflens.latent import api
+
+    res = api.encode(images, model, out, report=report, size=size, dtype=dtype, device=device,
+                     offline=offline, batch_size=batch_size)
+    mean = res["psnr_mean"]
+    console.print(f"{len(res['images'])} images -> {out}; mean PSNR "
+                  f"{'n/a' if mean is None else f'{mean:.2f} dB'}", highlight=False)
+
+
+@latent_app.command("interpolate")
+def interpolate(
+    model: str = _MODEL,
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Prompt (required unless --images)."),
+    prompt2: str | None = typer.Option(None, "--prompt2", help="Second prompt: interpolate text embeddings."),
+    seeds: str | None = typer.Option(None, "--seeds",
+                                     help="A,B: interpolate initial noise (default 0,1; with --prompt2 one "
+                                          "seed, default 0)."),
+    images: str | None = typer.Option(None, "--images", help="X,Y: interpolate the two images' VAE latents."),
+    frames: int = typer.Option(8, "--frames", help="Number of frames, both ends included (>= 2)."),
+    method: str = typer.Option("slerp", "--method", help="slerp (keeps the Gaussian norm) or lerp."),
+    steps: int = typer.Option(25, "--steps", help="Denoising steps per frame."),
+    guidance: float | None = _GUIDANCE,
+    size: int | None = _SIZE,
+    max_sequence_length: int | None = _MSL,
+    features: str = typer.Option("vae", "--features", help=_FEATURES_HELP),
+    clip_model: str | None = typer.Option(None, "--clip-model",
+                                          help="CLIP for --features clip (default "
+                                               "openai/clip-vit-large-patch14)."),
+    inception_weights: Path | None = typer.Option(None, "--inception-weights",
+                                                  help="pt_inception-2015-12-05-6726825d.pth for --features "
+                                                       "inception."),
+    batch_size: int = _BATCH,
+    dtype: str = _DTYPE,
+    device: str | None = _DEVICE,
+    offline: bool = _OFFLINE,
+) -> None:
+    """Interpolate between seeds, prompts or images and measure smoothness.
+
+    Writes frames/, strip.png, step_distances.png and interpolation.json (latent-norm z-score per frame,
+    step distances in a feature space, smoothness summary).
+    """
+    from difflens.console import console
+    from difflens.latent import api
+
+    image_list = [p for p in images.split(",") if p.strip()] if images is not None else None
+    res = api.interpolate(model, out, prompt=prompt, prompt2=prompt2, seeds=seeds, images=image_list,
+                          frames=frames, method=method, steps=steps, guidance=guidance, size=size,
+                          max_sequence_length=max_sequence_length, features=features, clip_model=clip_model,
+                          inception_weights=inception_weights, dtype=dtype, device=device, offline=offline,
+                          batch_size=batch_size)
+    sm = res["smoothness"]
+    console.print(f"{len(res['frames'])} frames -> {out}; mean step {sm['mean_step']:.4g}, max/mean "
+                  f"{sm['max_over_mean'] if sm['max_over_mean'] is None else round(sm['max_over_mean'], 3)}"
+                  f" (largest jump at frame {sm['largest_jump_frame']})", highlight=False)
+
+
+@latent_app.command("direction")
+def direction(
+    model: str = _MODEL,
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    positive: list[str] = typer.Option(..., "--positive", help="Positive prompt (repeat for more pairs)."),
+    negative: list[str] = typer.Option(..., "--negative", help="Negative prompt, paired with --positive."),
+    prompt: str = typer.Option(..., "--prompt", help="Base prompt the direction is applied to."),
+    scales: str = typer.Option("-2,-1,0,1,2", "--scales", help="Comma-separated scales, e.g. -2,-1,0,1,2."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial noise, the same for every scale."),
+    steps: int = typer.Option(25, "--steps", help="Denoising steps per image."),
+    guidance: float | None = _GUIDANCE,
+    size: int | None = _SIZE,
+    max_sequence_length: int | None = _MSL,
+    clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model",
+                                   help="CLIP that measures the effect (folder or hub id); 'none' skips it."),
+    dtype: str = _DTYPE,
+    device: str | None = _DEVICE,
+    offline: bool = _OFFLINE,
+) -> None:
+    """Apply a semantic direction (positive minus negative prompts) with scales.
+
+    Writes grid.png, one image per scale and direction.json (CLIP similarity per scale, monotonicity).
+    """
+    from difflens.console import console
+    from difflens.latent import api
+
+    res = api.direction(model, out, prompt=prompt, positives=positive, negatives=negative, scales=scales,
+                        seed=seed, steps=steps, guidance=guidance, size=size,
+                        max_sequence_length=max_sequence_length, clip_model=clip_model, dtype=dtype,
+                        device=device, offline=offline)
+    mono = res["monotonic"]
+    tail = "" if mono is None else f"; CLIP margin increases monotonically: {mono['margin_increases']}"
+    console.print(f"{len(res['scales'])} scales -> {out}{tail}", highlight=False)
+
+
+@latent_app.command("ood")
+def ood(
+    model: str = _MODEL,
+    reference: list[Path] = typer.Option(..., "--reference",
+                                         help="In-distribution reference images (folder; >= 100 advised)."),
+    test: list[Path] = typer.Option(..., "--test", help="Images to score (label 0 in scores.csv)."),
+    ood_images: list[Path] | None = typer.Option(None, "--ood",
+                                                 help="Known out-of-distribution images (label 1): enables "
+                                                      "AUROC, AUPR and FPR95."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    method: str = typer.Option("latent-zscore,mahalanobis,reconstruction", "--method",
+                               help="Comma list of latent-zscore, mahalanobis, reconstruction."),
+    features: str = typer.Option("vae", "--features", help=_FEATURES_HELP + " Used by mahalanobis."),
+    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP for --features clip."),
+    inception_weights: Path | None = typer.Option(None, "--inception-weights",
+                                                  help="Inception weights for --features inception."),
+    noise_levels: str = typer.Option("0.25,0.5,0.75", "--noise-levels",
+                                     help="Reconstruction noise levels (img2img strengths in (0, 1])."),
+    steps: int = typer.Option(20, "--steps", help="Schedule length for reconstruction."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the reconstruction noise (same for every image)."),
+    min_reference: int = typer.Option(10, "--min-reference",
+                                      help="Refuse to run with fewer reference images than this."),
+    size: int | None = _SIZE,
+    max_sequence_length: int | None = _MSL,
+    batch_size: int = _BATCH,
+    dtype: str = _DTYPE,
+    device: str | None = _DEVICE,
+    offline: bool = _OFFLINE,
+) -> None:
+    """Out-of-distribution scores by three methods, with AUROC/AUPR/FPR95.
+
+    Writes scores.csv, ood.json (AUROC, AUPR, FPR@95%TPR when --ood is given) and one histogram per method.
+    """
+    from difflens.console import console
+    from difflens.latent import api
+
+    res = api.ood(model, out, reference=reference, test=test, ood_images=ood_images or None, methods=method,
+                  features=features, clip_model=clip_model, inception_weights=inception_weights,
+                  noise_levels=noise_levels, steps=steps, seed=seed, size=size,
+                  max_sequence_length=max_sequence_length, min_reference=min_reference, dtype=dtype,
+                  device=device, offline=offline, batch_size=batch_size)
+    for name, m in res["methods"].items():
+        if m.get("auroc") is not None:
+            console.print(f"{name}: AUROC {m['auroc']:.3f}  AUPR {m['aupr']:.3f}  FPR95 {m['fpr95']:.3f}",
+                          highlight=False)
+    console.print(f"scores -> {out / 'scores.csv'}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this mode's commands to the main app."""
+    """Add the `latent` command group to the main app."""
+    app.add_typer(latent_app, name="latent")

@@ -1,0 +1,131 @@
+"""Benchmark the attention capture on tiny random pipelines (run by hand; prints figures).
+
+1. Time: one generation without capture vs with capture (all cross/joint layers, every step), interleaved
+   repeats, medians. Goal: at most 1.3x the plain time.
+2. Memory: bytes the capture holds (aggregator tensors, exact) and its largest transient chunk, at two
+   step counts; with a stride >= steps (one kept per-step map) these must not depend on the step count;
+   with stride 1 only the per-step maps grow, by exactly steps x tokens x h x w x 4 bytes. On CUDA the
+   peak allocated memory during the captured generation minus the plain one is printed too.
+
+    .venv/bin/python benchmarks/bench_attention.py --families sd15,sdxl,sd3,flux,pixart --steps 20 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+
+def _plan(family: str, pipe: Any, steps: int, size: int, stride: int) -> Any:
+    from difflens.attention.api import AttentionConfig, plan_attention
+
+    cfg = AttentionConfig(model=family, prompt="a photo of a cat sitting on a red bench", steps=steps,
+                          height=size, width=size, stride=stride, image_check=False,
+                          max_sequence_length=32 if family in ("sd3", "flux", "pixart") else None)
+    return plan_attention(cfg, pipe)
+
+
+def _plain(plan: Any, seed: int = 0) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+    _sync(plan)
+    return time.perf_counter() - t0
+
+
+def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[float, dict[str, int]]:
+    import torch
+
+    from difflens.attention.aggregate import OnlineAggregator
+    from difflens.attention.capture import AttentionCapture
+
+    agg = OnlineAggregator(len(plan.tokens), plan.latent_hw, stride, [la.name for la in plan.layers],
+                           plan.joint, plan.groups, device=plan.denoiser.device)
+    cap = AttentionCapture(plan.pipe, plan.denoiser, plan.layers, [t.key for t in plan.tokens],
+                           plan.prompt_tokens.text_len, plan.latent_hw, agg)
+    t0 = time.perf_counter()
+    with cap, torch.no_grad():
+        plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+    agg.end_step()
+    _sync(plan)
+    dt = time.perf_counter() - t0
+    return dt, {"stored": agg.stored_bytes(), "transient": cap.stats.peak_transient_bytes,
+                "steps": cap.stats.steps, "tokens": len(plan.tokens)}
+
+
+def _sync(plan: Any) -> None:
+    import torch
+
+    if plan.denoiser.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _cuda_peak(fn: Any) -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--families", default="sd15,sdxl,sd3,flux,pixart")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--memory-steps", default="10,40", help="two step counts for the memory figures")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier timings)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import torch
+
+    from difflens.tiny.pipelines import build_tiny_pipeline
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, {args.size}x{args.size}, "
+          f"{args.repeats} interleaved repeats (median)")
+    print(f"{'family':8s} {'steps':>5s} {'plain s':>9s} {'capture s':>10s} {'ratio':>6s}")
+    rows = []
+    for family in args.families.split(","):
+        pipe = build_tiny_pipeline(family).to(args.device)
+        plan = _plan(family, pipe, args.steps, args.size, 1)
+        _plain(plan)
+        _captured(plan, 1)                                        # warm-up
+        plain, capt = [], []
+        for _ in range(args.repeats):
+            plain.append(_plain(plan))
+            capt.append(_captured(plan, 1)[0])
+        p, c = statistics.median(plain), statistics.median(capt)
+        rows.append((family, p, c))
+        print(f"{family:8s} {args.steps:5d} {p:9.4f} {c:10.4f} {c / p:6.2f}x")
+
+    s1, s2 = (int(x) for x in args.memory_steps.split(","))
+    print("\nmemory held by the capture (bytes; stored = accumulators + per-step maps, exact)")
+    print(f"{'family':8s} {'stride':>6s} {'steps':>5s} {'stored':>10s} {'transient':>10s} {'tokens':>6s} "
+          f"{'cuda extra':>10s}")
+    for family in args.families.split(","):
+        pipe = build_tiny_pipeline(family).to(args.device)
+        for stride_name in ("steps", "1"):
+            for steps in (s1, s2):
+                stride = steps if stride_name == "steps" else 1
+                plan = _plan(family, pipe, steps, args.size, stride)
+                _, mem = _captured(plan, stride)
+                base = _cuda_peak(lambda plan=plan: _plain(plan))
+                peak = _cuda_peak(lambda plan=plan, stride=stride: _captured(plan, stride))
+                extra = f"{peak - base:10d}" if base is not None and peak is not None else f"{'n/a':>10s}"
+                print(f"{family:8s} {stride:6d} {mem['steps']:5d} {mem['stored']:10d} {mem['transient']:10d} "
+                      f"{mem['tokens']:6d} {extra}")
+
+
+if __name__ == "__main__":
+    main()

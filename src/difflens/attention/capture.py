@@ -1,0 +1,241 @@
+"""Capture attention probabilities through diffusers' attention-processor seam (DESIGN.md 2.9).
+
+:class:`AttentionCapture` is a context manager. On entry it replaces the processor of each selected layer
+with a delegating processor that
+
+1. calls the ORIGINAL processor and returns its output unchanged (the image keeps coming from SDPA or
+   whatever backend was set), and
+2. during conditional denoiser calls, replays the layer's query/key path on the side
+   (:mod:`difflens.attention.replay`) and feeds the probabilities to an :class:`OnlineAggregator`.
+
+It also adds a forward pre-hook on the denoiser (step counter, conditional rows, text length) and on the
+text encoders (the token ids each actually received). On exit, even on an exception, every original
+processor is put back and every hook removed. No class is patched.
+
+Steps: the denoiser is called once per step (no guidance, or classifier-free guidance batched as
+``[uncond, cond]``: the last ``images`` rows are the conditional branch), or ``calls_per_step`` times
+with the conditional call at index ``cond_call`` (unbatched true CFG).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from difflens.attention.aggregate import OnlineAggregator
+from difflens.attention.layout import AttnLayer, grid_for, module_of
+from difflens.attention.replay import DEFAULT_CHUNK_BYTES, replay
+from difflens.errors import DifflensError
+
+_WRAPPER_CLASSES: dict[type, type] = {}
+
+
+class _CapturingProcessor:
+    """Delegates to the original processor; observes the call when the capture is active."""
+
+    def __init__(self, original: Any, capture: AttentionCapture, index: int, layer: AttnLayer) -> None:
+        self.original = original
+        self._capture = capture
+        self._index = index
+        self._layer = layer
+        self._sig = _call_signature(original)
+
+    def _observe(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.original(*args, **kwargs)
+        if self._capture.active:
+            try:
+                bound = self._sig.bind(*args, **kwargs)
+            except TypeError:
+                bound = None
+            if bound is not None:
+                named = dict(bound.arguments)
+                named.update(named.pop("kwargs", {}) or {})
+                attn = args[0]
+                self._capture._on_layer(self._index, self._layer, attn, named, out)
+        return out
+
+
+def _call_signature(processor: Any) -> inspect.Signature:
+    import torch
+
+    fn = processor.forward if isinstance(processor, torch.nn.Module) else processor.__call__
+    return inspect.signature(fn)
+
+
+def _wrapper_class(original_cls: type, signature: inspect.Signature) -> type:
+    """A per-original-class subclass of _CapturingProcessor whose ``__call__`` advertises the original's
+    signature, because ``Attention.forward`` filters keyword arguments by the processor's signature."""
+    cls = _WRAPPER_CLASSES.get(original_cls)
+    if cls is None:
+        def __call__(self: _CapturingProcessor, *args: Any, **kwargs: Any) -> Any:
+            return self._observe(*args, **kwargs)
+
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        __call__.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[self_param, *signature.parameters.values()])
+        cls = type(f"Capturing{original_cls.__name__}", (_CapturingProcessor,), {"__call__": __call__})
+        _WRAPPER_CLASSES[original_cls] = cls
+    return cls
+
+
+@dataclass
+class LayerInfo:
+    """What the capture learned about a layer (grid, checks) while running."""
+
+    name: str
+    kind: str
+    processor: str
+    heads: int
+    grid: tuple[int, int] | None = None
+    calls: int = 0
+    sum_error: float | None = None
+    out_error: float | None = None
+
+
+@dataclass
+class CaptureStats:
+    denoiser_calls: int = 0
+    captured_calls: int = 0
+    steps: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    peak_transient_bytes: int = 0
+    text_len_seen: int | None = None
+
+
+class AttentionCapture:
+    """Context manager capturing image->text attention of ``layers`` into ``aggregator``.
+
+    ``token_keys``: indices (in the text sequence) of the tokens to keep; ``text_len``: the text sequence
+    length the denoiser must receive; ``latent_hw``: the latent grid maps are resized to; ``images``: images
+    per prompt (conditional rows); ``check``: on each layer's first captured call, check that the
+    probabilities sum to 1 and that probabilities x V reproduce the layer's real output;
+    ``encoders``: text-encoder attribute names whose first input ids are recorded.
+    """
+
+    def __init__(self, pipe: Any, denoiser: Any, layers: list[AttnLayer], token_keys: list[int],
+                 text_len: int, latent_hw: tuple[int, int], aggregator: OnlineAggregator, *, images: int = 1,
+                 calls_per_step: int = 1, cond_call: int = 0, check: bool = True, head_entropy: bool = False,
+                 encoders: tuple[str, ...] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        import torch
+
+        self.pipe = pipe
+        self.denoiser = denoiser
+        self.layers = layers
+        self.text_len = text_len
+        self.latent_hw = latent_hw
+        self.aggregator = aggregator
+        self.images = images
+        self.calls_per_step = max(1, calls_per_step)
+        self.cond_call = cond_call
+        self.check = check
+        self.head_entropy = head_entropy
+        self.encoders = encoders
+        self.chunk_bytes = chunk_bytes
+        self.token_keys = torch.as_tensor(token_keys, dtype=torch.long)
+        self.info = [LayerInfo(la.name, la.kind, la.processor, la.heads) for la in layers]
+        self.stats = CaptureStats()
+        self.recorded_ids: dict[str, list[int]] = {}
+        self.active = False
+        self.step = -1
+        self._rows = slice(0, images)
+        self._originals: list[tuple[Any, Any]] = []
+        self._hooks: list[Any] = []
+        self._keys_on: Any = None
+
+    # -- context ----------------------------------------------------------------------------------
+    def __enter__(self) -> AttentionCapture:
+        try:
+            for i, layer in enumerate(self.layers):
+                module = module_of(self.denoiser, layer.name)
+                original = module.processor
+                wrapper = _wrapper_class(type(original), _call_signature(original))(original, self, i, layer)
+                self._originals.append((module, original))
+                module.set_processor(wrapper)
+            self._hooks.append(self.denoiser.register_forward_pre_hook(self._denoiser_pre_hook,
+                                                                       with_kwargs=True))
+            for attr in self.encoders:
+                enc = getattr(self.pipe, attr, None)
+                if enc is not None:
+                    hook = enc.register_forward_pre_hook(self._encoder_hook(attr), with_kwargs=True)
+                    self._hooks.append(hook)
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._restore()
+        self.active = False
+        if exc_type is None:
+            self.aggregator.end_step()
+
+    def _restore(self) -> None:
+        while self._originals:
+            module, original = self._originals.pop()
+            module.set_processor(original)
+        while self._hooks:
+            self._hooks.pop().remove()
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _encoder_hook(self, attr: str) -> Any:
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            if attr in self.recorded_ids:
+                return
+            ids = args[0] if args else kwargs.get("input_ids")
+            if ids is not None:
+                self.recorded_ids[attr] = [int(x) for x in ids[0].tolist()]
+        return hook
+
+    def _denoiser_pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        hs = kwargs.get("hidden_states", kwargs.get("sample"))
+        if hs is None and args:
+            hs = args[0]
+        call = self.stats.denoiser_calls
+        self.stats.denoiser_calls += 1
+        self.step = call // self.calls_per_step
+        self.stats.steps = self.step + 1
+        self.active = (call % self.calls_per_step) == self.cond_call
+        batch = int(hs.shape[0])
+        if len(self.stats.batch_sizes) < 4:
+            self.stats.batch_sizes.append(batch)
+        if batch == 2 * self.images:
+            self._rows = slice(self.images, 2 * self.images)   # [uncond, cond]
+        elif batch == self.images:
+            self._rows = slice(0, self.images)
+        else:
+            raise DifflensError(f"the denoiser got a batch of {batch} for {self.images} image(s); cannot "
+                                "tell the conditional branch.", "generate one image per prompt")
+        enc = kwargs.get("encoder_hidden_states")
+        if enc is not None:
+            self.stats.text_len_seen = int(enc.shape[1])
+            if self.active and int(enc.shape[1]) != self.text_len:
+                raise DifflensError(
+                    f"the denoiser received {enc.shape[1]} text positions, the tokenization expected "
+                    f"{self.text_len}.", "check --max-sequence-length against the pipeline's encoding")
+
+    # -- per layer --------------------------------------------------------------------------------
+    def _on_layer(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], output: Any) -> None:
+        info = self.info[index]
+        if self._keys_on is None or self._keys_on.device != call["hidden_states"].device:
+            self._keys_on = self.token_keys.to(call["hidden_states"].device)
+        first = info.calls == 0
+        proc_name = layer.processor
+        if index < len(self._originals):
+            proc_name = type(self._originals[index][1]).__name__
+        res = replay(layer.kind, proc_name, attn, call, output, self._rows, self._keys_on,
+                     text_len=self.stats.text_len_seen, check=self.check and first,
+                     head_entropy=self.head_entropy, chunk_bytes=self.chunk_bytes)
+        h, w = grid_for(res.n_queries, self.latent_hw)
+        info.grid = (h, w)
+        info.calls += 1
+        if first:
+            info.sum_error = res.sum_error
+            info.out_error = res.out_error
+        self.stats.captured_calls += 1
+        self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, res.transient_bytes)
+        T = res.token_probs.shape[-1]
+        maps = res.token_probs.transpose(0, 1).reshape(T, h, w)
+        mass = res.text_mass.reshape(h, w) if res.text_mass is not None else None
+        renorm = res.renorm.transpose(0, 1).reshape(T, h, w) if res.renorm is not None else None
+        self.aggregator.add(self.step, index, maps, mass, renorm, res.head_entropy)

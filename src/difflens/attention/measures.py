@@ -1,0 +1,49 @@
+"""Spatial measures of attention maps: how spread out or concentrated a token's map is.
+
+A map m (h x w, non-negative) is turned into a spatial distribution p = m / sum(m).
+
+* **Spatial entropy** H(p) = -sum p log p, divided by log(h*w): 1 for a uniform map, 0 for a single pixel.
+  Falling entropy over the denoising steps is "attention sharpens as denoising proceeds".
+* **Peak concentration**: the share of the map's mass in its top ``fraction`` of pixels (default 5%,
+  at least one pixel): ``fraction`` for a uniform map, 1 when all mass sits in that many pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PEAK_FRACTION = 0.05
+_TINY = 1e-30
+
+
+def spatial_distribution(maps: Any) -> Any:
+    """(..., h, w) -> (..., h*w) non-negative, summing to 1 over space (uniform for an all-zero map)."""
+    import torch
+
+    t = torch.as_tensor(maps).double().flatten(-2).clamp_min(0)
+    total = t.sum(-1, keepdim=True)
+    uniform = torch.full_like(t, 1.0 / t.shape[-1])
+    return torch.where(total > _TINY, t / total.clamp_min(_TINY), uniform)
+
+
+def spatial_entropy(maps: Any) -> Any:
+    """Normalized spatial entropy in [0, 1] of each (h, w) map in ``maps`` (..., h, w) -> (...)."""
+    import math
+
+    import torch
+
+    p = spatial_distribution(maps)
+    n = p.shape[-1]
+    if n <= 1:
+        return torch.zeros(p.shape[:-1], dtype=torch.float64)
+    h = -(p * torch.log(p.clamp_min(_TINY))).sum(-1)
+    return (h / math.log(n)).clamp(0.0, 1.0)
+
+
+def peak_concentration(maps: Any, fraction: float = PEAK_FRACTION) -> Any:
+    """Share of each map's mass in its top ``fraction`` of pixels: (..., h, w) -> (...)."""
+    import math
+
+    p = spatial_distribution(maps)
+    k = max(1, math.ceil(fraction * p.shape[-1]))
+    return p.topk(k, dim=-1).values.sum(-1).clamp(0.0, 1.0)

@@ -1,0 +1,316 @@
+"""Side computation: replay a layer's query/key path to get the attention probabilities SDPA never exposes.
+
+For the rows of the conditional branch, and for image queries only, this recomputes what the layer's
+processor computes before its attention kernel (projections, fused QKV, q/k norms, RoPE, scale, key mask)
+and takes the softmax over **all** keys (Vaswani et al. 2017, eq. 1: softmax(q k^T * scale + mask)):
+
+* cross attention (UNet, PixArt): keys are the text sequence;
+* MMDiT (SD3 ``[image, text]``, Flux ``[text, image]``): keys are image and text tokens, so the mass on
+  text keys is below 1. We report that text mass and also the text-renormalized probabilities
+  p(t | q) / sum_text p(. | q), per head, then averaged.
+
+The same probabilities times V, through the output projection, give back the layer's real output (the
+image part for MMDiT); :func:`replay` can check that on demand. Scores and softmax run in float32.
+Heads are processed in chunks so the transient memory stays under ``chunk_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from difflens.errors import DifflensError
+
+#: Processors that apply attn.norm_q / attn.norm_k on the cross-attention path.
+_CROSS_WITH_NORMS = frozenset({"AttnProcessor2_0", "FusedAttnProcessor2_0"})
+#: Processors that use ``attn.scale`` (others use SDPA's default 1/sqrt(head_dim)).
+_USES_ATTN_SCALE = frozenset({"AttnProcessor", "XFormersAttnProcessor", "SlicedAttnProcessor",
+                              "XFormersJointAttnProcessor"})
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass
+class ReplayResult:
+    """One layer call, conditional rows averaged, heads averaged; native token grid (n_queries)."""
+
+    token_probs: Any            # (n_queries, T) float32
+    text_mass: Any | None       # (n_queries,) joint layers only
+    renorm: Any | None          # (n_queries, T) joint layers only
+    head_entropy: Any | None    # (heads, T) spatial entropy per head (native grid), when asked
+    n_queries: int
+    sum_error: float | None     # max |sum over all keys - 1|, when checked
+    out_error: float | None     # max |recomputed - real| / max |real| (image part), when checked
+    transient_bytes: int        # largest score/probability chunk held at once (x2 for scores+probs)
+
+
+def _heads_view(x: Any, heads: int, head_dim: int) -> Any:
+    b, n, _ = x.shape
+    return x.view(b, n, heads, head_dim).transpose(1, 2)
+
+
+def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_start: int, text_len: int,
+            token_keys: Any, *, joint: bool, head_entropy: bool, chunk_bytes: int) -> dict[str, Any]:
+    """Probabilities of image queries ``q`` (B, H, Nq, d) over keys ``k`` (B, H, Nk, d), reduced per token.
+
+    ``mask`` broadcasts to (B, H, Nq, Nk): boolean (True = attend) or additive. ``token_keys`` are the
+    kept tokens' indices in the text sequence, which starts at key ``text_start``.
+    """
+    import torch
+
+    from difflens.attention.measures import spatial_entropy
+
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    per_head = B * Nq * Nk * 4
+    hc = max(1, min(H, chunk_bytes // max(per_head, 1)))
+    keys = token_keys + text_start
+    T = int(keys.numel())
+    tok_sum = q.new_zeros((B, Nq, T), dtype=torch.float32)
+    mass_sum = q.new_zeros((B, Nq), dtype=torch.float32) if joint else None
+    renorm_sum = q.new_zeros((B, Nq, T), dtype=torch.float32) if joint else None
+    outs = []
+    ents = []
+    sum_err = 0.0
+    for h0 in range(0, H, hc):
+        h1 = min(H, h0 + hc)
+        s = torch.matmul(q[:, h0:h1].float(), k[:, h0:h1].float().transpose(-1, -2)).mul_(scale)
+        if mask is not None:
+            m = mask[:, h0:h1] if mask.shape[1] == H else mask
+            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m.float())
+        p = s.softmax(dim=-1)
+        del s
+        if v is not None:
+            sum_err = max(sum_err, float((p.sum(-1) - 1.0).abs().max()))
+        pt = p.index_select(-1, keys)                                  # (B, hc, Nq, T)
+        tok_sum += pt.sum(1)
+        if joint:
+            mass = p[..., text_start:text_start + text_len].sum(-1)   # (B, hc, Nq)
+            mass_sum += mass.sum(1)
+            renorm_sum += (pt / mass.clamp_min(1e-30).unsqueeze(-1)).sum(1)
+        if head_entropy:
+            # (B, hc, Nq, T) -> spatial distribution over Nq per (head, token)
+            ents.append(spatial_entropy(pt.permute(0, 1, 3, 2).unsqueeze(-1)).float().mean(0))
+        if v is not None:
+            outs.append(torch.matmul(p, v[:, h0:h1].float()))
+        del p, pt
+    res: dict[str, Any] = {
+        "token_probs": (tok_sum / H).mean(0),
+        "text_mass": (mass_sum / H).mean(0) if joint else None,
+        "renorm": (renorm_sum / H).mean(0) if joint else None,
+        "head_entropy": torch.cat(ents, 0) if head_entropy else None,
+        "sum_error": sum_err if v is not None else None,
+        "pv": torch.cat(outs, 1) if v is not None else None,             # (B, H, Nq, d) float32
+        "transient_bytes": 2 * hc * per_head,
+    }
+    return res
+
+
+def _rel_err(recomputed: Any, real: Any) -> float:
+    real = real.float()
+    denom = float(real.abs().max())
+    return float((recomputed.float() - real).abs().max()) / max(denom, 1e-12)
+
+
+def _bool_or_additive_mask(mask: Any, rows: slice, q_slice: slice | None) -> Any:
+    """A Flux/dispatch mask (B, [1|H], Nq_all, Nk) or (B, Nk) -> 4-D, conditional rows, image query rows."""
+    m = mask
+    if m.ndim == 2:
+        m = m[:, None, None, :]
+    elif m.ndim == 3:
+        m = m[:, None]
+    m = m[rows] if m.shape[0] > 1 else m
+    if q_slice is not None and m.shape[-2] > 1:
+        m = m[..., q_slice, :]
+    return m
+
+
+def replay(kind: str, processor: str, attn: Any, call: dict[str, Any], output: Any, rows: slice,
+           token_keys: Any, text_len: int | None = None, *, check: bool = False, head_entropy: bool = False,
+           chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ReplayResult:
+    """Replay one call of an attention layer.
+
+    ``call`` holds the processor's arguments by name (hidden_states, encoder_hidden_states,
+    attention_mask, image_rotary_emb, temb); ``output`` is what the original processor returned; ``rows``
+    selects the conditional branch in the batch; ``token_keys`` (LongTensor) are the kept tokens' indices
+    in the text sequence; ``text_len`` is needed for Flux single-stream blocks (text is part of
+    hidden_states there).
+    """
+    if kind == "cross":
+        return _replay_cross(processor, attn, call, output, rows, token_keys, check, head_entropy,
+                             chunk_bytes)
+    if kind == "joint_image_first":
+        return _replay_joint_image_first(processor, attn, call, output, rows, token_keys, check, head_entropy,
+                                         chunk_bytes)
+    if kind in ("joint_text_first", "single_text_first"):
+        if kind == "single_text_first" and text_len is None:
+            raise DifflensError("a Flux single-stream layer was called outside a denoiser call.",
+                                "capture attention through the pipeline call")
+        return _replay_text_first(kind, attn, call, output, rows, token_keys, text_len, check, head_entropy,
+                                  chunk_bytes)
+    raise DifflensError(f"unknown attention layer kind {kind!r}.", "this is a difflens bug; please report it")
+
+
+def _finish(res: dict[str, Any], n_queries: int, out_error: float | None) -> ReplayResult:
+    return ReplayResult(token_probs=res["token_probs"], text_mass=res["text_mass"], renorm=res["renorm"],
+                        head_entropy=res["head_entropy"], n_queries=n_queries, sum_error=res["sum_error"],
+                        out_error=out_error, transient_bytes=res["transient_bytes"])
+
+
+def _replay_cross(processor: str, attn: Any, call: dict[str, Any], output: Any, rows: slice, token_keys: Any,
+                  check: bool, head_entropy: bool, chunk_bytes: int) -> ReplayResult:
+    hs = call["hidden_states"]
+    enc = call.get("encoder_hidden_states")
+    mask = call.get("attention_mask")
+    residual = hs
+    if getattr(attn, "spatial_norm", None) is not None:
+        hs = attn.spatial_norm(hs, call.get("temb"))
+    ndim4 = hs.ndim == 4
+    if ndim4:
+        b, c, hh, ww = hs.shape
+        hs = hs.view(b, c, hh * ww).transpose(1, 2)
+    batch = hs.shape[0]
+    n_keys = enc.shape[1]
+    heads = attn.heads
+    if mask is not None:
+        mask = attn.prepare_attention_mask(mask, n_keys, batch)        # (B*heads, Mq, Nk)
+        mask = mask.view(batch, heads, -1, mask.shape[-1])[rows]
+    if getattr(attn, "group_norm", None) is not None:
+        hs = attn.group_norm(hs.transpose(1, 2)).transpose(1, 2)
+    hs, enc = hs[rows], enc[rows]
+    if attn.norm_cross:
+        enc = attn.norm_encoder_hidden_states(enc)
+    q = attn.to_q(hs)
+    v = None
+    if processor == "FusedAttnProcessor2_0":
+        k, v = attn.to_kv(enc).split(attn.to_kv.out_features // 2, dim=-1)
+    else:
+        k = attn.to_k(enc)
+        if check:
+            v = attn.to_v(enc)
+    head_dim = k.shape[-1] // heads
+    q, k = _heads_view(q, heads, head_dim), _heads_view(k, heads, head_dim)
+    v = _heads_view(v, heads, head_dim) if check else None
+    if processor in _CROSS_WITH_NORMS:
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+    scale = attn.scale if processor in _USES_ATTN_SCALE else 1.0 / math.sqrt(head_dim)
+    res = _attend(q, k, v, scale, mask, 0, n_keys, token_keys, joint=False,
+                  head_entropy=head_entropy, chunk_bytes=chunk_bytes)
+    err = None
+    if check:
+        o = res["pv"].transpose(1, 2).reshape(q.shape[0], -1, heads * head_dim).to(v.dtype)
+        o = attn.to_out[1](attn.to_out[0](o))
+        if ndim4:
+            o = o.transpose(-1, -2).reshape(o.shape[0], c, hh, ww)
+        if attn.residual_connection:
+            o = o + residual[rows]
+        o = o / attn.rescale_output_factor
+        err = _rel_err(o, output[rows])
+    return _finish(res, q.shape[2], err)
+
+
+def _replay_joint_image_first(processor: str, attn: Any, call: dict[str, Any], output: Any, rows: slice,
+                              token_keys: Any, check: bool, head_entropy: bool,
+                              chunk_bytes: int) -> ReplayResult:
+    import torch
+
+    hs = call["hidden_states"][rows]
+    enc = call["encoder_hidden_states"][rows]
+    heads = attn.heads
+    if processor == "FusedJointAttnProcessor2_0":
+        q, k, v = torch.split(attn.to_qkv(hs), attn.to_qkv.out_features // 3, dim=-1)
+        _, ek, ev = torch.split(attn.to_added_qkv(enc), attn.to_added_qkv.out_features // 3, dim=-1)
+        head_dim = k.shape[-1] // heads
+        q = _heads_view(q, heads, head_dim)
+        k = _heads_view(torch.cat([k, ek], dim=1), heads, head_dim)
+        v = _heads_view(torch.cat([v, ev], dim=1), heads, head_dim)
+    else:
+        q, k = attn.to_q(hs), attn.to_k(hs)
+        head_dim = k.shape[-1] // heads
+        q, k = _heads_view(q, heads, head_dim), _heads_view(k, heads, head_dim)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        ek = _heads_view(attn.add_k_proj(enc), heads, head_dim)
+        if attn.norm_added_k is not None:
+            ek = attn.norm_added_k(ek)
+        k = torch.cat([k, ek], dim=2)
+        v = None
+        if check:   # values only to check the reproduction of the layer output
+            v = torch.cat([_heads_view(attn.to_v(hs), heads, head_dim),
+                           _heads_view(attn.add_v_proj(enc), heads, head_dim)], dim=2)
+    n_img = q.shape[2]
+    scale = attn.scale if processor in _USES_ATTN_SCALE else 1.0 / math.sqrt(head_dim)
+    res = _attend(q, k, v if check else None, scale, None, n_img, enc.shape[1], token_keys, joint=True,
+                  head_entropy=head_entropy, chunk_bytes=chunk_bytes)
+    err = None
+    if check:
+        o = res["pv"].transpose(1, 2).reshape(q.shape[0], -1, heads * head_dim).to(v.dtype)
+        o = attn.to_out[1](attn.to_out[0](o))
+        real = output[0] if isinstance(output, tuple) else output
+        err = _rel_err(o, real[rows])
+    return _finish(res, n_img, err)
+
+
+def _replay_text_first(kind: str, attn: Any, call: dict[str, Any], output: Any, rows: slice, token_keys: Any,
+                       text_len: int | None, check: bool, head_entropy: bool,
+                       chunk_bytes: int) -> ReplayResult:
+    import torch
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    hs = call["hidden_states"][rows]
+    enc = call.get("encoder_hidden_states")
+    double = kind == "joint_text_first"
+    if double:
+        enc = enc[rows]
+    n_txt = enc.shape[1] if double else int(text_len)
+    q_in = hs if double else hs[:, n_txt:]                    # image queries only ([text, image] if single)
+    v = ev = None
+    if getattr(attn, "fused_projections", False):
+        q, k, v = attn.to_qkv(hs).chunk(3, dim=-1)
+        q = q if double else q[:, n_txt:]
+        if double:
+            _, ek, ev = attn.to_added_qkv(enc).chunk(3, dim=-1)
+    else:
+        q, k = attn.to_q(q_in), attn.to_k(hs)
+        if check:
+            v = attn.to_v(hs)
+        if double:
+            ek = attn.add_k_proj(enc)
+            if check:
+                ev = attn.add_v_proj(enc)
+    hd = attn.head_dim
+    q, k = q.unflatten(-1, (-1, hd)), k.unflatten(-1, (-1, hd))   # (B, N, H, d)
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    if double:
+        k = torch.cat([attn.norm_added_k(ek.unflatten(-1, (-1, hd))), k], dim=1)
+    if check:
+        v = v.unflatten(-1, (-1, hd))
+        if double:
+            v = torch.cat([ev.unflatten(-1, (-1, hd)), v], dim=1)
+    rope = call.get("image_rotary_emb")
+    if rope is not None:
+        cos, sin = rope
+        q = apply_rotary_emb(q, (cos[n_txt:], sin[n_txt:]), sequence_dim=1)
+        k = apply_rotary_emb(k, rope, sequence_dim=1)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)               # (B, H, N, d)
+    v = v.transpose(1, 2) if check else None
+    mask = call.get("attention_mask")
+    if mask is not None:
+        mask = _bool_or_additive_mask(mask, rows, slice(n_txt, None))
+    scale = 1.0 / math.sqrt(hd)
+    res = _attend(q, k, v, scale, mask, 0, n_txt, token_keys, joint=True,
+                  head_entropy=head_entropy, chunk_bytes=chunk_bytes)
+    err = None
+    if check:
+        o = res["pv"].transpose(1, 2).flatten(2).to(v.dtype)
+        if double:
+            o = attn.to_out[1](attn.to_out[0](o))
+            err = _rel_err(o, output[0][rows])
+        else:
+            err = _rel_err(o, output[rows][:, n_txt:])
+    return _finish(res, q.shape[2], err)

@@ -1,0 +1,152 @@
+"""Feature spaces for step distances (interpolation) and pooled features (Mahalanobis OOD).
+
+Three spaces, chosen by name (``--features``):
+
+* ``vae`` (default): the global average of the model's own VAE-encoder feature map at its deepest level
+  (``vae.encoder.mid_block`` output; 512-d for the SD/SDXL/SD3/Flux VAEs). Always available offline,
+  since the model brings it. It sees image structure as the model's encoder does; it is not a perceptual
+  or semantic embedding, so distances are comparable only within one model.
+* ``clip``: the L2-normalized image embedding of the metrics mode's CLIP encoder (``--clip-model``: a local
+  folder written by ``save_pretrained`` with its processor, or a hub id, looked up only in the local cache
+  offline). Distances between unit vectors lie in [0, 2]; comparable across models.
+* ``inception``: the 2048-d pool3 features of torch-fidelity's TF-ported InceptionV3 (the FID network of
+  the metrics mode), from a weights file (``--inception-weights``, ``pt_inception-2015-12-05-6726825d.pth``).
+
+Every space maps [0,1] float images (N, 3, H, W) to float64 features (N, D).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from difflens.errors import DifflensError
+
+FEATURE_SPACES = ("vae", "clip", "inception")
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # the metrics mode's default (CLIP score)
+
+
+class FeatureSpace(Protocol):
+    name: str
+
+    def __call__(self, images: Any) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class VaeFeatures:
+    """Mean-pooled VAE-encoder mid-block features of the pipeline's own VAE."""
+
+    name = "vae"
+
+    def __init__(self, pipe: Any, batch_size: int = 8) -> None:
+        self.pipe = pipe
+        self.batch_size = batch_size
+
+    def __call__(self, images: Any) -> Any:
+        from difflens.latent.vae import encode_images
+
+        return encode_images(self.pipe, images, batch_size=self.batch_size, with_features=True)[1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "layer": "vae.encoder.mid_block, spatial mean"}
+
+
+class ClipModel:
+    """The metrics mode's CLIP encoder (:class:`difflens.metrics.clip.ClipEncoder`: projected embeddings,
+    images preprocessed by the model's own CLIPProcessor), L2-normalized here."""
+
+    def __init__(self, source: str | Path, device: str, offline: bool = False,
+                 dtype: str = "float32") -> None:
+        from difflens.metrics.clip import ClipEncoder
+
+        self.encoder = ClipEncoder.load(str(source), device=device, dtype=dtype, offline=offline,
+                                        flag="--clip-model")
+        self.source = str(source)
+
+    def image_embeddings(self, images: Any, batch_size: int = 32) -> Any:
+        """L2-normalized image embeddings (N, D) float64 of [0,1] images (N, 3, H, W)."""
+        from difflens.latent.images import to_uint8
+        from difflens.metrics.clip import normalize
+
+        arr = to_uint8(images)
+        return normalize(self.encoder.encode_images(list(arr), batch_size=batch_size, show_progress=False))
+
+    def text_embeddings(self, texts: list[str]) -> Any:
+        """L2-normalized text embeddings (N, D) float64 (texts beyond 77 tokens are truncated)."""
+        from difflens.metrics.clip import normalize
+
+        return normalize(self.encoder.encode_texts(list(texts))[0])
+
+
+class ClipFeatures:
+    name = "clip"
+
+    def __init__(self, clip: ClipModel) -> None:
+        self.clip = clip
+
+    def __call__(self, images: Any) -> Any:
+        return self.clip.image_embeddings(images)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.clip.source, "normalized": True}
+
+
+class InceptionFeatures:
+    """torch-fidelity's ``inception-v3-compat`` pool3 (2048-d) from a local weights file."""
+
+    name = "inception"
+
+    def __init__(self, weights: str | Path, device: str, batch_size: int = 32) -> None:
+        p = Path(weights).expanduser()
+        if not p.is_file():
+            raise DifflensError(f"Inception weights file {p} does not exist.",
+                                "pass --inception-weights pt_inception-2015-12-05-6726825d.pth (downloaded "
+                                "once while online)")
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        try:
+            self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                     feature_extractor_weights_path=str(p)).eval().to(device)
+        except (RuntimeError, OSError, KeyError) as exc:
+            raise DifflensError(f"cannot load Inception weights {p}: {str(exc).splitlines()[0]}",
+                                "pass torch-fidelity's pt_inception-2015-12-05-6726825d.pth") from None
+        self.weights = str(p)
+        self.device = device
+        self.batch_size = batch_size
+
+    def __call__(self, images: Any) -> Any:
+        import numpy as np
+        import torch
+
+        from difflens.latent.images import to_uint8
+
+        arr = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).contiguous()
+        out = []
+        with torch.no_grad():
+            for start in range(0, arr.shape[0], self.batch_size):
+                feats = self.model(arr[start:start + self.batch_size].to(self.device))
+                out.append((feats[0] if isinstance(feats, (tuple, list)) else feats).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": self.weights, "layer": "pool3 (2048)"}
+
+
+def make_feature_space(name: str, pipe: Any, *, clip: ClipModel | None = None,
+                       inception_weights: str | Path | None = None, device: str = "cpu",
+                       batch_size: int = 8) -> FeatureSpace:
+    """Build a feature space by name; ``clip`` needs a loaded :class:`ClipModel`, ``inception`` a weights
+    file. Errors are raised here, before any work or output."""
+    if name == "vae":
+        return VaeFeatures(pipe, batch_size=batch_size)
+    if name == "clip":
+        if clip is None:
+            raise DifflensError("--features clip needs a CLIP model.", "pass --clip-model DIR")
+        return ClipFeatures(clip)
+    if name == "inception":
+        if inception_weights is None:
+            raise DifflensError("--features inception needs the Inception weights file.",
+                                "pass --inception-weights FILE (pt_inception-2015-12-05-6726825d.pth)")
+        return InceptionFeatures(inception_weights, device)
+    raise DifflensError(f"unknown feature space {name!r}.", f"use one of {', '.join(FEATURE_SPACES)}")

@@ -1,0 +1,97 @@
+"""Loading image folders for the latent mode, with one resize rule for images of any size.
+
+Rule (applied to every image, whatever its size, so folders of mixed sizes work): convert to RGB, resize
+so that the *shorter* side equals the model's size S (PIL bicubic, aspect ratio kept, rounded to whole
+pixels), then center-crop S x S (the crop's left/top offset is ``(w - S) // 2``). Images already S x S are
+left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+RESIZE_RULE = ("shorter side resized to {size} px (PIL bicubic, aspect kept), "
+               "then center-cropped to {size}x{size}")
+
+
+def list_images(paths: Sequence[str | Path], what: str = "images") -> list[Path]:
+    """Image files from folders (non-recursive, sorted by name) and/or files, in the order given."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DifflensError(f"{what}: folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)}).",
+                                    "pass a folder of image files")
+            out.extend(files)
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DifflensError(f"{what}: {p} is not an image file ({', '.join(IMAGE_EXTENSIONS)}).",
+                                    "pass image files or folders of them")
+            out.append(p)
+        else:
+            raise DifflensError(f"{what}: {p} does not exist.", "pass an existing image file or folder")
+    if not out:
+        raise DifflensError(f"no {what} given.", "pass at least one image file or folder")
+    return out
+
+
+def resize_center_crop(image: Any, size: int) -> Any:
+    """Apply the module's rule to a PIL image: shorter side to ``size`` (bicubic), center crop."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return image
+
+
+def load_image(path: str | Path, size: int) -> Any:
+    """One image as uint8 (size, size, 3) after the resize rule; a clear error for unreadable files."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(resize_center_crop(im, size), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DifflensError(f"cannot read image {path}: {exc}", "remove or replace the file") from None
+
+
+def load_images(paths: Sequence[str | Path], size: int, what: str = "images") -> tuple[list[Path], Any]:
+    """Files and a float32 tensor (N, 3, size, size) in [0, 1], every image resized by the rule."""
+    import numpy as np
+    import torch
+
+    files = list_images(paths, what)
+    arrays = [load_image(f, size) for f in files]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return files, batch
+
+
+def to_uint8(images: Any) -> Any:
+    """[0,1] float tensor (N, 3, H, W) -> uint8 numpy (N, H, W, 3), rounded as diffusers' ``numpy_to_pil``
+    does."""
+    import numpy as np
+
+    arr = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return (arr * 255).round().astype(np.uint8)
+
+
+def to_pil(image_uint8: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(image_uint8)

@@ -1,0 +1,567 @@
+"""Public Python API of the Inception metrics: FID, KID, IS, precision/recall, density/coverage.
+
+``compute_metrics(real, fake)`` takes, for each side, a folder of images, a list of image paths, a uint8
+``(N, H, W, 3)`` array (or ``.npy``/``.npz`` file), statistics (``.npz`` with ``mu``/``sigma``, a
+:class:`~difflens.metrics.stats.GaussianStats` or a dict) or precomputed ``(N, D)`` features, and returns
+the same dict that ``difflens metrics --json`` writes::
+
+    {"metrics": {"fid": {"value": v, "ci95": [lo, hi]}, "kid": {"value": m, "std": s, ...},
+                 "is": {"value": m, "std": s}, "precision": {"value": p}, "recall": ..., "density": ...,
+                 "coverage": ...},
+     "n_real": N, "n_fake": M, "protocol": {...}, "versions": {...}, "warnings": [...]}
+
+``ci95`` appears only with ``bootstrap > 0``. One extraction pass per image source gives pool3 features
+(FID, KID, PR, DC) and logits (IS). Everything is validated (inputs, metric choice, output paths, protocol
+fingerprints, weights) before the first image is read, and nothing is written unless every step succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+from difflens.metrics.fingerprint import PROTOCOL_TEXT, PROTOCOLS, check_compatible
+from difflens.metrics.sources import (
+    ArraySource,
+    FeaturesSource,
+    FolderSource,
+    Source,
+    StatsSource,
+    resolve_source,
+)
+
+METRICS: tuple[str, ...] = ("fid", "kid", "is", "pr", "dc")
+#: JSON keys each metric choice produces.
+METRIC_KEYS = {"fid": ("fid",), "kid": ("kid",), "is": ("is",), "pr": ("precision", "recall"),
+               "dc": ("density", "coverage")}
+FID_MIN_N = 5000
+DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Every setting that changes a metric value (recorded in ``protocol.settings``)."""
+
+    metrics: tuple[str, ...] | None = None
+    protocol: str = "tf-legacy"
+    batch_size: int = 50
+    seed: int = DEFAULT_SEED
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    is_splits: int = 10
+    k_pr: int = 3
+    k_dc: int = 5
+    bootstrap: int = 0
+    strict: bool = False
+    allow_protocol_mismatch: bool = False
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise DifflensError(f"unknown --protocol {self.protocol!r}.",
+                                f"use one of {', '.join(PROTOCOLS)}")
+        checks = (("--batch-size", self.batch_size, 1), ("--kid-subset-size", self.kid_subset_size, 2),
+                  ("--kid-subsets", self.kid_subsets, 1), ("--is-splits", self.is_splits, 1),
+                  ("--bootstrap", self.bootstrap, 0))
+        for flag, value, low in checks:
+            if value < low:
+                raise DifflensError(f"{flag} must be at least {low}, got {value}.", f"pass {flag} >= {low}")
+
+
+def parse_metrics(spec: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """``"fid,kid"`` or ``["fid", "kid"]`` -> ``("fid", "kid")`` (validated, order of :data:`METRICS`)."""
+    if spec is None:
+        return None
+    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [s for s in items if s]
+    aliases = {"isc": "is", "precision": "pr", "recall": "pr", "prc": "pr", "density": "dc", "coverage": "dc"}
+    items = [aliases.get(s, s) for s in items]
+    unknown = [s for s in items if s not in METRICS]
+    if unknown or not items:
+        raise DifflensError(f"unknown metric(s) in --metrics: {', '.join(unknown) or '(empty)'}.",
+                            f"choose from {','.join(METRICS)}")
+    return tuple(m for m in METRICS if m in items)
+
+
+def _needs(metric: str) -> str:
+    return {"fid": "statistics or features on both sides", "kid": "features (or images) on both sides",
+            "pr": "features (or images) on both sides", "dc": "features (or images) on both sides",
+            "is": "fake images (or fake features with logits)"}[metric]
+
+
+def available_metrics(real: Source | None, fake: Source | None) -> dict[str, str | None]:
+    """For each metric, None when the inputs allow it, else the reason it is not possible."""
+    def has_feats(s: Source | None) -> bool:
+        return s is not None and s.kind in ("folder", "images", "features")
+
+    out: dict[str, str | None] = {}
+    both = real is not None and fake is not None
+    out["fid"] = None if both else "needs both --real and --fake"
+    for m in ("kid", "pr", "dc"):
+        if not both:
+            out[m] = "needs both --real and --fake"
+        elif not (has_feats(real) and has_feats(fake)):
+            side = "--real" if not has_feats(real) else "--fake"
+            out[m] = f"needs features on both sides, but {side} is a statistics file"
+        else:
+            out[m] = None
+    if fake is None:
+        out["is"] = "needs --fake"
+    elif fake.kind in ("folder", "images") or (fake.kind == "features" and fake.logits is not None):
+        out["is"] = None
+    else:
+        out["is"] = f"needs fake images (or features with logits), but --fake is {fake.kind}"
+    return out
+
+
+@dataclass
+class _Side:
+    """One input side during a run."""
+
+    name: str  # "real" / "fake"
+    flag: str  # "--real" / "--fake"
+    source: Source
+    features: Any | None = None
+    logits: Any | None = None
+    stats: Any | None = None
+    fingerprint: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        """Sample count; -1 when unknown (pytorch-fid statistics files do not record it)."""
+        if self.features is not None:
+            return int(self.features.shape[0])
+        return int(self.source.n)
+
+    @property
+    def n_or_none(self) -> int | None:
+        return self.n if self.n >= 0 else None
+
+
+def _resolve_side(spec: Any, features_spec: Any, name: str) -> _Side | None:
+    flag = f"--{name}"
+    if spec is not None and features_spec is not None:
+        raise DifflensError(f"both {flag} and {flag}-features were given.", "pass only one of them")
+    if features_spec is not None:
+        return _Side(name, f"{flag}-features", resolve_source(features_spec, f"{flag}-features",
+                                                             want_features=True))
+    if spec is None:
+        return None
+    return _Side(name, flag, resolve_source(spec, flag))
+
+
+def _check_output(path: str | Path | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise DifflensError(f"{flag} {p} is a folder.", "pass a file name")
+    return p
+
+
+def _stats_output(path: Path | None, flag: str) -> Path | None:
+    if path is not None and path.suffix.lower() != ".npz":
+        raise DifflensError(f"{flag} {path} must end in .npz.", f"use e.g. {flag} {path.with_suffix('.npz')}")
+    return path
+
+
+def _save_targets(real: _Side | None, fake: _Side | None, save_stats: Path | None,
+                  save_real_stats: Path | None, save_fake_stats: Path | None) -> dict[str, Path]:
+    """Which side's statistics go where; ``save_stats`` names the one side whose statistics are computed."""
+    def computable(side: _Side | None) -> bool:
+        return side is not None and side.source.kind != "stats"
+
+    targets: dict[str, Path] = {}
+    if save_stats is not None:
+        sides = [s for s in (real, fake) if computable(s)]
+        if len(sides) != 1:
+            if not sides:
+                raise DifflensError("--save-stats: no input to compute statistics from (both are statistics "
+                                    "files or absent).", "pass images or features with --real or --fake")
+            raise DifflensError("--save-stats is ambiguous: both --real and --fake are computed here.",
+                                "use --save-real-stats FILE and/or --save-fake-stats FILE")
+        targets[sides[0].name] = save_stats
+    for side, path, flag in ((real, save_real_stats, "--save-real-stats"),
+                             (fake, save_fake_stats, "--save-fake-stats")):
+        if path is None:
+            continue
+        want = "real" if flag == "--save-real-stats" else "fake"
+        if not computable(side):
+            raise DifflensError(f"{flag}: --{want} is {'absent' if side is None else 'already statistics'}.",
+                                f"pass images or features with --{want}")
+        if want in targets:
+            raise DifflensError(f"{flag} and --save-stats both name the {want} statistics.", "pass only one")
+        targets[want] = path
+    if len(set(targets.values())) != len(targets):
+        raise DifflensError("the real and fake statistics would be written to the same file.",
+                            "give two different file names")
+    return targets
+
+
+def _settings(cfg: MetricsConfig, chosen: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"metrics": list(chosen), "seed": cfg.seed, "bootstrap": cfg.bootstrap}
+    if "kid" in chosen:
+        out["kid_subsets"] = cfg.kid_subsets
+    if "is" in chosen:
+        out["is_splits"] = cfg.is_splits
+    if "pr" in chosen:
+        out["k_precision_recall"] = cfg.k_pr
+    if "dc" in chosen:
+        out["k_density_coverage"] = cfg.k_dc
+    return out
+
+
+def compute_metrics(
+    real: Any = None,
+    fake: Any = None,
+    metrics: str | Iterable[str] | None = None,
+    *,
+    real_features: Any = None,
+    fake_features: Any = None,
+    protocol: str = "tf-legacy",
+    inception_weights: str | Path | None = None,
+    device: str | None = None,
+    batch_size: int = 50,
+    seed: int = DEFAULT_SEED,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    is_splits: int = 10,
+    bootstrap: int = 0,
+    offline: bool = False,
+    strict: bool = False,
+    allow_protocol_mismatch: bool = False,
+    save_stats: str | Path | None = None,
+    save_real_stats: str | Path | None = None,
+    save_fake_stats: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Compute the chosen metrics (default: every metric the inputs allow) between ``real`` and ``fake``.
+
+    Args:
+        real, fake: folder, list of image paths, uint8 (N, H, W, 3) array or ``.npy``/``.npz`` file,
+            statistics (``.npz``/GaussianStats/dict with ``mu``, ``sigma``) or (N, D) features.
+        metrics: subset of ``fid,kid,is,pr,dc`` (comma string or iterable). Statistics inputs allow FID
+            only; IS needs fake images; everything but IS needs both sides.
+        real_features, fake_features: precomputed (N, D) features (``.npy`` or array) instead of images.
+        protocol: ``tf-legacy`` (torch-fidelity-exact) or ``clean`` (clean-fid's resize).
+        inception_weights: explicit weights file; else looked up (see :mod:`difflens.metrics.inception`).
+        device: ``cpu``, ``cuda`` or None (auto).
+        batch_size: images per Inception forward pass (does not change features beyond float32 noise).
+        seed: seeds KID subsets, IS split shuffling and bootstrap resampling.
+        kid_subset_size, kid_subsets: KID subsets (shrunk to the smaller set, with a warning).
+        is_splits: IS splits.
+        bootstrap: B > 0 gives ``ci95`` for fid, kid, precision, recall, density and coverage from B
+            resamples (with replacement) of the fake set; the real set and its k-NN radii stay fixed.
+        offline: never download weights (also on with ``HF_HUB_OFFLINE=1``/``DIFFLENS_OFFLINE=1``).
+        strict: an unreadable image is an error instead of a skipped file with a warning.
+        allow_protocol_mismatch: compare statistics made under different fingerprints (with a warning).
+        save_stats: write the statistics of the one side computed here (real or fake) to this ``.npz``.
+        save_real_stats, save_fake_stats: write that side's statistics (``mu``, ``sigma``, ``n`` and the
+            fingerprint; pytorch-fid compatible).
+        show_progress: progress bars (only drawn on a terminal).
+
+    Returns:
+        The result dict (see the module docstring). Raises :class:`DifflensError` on bad input.
+    """
+    from difflens.versions import collect_versions
+
+    cfg = MetricsConfig(metrics=parse_metrics(metrics), protocol=protocol, batch_size=batch_size, seed=seed,
+                        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, is_splits=is_splits,
+                        bootstrap=bootstrap, strict=strict, allow_protocol_mismatch=allow_protocol_mismatch)
+    cfg.validate()
+    r = _resolve_side(real, real_features, "real")
+    f = _resolve_side(fake, fake_features, "fake")
+    if r is None and f is None:
+        raise DifflensError("no input given.", "pass --real and --fake (images, statistics or features)")
+    targets = _save_targets(r, f, _stats_output(_check_output(save_stats, "--save-stats"), "--save-stats"),
+                            _stats_output(_check_output(save_real_stats, "--save-real-stats"),
+                                          "--save-real-stats"),
+                            _stats_output(_check_output(save_fake_stats, "--save-fake-stats"),
+                                          "--save-fake-stats"))
+    chosen = _choose_metrics(cfg.metrics, r, f, bool(targets))
+    warnings: list[str] = []
+
+    # Fingerprints of the inputs that carry one; extraction's own is known once the weights are resolved.
+    image_sides = [s for s in (r, f) if s is not None and s.source.kind in ("folder", "images")]
+    extractor = None
+    dev = None
+    if image_sides:
+        from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+        from difflens.models import resolve_device
+
+        weights = resolve_inception_weights(inception_weights, offline=offline)
+        dev = resolve_device(device)
+        w = weights.warning()
+        if w:
+            warnings.append(w)
+        extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
+    for side in (r, f):
+        if side is None:
+            continue
+        if side.source.kind in ("folder", "images"):
+            side.fingerprint = extractor.fingerprint.to_dict() if extractor else None
+        elif side.source.kind in ("stats", "features"):
+            side.fingerprint = side.source.fingerprint
+            if side.fingerprint is None and side.source.path is not None:
+                warnings.append(f"{side.flag} {side.source.path} carries no protocol fingerprint (e.g. a "
+                                "pytorch-fid statistics file): difflens assumes it was made with the same "
+                                "Inception, weights and resize protocol")
+    if r is not None and f is not None:
+        check_compatible(r.fingerprint, f.fingerprint, f"{r.flag} {_where(r)}", f"{f.flag} {_where(f)}",
+                         cfg.allow_protocol_mismatch, warnings)
+
+    # Features: one Inception pass per image source.
+    for side in (r, f):
+        if side is None:
+            continue
+        src = side.source
+        if isinstance(src, (FolderSource, ArraySource)):
+            from difflens.metrics.extract import extract_features
+
+            if src.n < 2:
+                raise DifflensError(f"{side.flag}: {src.n} image(s); at least 2 are needed.", "add images")
+            ext = extract_features(src, extractor, batch_size=cfg.batch_size, strict=cfg.strict,
+                                   label=side.name, keep_logits=(side.name == "fake" and "is" in chosen),
+                                   show_progress=show_progress)
+            side.features, side.logits = ext.pool3, ext.logits
+            warnings.extend(ext.log.warnings(f"{side.flag} {_where(side)}"))
+        elif isinstance(src, FeaturesSource):
+            side.features, side.logits = src.features, src.logits
+        elif isinstance(src, StatsSource):
+            side.stats = src.stats
+        if 0 <= side.n < 2:
+            raise DifflensError(f"{side.flag}: {side.n} sample(s); at least 2 are needed.", "add samples")
+        if side.n < 0:
+            warnings.append(f"{side.flag} {_where(side)}: the statistics do not record their sample count")
+
+    _check_dims(r, f)
+    result_metrics = _compute(cfg, chosen, r, f, dev, warnings)
+
+    # Statistics to save: computed (and validated) before anything is written.
+    to_save = []
+    for name, path in targets.items():
+        side = r if name == "real" else f
+        assert side is not None
+        to_save.append((path, _side_stats(side), side.fingerprint, {"source": side.source.describe()}))
+    for path, stats, fp, extra in to_save:
+        from difflens.metrics.stats import save_stats as _save
+
+        _save(path, stats, fp, extra)
+
+    return {
+        "metrics": result_metrics,
+        "n_real": r.n_or_none if r is not None else None,
+        "n_fake": f.n_or_none if f is not None else None,
+        "protocol": _protocol_record(cfg, chosen, r, f, extractor),
+        "versions": collect_versions(),
+        "warnings": warnings,
+    }
+
+
+def _where(side: _Side) -> str:
+    return str(side.source.path) if side.source.path is not None else f"({side.source.kind})"
+
+
+def _choose_metrics(requested: tuple[str, ...] | None, r: _Side | None, f: _Side | None,
+                    saving: bool) -> tuple[str, ...]:
+    avail = available_metrics(r.source if r else None, f.source if f else None)
+    if requested is None:
+        chosen = tuple(m for m in METRICS if avail[m] is None)
+        if not chosen and not saving:
+            reasons = "; ".join(f"{m}: {avail[m]}" for m in METRICS)
+            raise DifflensError(f"no metric can be computed from these inputs ({reasons}).",
+                                "pass --real and --fake, or --save-stats to only compute statistics")
+        return chosen
+    bad = [m for m in requested if avail[m] is not None]
+    if bad:
+        raise DifflensError("; ".join(f"--metrics {m} {avail[m]}" for m in bad) + ".",
+                            "drop it from --metrics or give inputs that allow it (" +
+                            "; ".join(f"{m} needs {_needs(m)}" for m in bad) + ")")
+    return requested
+
+
+def _dim(side: _Side) -> int:
+    if side.features is not None:
+        return int(side.features.shape[1])
+    return int(side.stats.dim)
+
+
+def _check_dims(r: _Side | None, f: _Side | None) -> None:
+    if r is None or f is None:
+        return
+    if _dim(r) != _dim(f):
+        raise DifflensError(f"feature dimensions differ: {r.flag} has {_dim(r)}, {f.flag} has {_dim(f)}.",
+                            "compute both with the same extractor and layer (Inception pool3: 2048)")
+
+
+def _side_stats(side: _Side) -> Any:
+    from difflens.metrics.stats import GaussianStats
+
+    if side.stats is None:
+        import numpy as np
+
+        side.stats = GaussianStats.from_features(np.asarray(side.features, dtype=np.float64))
+    return side.stats
+
+
+def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, dev: str | None,
+             warnings: list[str]) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    if "fid" in chosen:
+        from difflens.metrics import fid as fid_mod
+
+        assert r is not None and f is not None
+        for side in (r, f):
+            if side.n < 0:
+                continue
+            if side.n < FID_MIN_N:
+                warnings.append(f"FID: {side.name} set has {side.n} samples (< {FID_MIN_N}): FID is biased "
+                                "upward at small N; compare FIDs only at equal N")
+            if side.n <= _dim(side):
+                warnings.append(f"FID: {side.name} set has {side.n} samples, not more than the feature "
+                                f"dimension {_dim(side)}: its covariance is singular")
+        out["fid"] = {"value": float(fid_mod.fid_from_stats(_side_stats(r), _side_stats(f)))}
+    real_f = np.asarray(r.features, dtype=np.float32) if r is not None and r.features is not None else None
+    fake_f = np.asarray(f.features, dtype=np.float32) if f is not None and f.features is not None else None
+    if "kid" in chosen:
+        from difflens.metrics.kid import kernel_inception_distance
+
+        res = kernel_inception_distance(real_f, fake_f, num_subsets=cfg.kid_subsets,
+                                        subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        out["kid"] = {"value": float(res.value), "std": float(res.std), "subset_size": int(res.subset_size),
+                      "num_subsets": int(res.num_subsets)}
+        warnings.extend(f"KID: {w}" for w in res.warnings)
+    if "is" in chosen:
+        from difflens.metrics.inception_score import inception_score
+
+        assert f is not None
+        mean, std = inception_score(np.asarray(f.logits), splits=min(cfg.is_splits, f.n), seed=cfg.seed)
+        if cfg.is_splits > f.n:
+            warnings.append(f"IS: {f.n} fake samples, fewer than --is-splits {cfg.is_splits}; used {f.n} "
+                            "splits")
+        out["is"] = {"value": float(mean), "std": float(std)}
+    knn_metrics = [k for m in ("pr", "dc") if m in chosen for k in METRIC_KEYS[m]]
+    real_radii = None
+    if knn_metrics:
+        from difflens.metrics import knn
+
+        knn_dev = dev or "cpu"
+        res = knn.prdc(real_f, fake_f, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=knn_dev,
+                       metrics=tuple(knn_metrics))
+        for key in knn_metrics:
+            out[key] = {"value": float(res[key])}
+        real_radii = res.get("real_radii")
+    if cfg.bootstrap:
+        _bootstrap(cfg, chosen, r, f, real_f, fake_f, knn_metrics, real_radii, dev, out, warnings)
+    return out
+
+
+def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, real_f: Any,
+               fake_f: Any, knn_metrics: list[str], real_radii: Any, dev: str | None, out: dict[str, Any],
+               warnings: list[str]) -> None:
+    """Percentile 95% intervals from ``cfg.bootstrap`` resamples (with replacement) of the fake set."""
+    import numpy as np
+
+    from difflens.metrics.bootstrap import bootstrap_indices, percentile_interval
+
+    targets = [m for m in ("fid", "kid") if m in chosen] + knn_metrics
+    if not targets:
+        return
+    if fake_f is None:
+        warnings.append("bootstrap: --fake is a statistics file, so no interval can be computed (resampling "
+                        "needs the fake features)")
+        return
+    assert r is not None and f is not None
+    values: dict[str, list[float]] = {k: [] for k in targets}
+    real_stats = _side_stats(r) if "fid" in chosen else None
+    if knn_metrics and real_radii is None:
+        from difflens.metrics import knn
+
+        real_radii = {k: knn.knn_radii(real_f, k, device=dev or "cpu")
+                      for k in sorted({cfg.k_pr if "pr" in chosen else None,
+                                       cfg.k_dc if "dc" in chosen else None} - {None})}
+    from difflens.console import progress
+
+    indices = bootstrap_indices(f.n, cfg.bootstrap, cfg.seed)
+    for idx in progress(list(indices), total=cfg.bootstrap, description="bootstrap", unit="resample"):
+        sample = fake_f[np.asarray(idx)]
+        if "fid" in targets:
+            from difflens.metrics import fid as fid_mod
+            from difflens.metrics.stats import GaussianStats
+
+            values["fid"].append(float(fid_mod.fid_from_stats(
+                real_stats, GaussianStats.from_features(sample.astype(np.float64)))))
+        if "kid" in targets:
+            from difflens.metrics.kid import kernel_inception_distance
+
+            res = kernel_inception_distance(real_f, sample, num_subsets=cfg.kid_subsets,
+                                            subset_size=cfg.kid_subset_size, seed=cfg.seed)
+            values["kid"].append(float(res.value))
+        if knn_metrics:
+            from difflens.metrics import knn
+
+            res = knn.prdc(real_f, sample, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=dev or "cpu",
+                           metrics=tuple(knn_metrics), real_radii=real_radii)
+            for key in knn_metrics:
+                values[key].append(float(res[key]))
+    for key in targets:
+        lo, hi = percentile_interval(np.asarray(values[key]), level=0.95)
+        out[key]["ci95"] = [float(lo), float(hi)]
+    warnings.append(f"bootstrap: {cfg.bootstrap} resamples of the fake set (with replacement; the real set "
+                    "and its k-NN radii fixed); duplicated samples bias k-NN metrics and KID slightly, so "
+                    "read the interval as the spread due to the fake sample")
+
+
+def _protocol_record(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None,
+                     extractor: Any) -> dict[str, Any]:
+    from difflens.metrics.images import RGB_RULE
+
+    fp = None
+    for side in (r, f):
+        if side is not None and side.fingerprint is not None:
+            fp = side.fingerprint
+            break
+    rec: dict[str, Any] = dict(fp) if fp is not None else {
+        "protocol": "unknown", "extractor": "unknown (precomputed inputs without a fingerprint)",
+        "weights_sha256": None, "feature_layer": None, "dtype": None}
+    if extractor is not None:
+        w = extractor.weights
+        rec["weights_file"] = str(w.path)
+        rec["weights_source"] = w.source
+        rec["weights_standard"] = w.standard
+        rec["weights_random_init"] = w.random_init
+        rec["device"] = extractor.device
+        rec["batch_size"] = cfg.batch_size
+        rec["to_rgb"] = RGB_RULE
+    if rec.get("protocol") in PROTOCOL_TEXT:
+        rec["resize"] = PROTOCOL_TEXT[rec["protocol"]]
+    rec["settings"] = _settings(cfg, chosen)
+    return rec
+
+
+def compute_inception_features(source: Any, *, protocol: str = "tf-legacy",
+                               inception_weights: str | Path | None = None, device: str | None = None,
+                               batch_size: int = 50, offline: bool = False, strict: bool = False,
+                               show_progress: bool = True) -> tuple[Any, Any, dict[str, Any], list[str]]:
+    """Inception pool3 features and unbiased logits of an image source (folder, paths, uint8 array).
+
+    Returns ``(pool3 (N, 2048) float32, logits (N, 1008) float32, fingerprint dict, warnings)``.
+    """
+    from difflens.metrics.extract import extract_features
+    from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+    from difflens.models import resolve_device
+
+    src = resolve_source(source, "source")
+    if src.kind not in ("folder", "images"):
+        raise DifflensError(f"expected images, got {src.kind}.", "pass a folder or a uint8 image array")
+    weights = resolve_inception_weights(inception_weights, offline=offline)
+    extractor = InceptionExtractor(weights, device=resolve_device(device), protocol=protocol)
+    ext = extract_features(src, extractor, batch_size=batch_size, strict=strict, label="images",
+                           show_progress=show_progress)
+    warnings = [w for w in (weights.warning(),) if w] + ext.log.warnings("images")
+    return ext.pool3, ext.logits, extractor.fingerprint.to_dict(), warnings

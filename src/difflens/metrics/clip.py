@@ -1,0 +1,454 @@
+"""CLIP embeddings, CLIP score and the per-prompt breakdown.
+
+CLIP score (Hessel et al. 2021, as torchmetrics computes it): for each (image, prompt) pair,
+``100 * max(cos(E_img, E_txt), 0)`` with E the projected CLIP embeddings, averaged over pairs. Images are
+preprocessed by the model's own CLIPProcessor (resize the short side to the crop size, bicubic, center
+crop, normalize); prompts are tokenized to the text encoder's limit (77 tokens); longer prompts are
+truncated, counted and reported.
+
+The same encoder serves CMMD (:mod:`difflens.metrics.cmmd`) with the CMMD protocol: the whole image
+resized (bicubic, no crop) to the crop size, as google-research/cmmd does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from difflens.errors import DifflensError
+from difflens.metrics.feature_cache import (
+    FeatureCache,
+    FeatureKey,
+    NoCache,
+    as_rgb_image,
+    batches,
+    inputs_digest,
+    load_hf_model,
+    percentile_ci95,
+    resample_indices,
+    strings_digest,
+    weights_digest_for,
+)
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+
+#: Image preprocessing protocols of :meth:`ClipEncoder.encode_images`.
+PROTOCOL_PROCESSOR = "processor"  # CLIPProcessor defaults: short side -> crop size, center crop (CLIP score)
+PROTOCOL_CMMD = "cmmd-resize"  # float [0,1], torch bicubic resize of the whole image to crop size (CMMD)
+
+
+class ClipEncoder:
+    """A transformers ``CLIPModel`` with its ``CLIPProcessor``; embeddings are the projected features
+    (``get_image_features`` / ``get_text_features``), not normalized."""
+
+    def __init__(self, model: Any, processor: Any, model_id: str, device: str, dtype: str,
+                 weights_digest: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.weights_digest = weights_digest
+
+    @classmethod
+    def load(cls, model_id: str = DEFAULT_CLIP_MODEL, device: str | None = None, dtype: str = "float32",
+             offline: bool = False, flag: str = "--clip-model") -> ClipEncoder:
+        from transformers import CLIPModel, CLIPProcessor
+
+        from difflens.models import resolve_device, resolve_dtype
+
+        torch_dtype = resolve_dtype(dtype)
+        dev = resolve_device(device)
+        model = load_hf_model(CLIPModel, model_id, offline, "CLIP model", flag, dtype=torch_dtype)
+        processor = load_hf_model(CLIPProcessor, model_id, offline, "CLIP processor", flag)
+        model = model.to(dev).eval()
+        return cls(model, processor, str(model_id), dev, dtype, weights_digest_for(str(model_id), offline))
+
+    # ---------------------------------------------------------------------------------------- properties
+
+    @property
+    def image_size(self) -> int:
+        crop = getattr(self.processor.image_processor, "crop_size", None) or {}
+        if isinstance(crop, dict) and crop.get("height"):
+            return int(crop["height"])
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def max_text_tokens(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def preprocessing(self, protocol: str) -> dict[str, Any]:
+        ip = self.processor.image_processor
+        spec: dict[str, Any] = {"protocol": protocol, "image_processor": type(ip).__name__,
+                                "mean": list(ip.image_mean), "std": list(ip.image_std),
+                                "crop": self.image_size}
+        if protocol == PROTOCOL_PROCESSOR:
+            spec["size"] = dict(ip.size) if isinstance(ip.size, dict) else ip.size
+            spec["resample"] = int(getattr(ip, "resample", 3) or 3)
+        else:
+            spec["resize"] = "torch.nn.functional.interpolate bicubic, align_corners=False, float [0,1]"
+        return spec
+
+    # ------------------------------------------------------------------------------------------- images
+
+    def pixel_values(self, images: Sequence[Any], protocol: str = PROTOCOL_PROCESSOR) -> Any:
+        """The model input for a batch of images under ``protocol``."""
+        import numpy as np
+        import torch
+
+        pil = [as_rgb_image(im) for im in images]
+        ip = self.processor.image_processor
+        if protocol == PROTOCOL_PROCESSOR:
+            return ip(images=pil, return_tensors="pt")["pixel_values"]
+        if protocol != PROTOCOL_CMMD:
+            raise ValueError(f"unknown protocol {protocol!r}")
+        size = self.image_size
+        out = []
+        for im in pil:
+            x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            out.append(torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic",
+                                                       align_corners=False))
+        x = torch.cat(out)
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def encode_images(self, images: Sequence[Any], protocol: str = PROTOCOL_PROCESSOR,
+                      batch_size: int = 32, show_progress: bool = True) -> Any:
+        """Projected image embeddings (N, D) float32, not normalized."""
+        import numpy as np
+        import torch
+
+        from difflens.console import progress
+
+        feats = []
+        chunks = list(batches(list(images), batch_size))
+        it = progress(chunks, len(images), "CLIP images") if show_progress else chunks
+        with torch.inference_mode():
+            for chunk in it:
+                pv = self.pixel_values(chunk, protocol).to(self.device, dtype=self.model.dtype)
+                out = self.model.get_image_features(pixel_values=pv)
+                feats.append(_tensor(out).float().cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, self.model.config.projection_dim), np.float32)
+
+    # -------------------------------------------------------------------------------------------- texts
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[dict[str, Any], int]:
+        """Tokens padded/truncated to the text encoder's limit, and how many texts were truncated."""
+        tok = self.processor.tokenizer
+        limit = self.max_text_tokens
+        full = tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = sum(1 for ids in full if len(ids) > limit)
+        enc = tok(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return dict(enc), truncated
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Any, int]:
+        """Projected text embeddings (N, D) float32, not normalized, and the number of truncated texts."""
+        import numpy as np
+        import torch
+
+        feats, truncated = [], 0
+        with torch.inference_mode():
+            for chunk in batches(list(texts), batch_size):
+                enc, t = self.tokenize(chunk)
+                truncated += t
+                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                feats.append(_tensor(self.model.get_text_features(**enc)).float().cpu().numpy())
+        dim = self.model.config.projection_dim
+        return (np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)), truncated
+
+    # ---------------------------------------------------------------------------------------- cached
+
+    def image_features(self, images: Sequence[Any], protocol: str, cache: FeatureCache | None = None,
+                       digest: str | None = None, batch_size: int = 32) -> Any:
+        """``encode_images`` through the feature cache (``digest``: a precomputed input digest)."""
+        cache = cache or NoCache()
+        key = FeatureKey(
+            extractor=f"clip-image-{protocol}", model_id=self.model_id, weights_digest=self.weights_digest,
+            preprocessing=self.preprocessing(protocol), dtype=self.dtype,
+            device_type=self.device.split(":")[0], inputs_digest=digest or inputs_digest(list(images)),
+            num_inputs=len(images),
+        )
+        return cache.get_or_compute(key, lambda: self.encode_images(images, protocol, batch_size))
+
+    def text_features(self, texts: Sequence[str], cache: FeatureCache | None = None) -> tuple[Any, int]:
+        """``encode_texts`` through the feature cache (each distinct text encoded once): (N, D) embeddings
+        in the order of ``texts`` and the number of distinct texts longer than the limit (truncated)."""
+        import numpy as np
+
+        cache = cache or NoCache()
+        unique = list(dict.fromkeys(texts))
+        key = FeatureKey(
+            extractor="clip-text", model_id=self.model_id, weights_digest=self.weights_digest,
+            preprocessing={"tokenizer": type(self.processor.tokenizer).__name__, "max": self.max_text_tokens},
+            dtype=self.dtype, device_type=self.device.split(":")[0], inputs_digest=strings_digest(unique),
+            num_inputs=len(unique),
+        )
+        feats = np.asarray(cache.get_or_compute(key, lambda: self.encode_texts(unique)[0]))
+        lengths = self.processor.tokenizer(unique, add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = sum(1 for ids in lengths if len(ids) > self.max_text_tokens)
+        row = {t: i for i, t in enumerate(unique)}
+        return feats[[row[t] for t in texts]], truncated
+
+
+def _tensor(out: Any) -> Any:
+    """``get_*_features`` returns a tensor (transformers 4) or an output with ``pooler_output`` (5)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("pooler_output", "image_embeds", "text_embeds"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ math
+
+
+def normalize(x: Any) -> Any:
+    """Rows scaled to unit L2 norm, float64."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clip_scores(image_embeds: Any, text_embeds: Any) -> Any:
+    """Per-pair CLIP score: ``100 * max(cos(image_i, text_i), 0)``, float64 (N,)."""
+    import numpy as np
+
+    a, b = normalize(image_embeds), normalize(text_embeds)
+    if a.shape != b.shape:
+        raise DifflensError(f"{a.shape[0]} images but {b.shape[0]} prompts.",
+                            "give one prompt per image (or a manifest)")
+    return 100.0 * np.maximum((a * b).sum(axis=1), 0.0)
+
+
+@dataclass
+class PromptScore:
+    prompt: str
+    count: int
+    clip_score: float
+
+
+@dataclass
+class PerPromptBreakdown:
+    """CLIP score per distinct prompt; ``sum(count * clip_score) / sum(count)`` equals the overall score."""
+
+    overall: float
+    prompts: list[PromptScore] = field(default_factory=list)
+    lowest: list[PromptScore] = field(default_factory=list)
+
+    def weighted_mean(self) -> float:
+        n = sum(p.count for p in self.prompts)
+        return sum(p.count * p.clip_score for p in self.prompts) / n if n else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"overall": self.overall,
+                "prompts": [vars(p) for p in self.prompts],
+                "lowest": [vars(p) for p in self.lowest]}
+
+
+def per_prompt_breakdown(prompts: Sequence[str], scores: Any, lowest: int = 10) -> PerPromptBreakdown:
+    """Mean CLIP score per distinct prompt (first-seen order) and the ``lowest`` worst-aligned prompts."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(prompts) != len(scores):
+        raise ValueError("one prompt per score")
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    rows = [PromptScore(p, len(idx), float(scores[idx].mean())) for p, idx in groups.items()]
+    worst = sorted(rows, key=lambda r: (r.clip_score, r.prompt))[:max(0, lowest)]
+    return PerPromptBreakdown(overall=float(scores.mean()) if len(scores) else float("nan"),
+                              prompts=rows, lowest=worst)
+
+
+def bootstrap_mean_ci(values: Any, n_boot: int, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean over ``n_boot`` resamples (with replacement) of the pairs."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    means = [values[idx].mean() for idx in resample_indices(len(values), n_boot, seed)]
+    return percentile_ci95(means)
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+@dataclass
+class ClipScoreResult:
+    value: float
+    n: int
+    per_sample: Any
+    truncated_prompts: int
+    ci95: tuple[float, float] | None = None
+    per_prompt: PerPromptBreakdown | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value, "n": self.n, "truncated_prompts": self.truncated_prompts}
+        if self.ci95 is not None:
+            out["ci95"] = list(self.ci95)
+        return out
+
+
+def compute_clip_score(images: Sequence[Any], prompts: Sequence[str], *,
+                       clip_model: str = DEFAULT_CLIP_MODEL, encoder: ClipEncoder | None = None,
+                       device: str | None = None, dtype: str = "float32", offline: bool = False,
+                       cache: FeatureCache | None = None, images_digest: str | None = None,
+                       batch_size: int = 32, per_prompt: bool = False, lowest: int = 10, bootstrap: int = 0,
+                       seed: int = 0) -> ClipScoreResult:
+    """CLIP score of ``images[i]`` against ``prompts[i]`` (paths, PIL images or uint8 arrays).
+
+    ``bootstrap`` > 0 adds a 95% interval from resampling the (image, prompt) pairs.
+    """
+    if len(images) != len(prompts):
+        raise DifflensError(f"{len(images)} images but {len(prompts)} prompts for the CLIP score.",
+                            "give one prompt per image, or use a generation folder with a manifest")
+    if len(images) == 0:
+        raise DifflensError("no images for the CLIP score.", "pass a folder with images")
+    enc = encoder or ClipEncoder.load(clip_model, device=device, dtype=dtype, offline=offline)
+    img = enc.image_features(images, PROTOCOL_PROCESSOR, cache, images_digest, batch_size)
+    txt, truncated = enc.text_features(list(prompts), cache)
+    scores = clip_scores(img, txt)
+    result = ClipScoreResult(value=float(scores.mean()), n=len(scores), per_sample=scores,
+                             truncated_prompts=truncated)
+    if bootstrap > 0:
+        result.ci95 = bootstrap_mean_ci(scores, bootstrap, seed)
+    if per_prompt:
+        result.per_prompt = per_prompt_breakdown(list(prompts), scores, lowest)
+    return result
+
+
+# ------------------------------------------------------------------------------- all embedding metrics
+
+#: ``--metrics`` names of the CLIP/DINOv2 metrics and their JSON keys.
+EMBEDDING_METRICS: dict[str, str] = {"clip": "clip_score", "cmmd": "cmmd", "fd-dinov2": "fd_dinov2"}
+
+
+def parse_embedding_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """``"clip,cmmd"`` -> ``("clip", "cmmd")``; unknown names are an error. Aliases: clip_score, fd_dinov2."""
+    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    aliases = {"clip_score": "clip", "clip-score": "clip", "fd_dinov2": "fd-dinov2", "fddinov2": "fd-dinov2"}
+    items = [aliases.get(s, s) for s in items]
+    bad = [s for s in items if s not in EMBEDDING_METRICS]
+    if bad or not items:
+        raise DifflensError(f"unknown metric(s): {', '.join(bad) or '(empty)'}.",
+                            f"choose from {','.join(EMBEDDING_METRICS)}")
+    return tuple(m for m in EMBEDDING_METRICS if m in items)
+
+
+def compute_embedding_metrics(
+    metrics: str | Sequence[str], *, fake: Sequence[Any] | None, real: Sequence[Any] | None = None,
+    prompts: Sequence[str] | None = None, clip_model: str = DEFAULT_CLIP_MODEL,
+    cmmd_clip_model: str | None = None, dinov2_model: str | None = None, per_prompt: bool = False,
+    lowest: int = 10, bootstrap: int = 0, seed: int = 0, device: str | None = None, dtype: str = "float32",
+    offline: bool = False, cache: FeatureCache | None = None, batch_size: int = 32,
+) -> dict[str, Any]:
+    """CLIP score, CMMD and FD-DINOv2 in one call: one feature pass per (extractor, preprocessing, set).
+
+    ``fake``/``real``: sequences of image paths, PIL images or uint8 (H, W, 3) arrays (a uint8 (N, H, W, 3)
+    array works too). ``prompts``: one per fake image (CLIP score). Validates everything before loading a
+    model. Returns ``{"metrics": {"clip_score": {"value", ["ci95"]}, "cmmd": {...}, "fd_dinov2": {...}},
+    "per_prompt": {...} (with ``per_prompt``), "protocol": {key: {model, weights_sha256, preprocessing,
+    dtype}}, "warnings": [...]}``. ``ci95`` comes from resampling the fake set (``bootstrap`` > 0).
+    """
+    from difflens.metrics.cmmd import DEFAULT_CMMD_CLIP_MODEL, cmmd_from_embeddings
+    from difflens.metrics.dinov2 import DEFAULT_DINOV2_MODEL, Dinov2Encoder, fd_with_bootstrap
+
+    chosen = parse_embedding_metrics(metrics)
+    cmmd_clip_model = cmmd_clip_model or DEFAULT_CMMD_CLIP_MODEL
+    dinov2_model = dinov2_model or DEFAULT_DINOV2_MODEL
+    n_fake = 0 if fake is None else len(fake)
+    if n_fake == 0:
+        raise DifflensError("no generated images to evaluate.", "pass --fake, or --model with --prompts")
+    if "clip" in chosen:
+        if prompts is None:
+            raise DifflensError("--metrics clip needs a prompt for each generated image.",
+                                "evaluate a difflens generate folder (it has a manifest), or pass --prompts")
+        if len(prompts) != n_fake:
+            raise DifflensError(f"{n_fake} generated images but {len(prompts)} prompts.",
+                                "give one prompt per image (a prompts file cycled in file order), or use a "
+                                "generation folder with a manifest")
+    if per_prompt and "clip" not in chosen:
+        raise DifflensError("--per-prompt breaks down the CLIP score, which is not among --metrics.",
+                            "add clip to --metrics")
+    needs_real = [m for m in chosen if m in ("cmmd", "fd-dinov2")]
+    if needs_real and (real is None or len(real) == 0):
+        raise DifflensError(f"--metrics {','.join(needs_real)} needs reference images.", "pass --real FOLDER")
+    if "fd-dinov2" in chosen and (n_fake < 2 or len(real or []) < 2):
+        raise DifflensError("FD-DINOv2 needs at least 2 images on each side.", "add images")
+    if bootstrap < 0:
+        raise DifflensError(f"--bootstrap must be at least 0, got {bootstrap}.", "pass --bootstrap 0 or more")
+
+    cache = cache or NoCache()
+    out: dict[str, Any] = {"metrics": {}, "protocol": {}, "warnings": []}
+    fake_digest = inputs_digest(list(fake))  # type: ignore[arg-type]
+    real_digest = inputs_digest(list(real)) if needs_real and real is not None else None
+    encoders: dict[str, ClipEncoder] = {}
+
+    def clip_encoder(model_id: str, flag: str) -> ClipEncoder:
+        if model_id not in encoders:
+            encoders[model_id] = ClipEncoder.load(model_id, device=device, dtype=dtype, offline=offline,
+                                                  flag=flag)
+        return encoders[model_id]
+
+    def record(key: str, model_id: str, digest: str, preprocessing: dict[str, Any]) -> None:
+        out["protocol"][key] = {"model": model_id, "weights_sha256": digest, "preprocessing": preprocessing,
+                                "dtype": dtype}
+
+    if "clip" in chosen:
+        enc = clip_encoder(clip_model, "--clip-model")
+        res = compute_clip_score(fake, list(prompts or []), encoder=enc, cache=cache,
+                                 images_digest=fake_digest, batch_size=batch_size, per_prompt=per_prompt,
+                                 lowest=lowest, bootstrap=bootstrap, seed=seed)
+        out["metrics"]["clip_score"] = res.to_dict()
+        if res.per_prompt is not None:
+            out["per_prompt"] = res.per_prompt.to_dict()
+        if res.truncated_prompts:
+            out["warnings"].append(f"CLIP score: {res.truncated_prompts} prompt(s) longer than "
+                                   f"{enc.max_text_tokens} tokens were truncated for the text encoder")
+        record("clip_score", enc.model_id, enc.weights_digest, enc.preprocessing(PROTOCOL_PROCESSOR))
+    if "cmmd" in chosen:
+        enc = clip_encoder(cmmd_clip_model, "--cmmd-clip-model")
+        x = enc.image_features(real, PROTOCOL_CMMD, cache, real_digest, batch_size)  # type: ignore[arg-type]
+        y = enc.image_features(fake, PROTOCOL_CMMD, cache, fake_digest, batch_size)
+        out["metrics"]["cmmd"] = cmmd_from_embeddings(x, y, bootstrap=bootstrap, seed=seed).to_dict()
+        record("cmmd", enc.model_id, enc.weights_digest,
+               {**enc.preprocessing(PROTOCOL_CMMD), "sigma": 10.0, "scale": 1000.0})
+    if "fd-dinov2" in chosen:
+        dino = Dinov2Encoder.load(dinov2_model, device=device, dtype=dtype, offline=offline)
+        x = dino.image_features(real, cache, real_digest, batch_size)  # type: ignore[arg-type]
+        y = dino.image_features(fake, cache, fake_digest, batch_size)
+        out["metrics"]["fd_dinov2"] = fd_with_bootstrap(x, y, bootstrap, seed).to_dict()
+        record("fd_dinov2", dino.model_id, dino.weights_digest, dino.preprocessing())
+        dim = x.shape[1]
+        for name, n in (("real", len(x)), ("fake", len(y))):
+            if n <= dim:
+                out["warnings"].append(f"FD-DINOv2: the {name} set has {n} samples, not more than the "
+                                       f"feature dimension {dim}: its covariance is singular")
+    if bootstrap:
+        out["warnings"].append(f"bootstrap: {bootstrap} resamples of the generated set (with replacement); "
+                               "CMMD and FD intervals are biased upward by duplicated samples")
+    return out
+
+
+def render_per_prompt(breakdown: dict[str, Any], console: Any = None, limit: int = 10) -> None:
+    """Print the lowest-aligned prompts of a per-prompt breakdown (``result["per_prompt"]``)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console or Console()
+    title = f"lowest CLIP score prompts (overall {breakdown['overall']:.4g})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("CLIP score", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("prompt")
+    for row in breakdown["lowest"][:limit]:
+        table.add_row(f"{row['clip_score']:.4g}", str(row["count"]), escape(row["prompt"][:100]))
+    out.print(table)

@@ -1,0 +1,103 @@
+"""Frechet distance between Gaussians (FID; Heusel et al. 2017), exact and without ``scipy.linalg.sqrtm``.
+
+    FID = ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr((S1 S2)^(1/2))
+
+The trace term (DESIGN.md 3): S1 S2 is similar to a symmetric PSD matrix, so its eigenvalues are real and
+non-negative and ``Tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i)``. Writing ``S1 = F F^T``, the eigenvalues of
+``S1 S2`` are those of ``F^T S2 F`` (symmetric PSD), computed with ``eigvalsh``; rounding negatives are
+clipped to 0. ``F`` is the Cholesky factor of S1 when S1 is numerically positive definite (one Cholesky
+instead of a full eigendecomposition: about 8x cheaper than the eigh-based square root ``S1^(1/2)``),
+else ``V diag(sqrt(max(w, 0)))`` from ``eigh(S1)`` (then ``F^T S2 F`` has the eigenvalues of
+``S1^(1/2) S2 S1^(1/2)``, the textbook symmetric route). All in float64.
+
+When the feature matrices are at hand and N < D, the same trace is the nuclear norm of ``B A^T`` for the
+centered feature matrices (see :func:`trace_sqrt_product_from_features`), O(N^2 D) instead of O(D^3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from difflens.errors import DifflensError
+from difflens.metrics.stats import GaussianStats
+
+
+def _check_square(sigma: np.ndarray, name: str) -> np.ndarray:
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
+        raise DifflensError(f"{name} must be a square (D, D) matrix, got shape {sigma.shape}.", None)
+    if not np.all(np.isfinite(sigma)):
+        raise DifflensError(f"{name} contains NaN or infinite values.", "Recompute the statistics.")
+    return sigma
+
+
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """A matrix ``F`` with ``F @ F.T == sigma`` (Cholesky; eigh with clipped eigenvalues if not PD)."""
+    sigma = _check_square(sigma, "sigma")
+    sym = 0.5 * (sigma + sigma.T)
+    try:
+        return np.linalg.cholesky(sym)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(sym)
+        return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def trace_sqrt_from_factor(factor: np.ndarray, sigma2: np.ndarray) -> float:
+    """``Tr((S1 S2)^(1/2))`` given ``F`` with ``F F^T = S1``: sum of sqrt(eigvalsh(F^T S2 F)), clipped."""
+    m = factor.T @ sigma2 @ factor
+    m = 0.5 * (m + m.T)
+    w = np.linalg.eigvalsh(m)
+    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``Tr((S1 S2)^(1/2))`` for symmetric PSD S1, S2, by the symmetric eigenvalue route (float64)."""
+    s1 = _check_square(sigma1, "sigma1")
+    s2 = _check_square(sigma2, "sigma2")
+    if s1.shape != s2.shape:
+        raise DifflensError(
+            f"Feature dimension mismatch: covariances are {s1.shape} and {s2.shape}.",
+            "Compare statistics of the same extractor and layer.")
+    return trace_sqrt_from_factor(psd_factor(s1), 0.5 * (s2 + s2.T))
+
+
+def trace_sqrt_product_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    """``Tr((S_a S_b)^(1/2))`` from feature matrices: nuclear norm of ``B_c A_c^T / sqrt((na-1)(nb-1))``.
+
+    ``A_c``, ``B_c`` are the centered features (float64). Cheaper than the covariance route when
+    ``min(na, nb)`` is well below D; same value to float64 rounding.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise DifflensError(f"Feature shapes {a.shape} and {b.shape} do not match.", None)
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise DifflensError("A covariance needs at least 2 samples per set.", None)
+    ac = a - a.mean(axis=0)
+    bc = b - b.mean(axis=0)
+    sv = np.linalg.svd(bc @ ac.T, compute_uv=False)
+    return float(sv.sum() / np.sqrt((a.shape[0] - 1) * (b.shape[0] - 1)))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64; tiny negatives give 0)."""
+    mu1 = np.asarray(mu1, dtype=np.float64)
+    mu2 = np.asarray(mu2, dtype=np.float64)
+    s1 = _check_square(sigma1, "sigma1")
+    s2 = _check_square(sigma2, "sigma2")
+    if mu1.ndim != 1 or mu1.shape != mu2.shape or s1.shape != (mu1.shape[0],) * 2 or s2.shape != s1.shape:
+        raise DifflensError(
+            f"Feature dimension mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}.",
+            "Compare statistics of the same extractor and layer.")
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
+    return max(value, 0.0)
+
+
+def fid_from_stats(a: GaussianStats, b: GaussianStats) -> float:
+    """FID between two :class:`GaussianStats` (unbiased covariances)."""
+    if a.dim != b.dim:
+        raise DifflensError(
+            f"Feature dimension mismatch: statistics have D={a.dim} and D={b.dim}.",
+            "Compare statistics of the same extractor and layer.")
+    return frechet_distance(a.mean, a.covariance(), b.mean, b.covariance())

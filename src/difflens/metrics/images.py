@@ -1,0 +1,151 @@
+"""Image inputs for the Inception metrics: folder listing, the to-RGB rule, and uint8 image arrays.
+
+**The to-RGB rule** (one rule for every reader in difflens metrics):
+
+* 8-bit images are converted exactly as PIL's ``Image.convert("RGB")`` converts them, which is what
+  torch-fidelity, clean-fid and pytorch-fid do, so the same files give the same pixels there and here:
+  grayscale (``L``, ``1``) is replicated to three channels; palette (``P``) images are looked up in their
+  palette; ``CMYK``/``YCbCr``/``LAB`` use PIL's conversion.
+* **Alpha is dropped, not composited**: an ``RGBA``/``LA``/``PA`` image (or a palette with a transparent
+  entry) keeps the colour stored under the alpha channel. Compositing on a background would change the
+  numbers relative to every reference implementation, all of which drop alpha.
+* **16-bit images keep their high byte** (``v >> 8``, i.e. ``floor(v / 256)``): PIL already reads 16-bit
+  colour PNGs this way; difflens applies the same rule to 16-bit grayscale (``I;16*`` modes), where
+  ``convert("RGB")`` would instead clip every value above 255 to white. 32-bit integer grayscale (``I``)
+  is taken as 16-bit data (clipped to 0..65535, then ``>> 8``).
+* Animated files use their first frame. EXIF orientation is not applied (as in the reference tools).
+
+**Folders** are searched recursively (following symbolic links, each real folder once) for files ending in
+``.png``, ``.jpg``, ``.jpeg``, ``.webp`` or ``.bmp`` (any case); names starting with ``.`` (hidden files and
+folders such as ``.ipynb_checkpoints`` or macOS ``._*`` files) are skipped. Files are read in sorted order
+of their path relative to the folder, so results do not depend on the file system's listing order.
+
+**Arrays**: a ``.npy`` file, or an ``.npz`` holding one array (or an array named ``images``), of dtype uint8
+and shape ``(N, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+#: Short text of the rule, for help texts and result files.
+RGB_RULE = ("8-bit: PIL convert('RGB') (grayscale replicated, palette looked up); alpha dropped, not "
+            "composited; 16-bit: high byte (v >> 8)")
+
+
+class ImageReadError(Exception):
+    """One image could not be read (corrupt, truncated, unsupported)."""
+
+
+def to_rgb_uint8(image: Any) -> Any:
+    """Convert a PIL image to an ``(H, W, 3)`` uint8 array by the module's to-RGB rule."""
+    import numpy as np
+
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(image)
+        if mode == "I":
+            arr = np.clip(arr, 0, 65535)
+        gray = (arr.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        raise ImageReadError("floating-point (mode F) images are not supported")
+    if mode != "RGB":
+        image = image.convert("RGB")
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageReadError(f"unexpected pixel layout {arr.shape} after conversion from mode {mode}")
+    return arr
+
+
+def read_image(path: str | Path) -> Any:
+    """Read one image file as ``(H, W, 3)`` uint8 (see the module docstring for the rule).
+
+    Raises :class:`ImageReadError` for unreadable, truncated or unsupported files.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.load()
+            arr = to_rgb_uint8(img)
+    except ImageReadError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{type(exc).__name__}: {exc}") from None
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageReadError("image has zero size")
+    return arr
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by their relative path; see the module docstring."""
+    root = Path(folder)
+    found: list[tuple[str, Path]] = []
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = Path(dirpath) / name
+            found.append((path.relative_to(root).as_posix(), path))
+    found.sort(key=lambda item: item[0])
+    return [path for _, path in found]
+
+
+@dataclass
+class ReadLog:
+    """Files skipped while reading (path, reason), in reading order."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def warnings(self, label: str) -> list[str]:
+        if not self.skipped:
+            return []
+        shown = "; ".join(f"{p} ({r})" for p, r in self.skipped[:5])
+        more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+        return [f"{label}: skipped {len(self.skipped)} unreadable image file(s): {shown}{more}"]
+
+
+def iter_folder_images(files: Sequence[Path], log: ReadLog, strict: bool = False,
+                       label: str = "images") -> Iterator[Any]:
+    """Yield ``(H, W, 3)`` uint8 arrays for ``files``; unreadable files are recorded in ``log`` and skipped,
+    or raise :class:`DifflensError` when ``strict``."""
+    for path in files:
+        try:
+            yield read_image(path)
+        except ImageReadError as exc:
+            if strict:
+                raise DifflensError(f"{label}: cannot read image {path}: {exc}.",
+                                    "remove or replace the file, or drop --strict to skip unreadable "
+                                    "images with a warning") from None
+            log.skipped.append((str(path), str(exc)))
+
+
+def check_image_array(arr: Any, name: str) -> None:
+    """Raise :class:`DifflensError` unless ``arr`` is uint8 ``(N, H, W, 3)``."""
+    import numpy as np
+
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+        raise DifflensError(
+            f"{name}: expected uint8 images of shape (N, H, W, 3), got {arr.dtype} {tuple(arr.shape)}.",
+            "store images as uint8 NHWC RGB (e.g. np.transpose(x, (0, 2, 3, 1)) for NCHW, "
+            "np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) for floats in [0, 1])")
+    if arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise DifflensError(f"{name}: images have zero size {tuple(arr.shape)}.", "check the array")

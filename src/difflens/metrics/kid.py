@@ -1,0 +1,111 @@
+"""Kernel Inception Distance (Binkowski et al. 2018), subset by subset exactly as torch-fidelity 0.4.
+
+    k(x, y) = (x.y / d + 1)^3
+    MMD^2_u = sum_{i != j} k(x_i, x_j) / (m(m-1)) + sum_{i != j} k(y_i, y_j) / (m(m-1))
+              - 2 sum_{i,j} k(x_i, y_j) / m^2
+
+over ``num_subsets`` pairs of subsets of size ``m``, drawn without replacement by
+``numpy.random.RandomState(seed)``: for each subset first ``rng.choice(len(fake), m, replace=False)``,
+then ``rng.choice(len(real), m, replace=False)`` -- torch-fidelity's ``kid_features_to_metric(features_1,
+features_2)`` with ``features_1`` the generated set (its ``input1``) and ``features_2`` the real set, and
+its default seed 2020. KID is the mean of the subset values and its ``std`` the population standard
+deviation (``np.std``). It can be slightly negative.
+
+Numerics: the kernel matrices and sums are float64 (torch-fidelity computes them in the features'
+dtype, float32 for Inception features, so the two agree to about 1e-6 relative, not bit for bit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from difflens.errors import DifflensError
+
+DEFAULT_SEED = 2020  # torch_fidelity.defaults: rng_seed
+
+
+@dataclass
+class KIDResult:
+    """KID mean over subsets, population std, the subset size and count used, and warnings."""
+
+    value: float
+    std: float
+    subset_size: int
+    num_subsets: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_pair(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    real = np.asarray(real)
+    fake = np.asarray(fake)
+    if real.ndim != 2 or fake.ndim != 2:
+        raise DifflensError(f"Features must be 2-D (N, D) arrays, got {real.shape} and {fake.shape}.", None)
+    if real.shape[1] != fake.shape[1]:
+        raise DifflensError(
+            f"Feature dimension mismatch: real D={real.shape[1]}, fake D={fake.shape[1]}.",
+            "Extract both sets with the same extractor and layer.")
+    if min(real.shape[0], fake.shape[0]) < 2:
+        raise DifflensError(
+            f"KID needs at least 2 samples per set (real {real.shape[0]}, fake {fake.shape[0]}).",
+            "Add images.")
+    return real, fake
+
+
+def _poly_kernel_sums(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(sum_{i!=j} k(x_i,x_j), sum_{i!=j} k(y_i,y_j), sum_ij k(x_i,y_j)) for the cubic kernel, float64."""
+    d = x.shape[1]
+
+    def kern(g: np.ndarray) -> np.ndarray:
+        g /= d
+        g += 1.0
+        return g * g * g
+
+    kxx = kern(x @ x.T)
+    kyy = kern(y @ y.T)
+    kxy = kern(x @ y.T)
+    return (float(kxx.sum() - np.trace(kxx)), float(kyy.sum() - np.trace(kyy)), float(kxy.sum()))
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 between two equal-size samples with the cubic polynomial kernel (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m = x.shape[0]
+    if y.shape[0] != m:
+        raise DifflensError("mmd2_unbiased needs two samples of the same size.", None)
+    sxx, syy, sxy = _poly_kernel_sums(x, y)
+    return (sxx + syy) / (m * (m - 1)) - 2.0 * sxy / (m * m)
+
+
+def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = DEFAULT_SEED) -> KIDResult:
+    """KID between ``real`` (N, D) and ``fake`` (M, D) features; see the module docstring.
+
+    When a set has fewer than ``subset_size`` samples, the subset size becomes ``min(N, M)`` and a
+    warning is recorded (each subset is then a permutation of the smaller set).
+    """
+    real, fake = _check_pair(real, fake)
+    if int(num_subsets) < 1 or int(subset_size) < 2:
+        raise DifflensError(
+            f"KID needs num_subsets >= 1 and subset_size >= 2, got {num_subsets} and {subset_size}.", None)
+    num_subsets = int(num_subsets)
+    m = int(subset_size)
+    warnings: list[str] = []
+    smallest = min(real.shape[0], fake.shape[0])
+    if smallest < m:
+        warnings.append(
+            f"KID subset size reduced from {m} to {smallest}: the smaller set has only {smallest} samples "
+            f"(real {real.shape[0]}, fake {fake.shape[0]}); values are not comparable to subset size {m}.")
+        m = smallest
+    rng = np.random.RandomState(seed)
+    mmds = np.zeros(num_subsets, dtype=np.float64)
+    for i in range(num_subsets):
+        idx_fake = rng.choice(fake.shape[0], m, replace=False)
+        idx_real = rng.choice(real.shape[0], m, replace=False)
+        mmds[i] = mmd2_unbiased(fake[idx_fake], real[idx_real])
+    if not np.all(np.isfinite(mmds)):
+        raise DifflensError("KID is not finite: the features contain NaN or infinite values.",
+                            "Check the extractor input.")
+    return KIDResult(float(np.mean(mmds)), float(np.std(mmds)), m, num_subsets, warnings)

@@ -1,0 +1,234 @@
+"""Resolve a ``--real``/``--fake`` spec (or a Python object) into a typed source.
+
+Kinds:
+
+* ``folder``: a folder of image files (see :mod:`difflens.metrics.images`), or a list of image paths;
+* ``images``: a uint8 ``(N, H, W, 3)`` array, in memory or in a ``.npy``/``.npz`` file;
+* ``stats``: Gaussian statistics (``.npz`` with ``mu`` and ``sigma``: difflens or pytorch-fid format;
+  a :class:`~difflens.metrics.stats.GaussianStats`; a dict with ``mu``/``sigma``); FID only;
+* ``features``: precomputed ``(N, D)`` features (``.npy``, or ``.npz`` with ``features`` and optionally
+  ``logits`` for IS), or a 2-D float array in memory.
+
+Nothing here imports torch: FID from two statistics files stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from difflens.errors import DifflensError
+from difflens.metrics.images import IMAGE_EXTENSIONS, check_image_array, list_image_files
+
+
+@dataclass
+class FolderSource:
+    """Image files read one by one (a folder, or an explicit list of paths)."""
+
+    files: list[Path]
+    path: Path | None = None
+    kind: str = "folder"
+
+    @property
+    def n(self) -> int:
+        return len(self.files)
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.n} image files)" if self.path else f"{self.n} image files"
+
+
+@dataclass
+class ArraySource:
+    """uint8 ``(N, H, W, 3)`` images held as one array (possibly memory-mapped)."""
+
+    images: Any
+    path: Path | None = None
+    kind: str = "images"
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    def describe(self) -> str:
+        shape = "x".join(str(s) for s in self.images.shape)
+        return f"{self.path} (uint8 {shape})" if self.path else f"array (uint8 {shape})"
+
+
+@dataclass
+class StatsSource:
+    """Gaussian statistics (FID only); ``fingerprint`` is None for files made by other tools."""
+
+    stats: Any
+    fingerprint: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    kind: str = "stats"
+
+    @property
+    def n(self) -> int:
+        return int(self.stats.n)
+
+    def describe(self) -> str:
+        where = str(self.path) if self.path else "statistics"
+        return f"{where} (statistics, n={self.n}, dim={self.stats.dim})"
+
+
+@dataclass
+class FeaturesSource:
+    """Precomputed ``(N, D)`` features, and optionally ``(N, C)`` logits for IS."""
+
+    features: Any
+    logits: Any | None = None
+    fingerprint: dict[str, Any] | None = None
+    path: Path | None = None
+    kind: str = "features"
+
+    @property
+    def n(self) -> int:
+        return int(self.features.shape[0])
+
+    def describe(self) -> str:
+        where = str(self.path) if self.path else "features"
+        return f"{where} (features {self.features.shape[0]}x{self.features.shape[1]})"
+
+
+Source = Union[FolderSource, ArraySource, StatsSource, FeaturesSource]
+
+STATS_KEYS = ("mu", "sigma")
+
+
+def _check_features(arr: Any, name: str) -> Any:
+    import numpy as np
+
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DifflensError(f"{name}: expected a 2-D (N, D) float feature array, got {arr.dtype} "
+                            f"{tuple(arr.shape)}.", "save features as np.save(path, feats) with feats (N, D)")
+    arr = np.asarray(arr)
+    if not np.isfinite(arr).all():
+        raise DifflensError(f"{name}: features contain NaN or infinity.", "recompute the features")
+    return arr
+
+
+def _from_npz(path: Path, name: str, want_features: bool) -> Source:
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DifflensError(f"{name}: cannot read {path}: {exc}.",
+                            "check that the file is a valid .npz") from None
+    with data:
+        keys = list(data.files)
+        if all(k in keys for k in STATS_KEYS) and not want_features:
+            from difflens.metrics.stats import load_stats
+
+            try:
+                stats, fingerprint, extra = load_stats(path)
+            except DifflensError:
+                raise
+            except (KeyError, ValueError, OSError) as exc:
+                raise DifflensError(f"{name}: cannot read statistics from {path}: {exc}.",
+                                    "check the file (mu: (D,), sigma: (D, D))") from None
+            return StatsSource(stats=stats, fingerprint=fingerprint, extra=dict(extra or {}), path=path)
+        if "features" in keys or (want_features and len(keys) == 1):
+            feats = _check_features(data["features" if "features" in keys else keys[0]], name)
+            logits = data["logits"] if "logits" in keys else None
+            if logits is not None and (logits.ndim != 2 or logits.shape[0] != feats.shape[0]):
+                raise DifflensError(f"{name}: logits {tuple(logits.shape)} do not match features "
+                                    f"{tuple(feats.shape)}.", "store (N, C) logits for the same N samples")
+            fingerprint = None
+            if "fingerprint" in keys:
+                import json
+
+                try:
+                    fingerprint = json.loads(str(data["fingerprint"]))
+                except ValueError:
+                    fingerprint = None
+            return FeaturesSource(features=feats, logits=logits, fingerprint=fingerprint, path=path)
+        if want_features:
+            raise DifflensError(f"{name}: {path} holds {keys}, not a feature array.",
+                                "store the (N, D) features under the key 'features'")
+        if "images" in keys or len(keys) == 1:
+            arr = data["images" if "images" in keys else keys[0]]
+            if arr.ndim == 2:
+                return FeaturesSource(features=_check_features(arr, name), path=path)
+            check_image_array(arr, f"{name} ({path})")
+            return ArraySource(images=arr, path=path)
+    raise DifflensError(f"{name}: {path} holds arrays {keys}; expected 'mu' and 'sigma' (statistics), "
+                        "'images' (uint8 N,H,W,3) or 'features' (N, D).",
+                        "save one of these layouts, e.g. np.savez(path, images=x)")
+
+
+def _from_path(path: Path, name: str, want_features: bool) -> Source:
+    import numpy as np
+
+    if not path.exists():
+        raise DifflensError(f"{name}: {path} does not exist.", "check the path")
+    if path.is_dir():
+        if want_features:
+            raise DifflensError(f"{name}: {path} is a folder, not a feature file.",
+                                "pass an (N, D) .npy file")
+        files = list_image_files(path)
+        if not files:
+            raise DifflensError(f"{name}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.",
+                                "point to a folder that holds images (searched recursively)")
+        return FolderSource(files=files, path=path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _from_npz(path, name, want_features)
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DifflensError(f"{name}: cannot read {path}: {exc}.",
+                                "check that the file is a valid .npy") from None
+        if arr.ndim == 2 or want_features:
+            return FeaturesSource(features=_check_features(np.asarray(arr), name), path=path)
+        check_image_array(arr, f"{name} ({path})")
+        return ArraySource(images=arr, path=path)
+    if suffix in IMAGE_EXTENSIONS:
+        return FolderSource(files=[path], path=path)
+    raise DifflensError(f"{name}: cannot use {path} (unknown kind {suffix or 'without suffix'}).",
+                        "pass a folder of images, a .npy/.npz of uint8 images (N, H, W, 3), a statistics "
+                        ".npz (mu, sigma) or features (N, D)")
+
+
+def resolve_source(spec: Any, name: str, want_features: bool = False) -> Source:
+    """Turn a path, array, statistics object or list of image paths into a typed source.
+
+    ``name`` (e.g. ``"--real"``) prefixes error messages. ``want_features`` forces the features reading
+    (``--real-features``/``--fake-features``). Raises :class:`DifflensError` for anything unusable.
+    """
+    if isinstance(spec, (FolderSource, ArraySource, StatsSource, FeaturesSource)):
+        return spec
+    if isinstance(spec, (str, Path)):
+        return _from_path(Path(spec).expanduser(), name, want_features)
+    if hasattr(spec, "m2") and hasattr(spec, "mean") and hasattr(spec, "n"):
+        return StatsSource(stats=spec)
+    if isinstance(spec, dict) and all(k in spec for k in STATS_KEYS):
+        import numpy as np
+
+        from difflens.metrics.stats import stats_from_mu_sigma
+
+        n = int(spec.get("n", 0))
+        stats = stats_from_mu_sigma(np.asarray(spec["mu"]), np.asarray(spec["sigma"]), n)
+        return StatsSource(stats=stats, fingerprint=spec.get("fingerprint"))
+    if hasattr(spec, "shape") and hasattr(spec, "dtype"):
+        import numpy as np
+
+        arr = spec.detach().cpu().numpy() if hasattr(spec, "detach") else np.asarray(spec)
+        if arr.ndim == 2 or want_features:
+            return FeaturesSource(features=_check_features(arr, name))
+        check_image_array(arr, name)
+        return ArraySource(images=arr)
+    if isinstance(spec, Sequence) and spec and all(isinstance(p, (str, Path)) for p in spec):
+        files = [Path(p) for p in spec]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise DifflensError(f"{name}: {len(missing)} listed image file(s) do not exist (first: "
+                                f"{missing[0]}).", "check the paths")
+        return FolderSource(files=files)
+    raise DifflensError(f"{name}: cannot use an input of type {type(spec).__name__}.",
+                        "pass a folder, an image array (N, H, W, 3) uint8, statistics or (N, D) features")

@@ -1,0 +1,162 @@
+"""Reference statistics, computed once: ``difflens stats build --real SPEC --out FILE.npz``.
+
+One Inception pass over a reference set (a dataset spec or a folder of images; subset and reference
+preprocessing included) gives its Gaussian statistics, stored with the protocol fingerprint and the dataset
+identity in the metrics' statistics format (:func:`difflens.metrics.stats.save_stats`): ``mu``, ``sigma``,
+``n``, ``fingerprint``, plus
+
+* ``dataset``: JSON (0-d string) with the identity (kind, name/path, config, split, revision, fingerprint,
+  columns, subset seed and row-index digest), the reference preprocessing, the read report (decoded and
+  skipped counts, the SHA-256 of the decoded pixels) and the warnings;
+* ``subset_rows`` (int64): the selected row indices; ``skipped_rows`` (int64): rows that failed to decode;
+* with ``keep_features``: ``features`` (N, 2048) float32 pool3 features, for KID and precision/recall
+  (the metrics read them with ``--real-features``);
+* with ``clip_model``: ``clip_features`` (N, D) float32 CLIP image embeddings under the CMMD protocol, and
+  ``clip_fingerprint`` (JSON: model, weights digest, preprocessing).
+
+Every metrics command then accepts the file as ``--real``: the same FID as computing from the images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+
+DEFAULT_BATCH_SIZE = 50
+
+
+@dataclass
+class BuildResult:
+    """What ``build_reference_stats`` wrote."""
+
+    out: Path
+    n: int
+    fingerprint: dict[str, Any]
+    dataset: dict[str, Any]
+    kept_features: bool
+    clip_features: bool
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_out_path(out: str | Path) -> Path:
+    """Validate ``--out`` before any work: an ``.npz`` path that is not a folder."""
+    path = Path(out).expanduser()
+    if path.suffix != ".npz":
+        raise DifflensError(f"--out {path} must end in .npz.", f"pass e.g. --out {path.with_suffix('.npz')}")
+    if path.is_dir():
+        raise DifflensError(f"--out {path} is a folder.", "pass a file path ending in .npz")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DifflensError(f"--out {path}: {parent} is not a folder.", "pass a path inside a folder")
+    return path
+
+
+def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = False,
+                          image_column: str = "image", num: int | None = None, subset_seed: int = 0,
+                          reference_size: int | None = None, inception_weights: str | Path | None = None,
+                          protocol: str = "tf-legacy", offline: bool = False,
+                          batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None,
+                          clip_model: str | None = None, streaming: bool = False, strict: bool = False,
+                          show_progress: bool = True, workers: int | None = None) -> BuildResult:
+    """Compute and save the reference statistics of ``real`` (see the module docstring).
+
+    Everything cheap is validated before the first image is decoded (output path, dataset, split, columns,
+    subset, sizes, Inception weights, CLIP model); the file is written atomically at the end, so a failure
+    leaves nothing behind.
+    """
+    import numpy as np
+
+    from difflens.console import progress
+    from difflens.metrics.fingerprint import PROTOCOLS
+    from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+    from difflens.metrics.stats import GaussianStats, save_stats
+    from difflens.models import resolve_device
+    from difflens.refsets.dataset_source import open_image_source
+    from difflens.versions import collect_versions
+
+    path = check_out_path(out)
+    if batch_size < 1:
+        raise DifflensError(f"--batch-size must be at least 1, got {batch_size}.", "use e.g. --batch-size 50")
+    if protocol not in PROTOCOLS:
+        raise DifflensError(f"unknown --protocol {protocol!r}.", f"use one of {', '.join(PROTOCOLS)}")
+    source = open_image_source(str(real), image_column=image_column, num=num, subset_seed=subset_seed,
+                               reference_size=reference_size, offline=offline, streaming=streaming,
+                               strict=strict)
+    dev = resolve_device(device)
+    weights = resolve_inception_weights(inception_weights, offline=offline)
+    warnings: list[str] = []
+    if weights.warning():
+        warnings.append(str(weights.warning()))
+    extractor = InceptionExtractor(weights, device=dev, protocol=protocol)
+    clip = None
+    if clip_model is not None:
+        from difflens.metrics.clip import PROTOCOL_CMMD, ClipEncoder
+
+        clip = ClipEncoder.load(clip_model, device=dev, offline=offline)
+
+    t0 = time.perf_counter()
+    stats = GaussianStats.empty(2048)
+    feats: list[Any] = []
+    clip_feats: list[Any] = []
+    batches = source.iter_batches(batch_size, workers=workers)
+    if show_progress:
+        batches = progress(batches, total=len(source), description="Inception reference", unit="img")
+    for batch in batches:
+        pool3, _ = extractor([extractor.prepare(img) for img in batch])
+        stats = stats.merge(GaussianStats.from_features(pool3))
+        if keep_features:
+            feats.append(pool3.astype(np.float32))
+        if clip is not None:
+            clip_feats.append(np.asarray(clip.encode_images(list(batch), PROTOCOL_CMMD, batch_size=batch_size,
+                                                            show_progress=False), dtype=np.float32))
+    seconds = time.perf_counter() - t0
+    warnings.extend(source.warnings)
+    if stats.n < 2:
+        raise DifflensError(f"--real {real}: only {stats.n} image(s) could be decoded out of {len(source)}; "
+                            "at least 2 are needed.", "check the image column and the data")
+
+    fingerprint = {**extractor.fingerprint.to_dict(), **source.preprocessing}
+    dataset = {"identity": source.identity, "preprocessing": source.preprocessing, "read": source.report(),
+               "warnings": warnings, "versions": collect_versions(),
+               "inception_weights": {"path": str(weights.path), "sha256": weights.sha256,
+                                     "source": weights.source, "random_init": weights.random_init},
+               "seconds": seconds}
+    extra: dict[str, Any] = {
+        "dataset": np.asarray(json.dumps(dataset, sort_keys=True, default=str)),
+        "subset_rows": np.asarray(source.rows, dtype=np.int64),
+        "skipped_rows": np.asarray([s.row for s in source.skipped], dtype=np.int64),
+    }
+    if keep_features:
+        extra["features"] = np.concatenate(feats)
+    if clip is not None:
+        extra["clip_features"] = np.concatenate(clip_feats)
+        clip_fp = {"model_id": clip.model_id, "weights_digest": clip.weights_digest,
+                   "preprocessing": clip.preprocessing(PROTOCOL_CMMD), "dtype": clip.dtype,
+                   **source.preprocessing}
+        extra["clip_fingerprint"] = np.asarray(json.dumps(clip_fp, sort_keys=True, default=str))
+    save_stats(path, stats, fingerprint, extra)
+    return BuildResult(out=path, n=stats.n, fingerprint=fingerprint, dataset=dataset,
+                       kept_features=keep_features, clip_features=clip is not None, seconds=seconds,
+                       warnings=warnings)
+
+
+def read_dataset_info(path: str | Path) -> dict[str, Any] | None:
+    """The ``dataset`` record of a file written by :func:`build_reference_stats` (None if absent)."""
+    import numpy as np
+
+    with np.load(Path(path), allow_pickle=False) as data:
+        if "dataset" not in data.files:
+            return None
+        return json.loads(str(data["dataset"].reshape(())))

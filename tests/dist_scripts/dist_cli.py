@@ -1,0 +1,71 @@
+"""Run under torchrun (2 gloo CPU ranks) by tests/test_distributed.py: the ``difflens`` CLI itself, as
+``torchrun -m difflens ...`` would run it, several commands in one launch to save start-up time.
+
+    python -m torch.distributed.run --nproc_per_node 2 --standalone dist_cli.py WORK MODEL PROMPTS REAL FAKE W
+
+1. ``difflens generate`` at batch size 2 into WORK/dist-b2;
+2. ``difflens generate`` at batch size 1 into WORK/dist-b1, every rank crashing after its first sample
+   (the runner's fault hook), then the same command again: each rank resumes its share of what is left;
+3. ``difflens metrics`` with every metric (features gathered, k-NN work shared) -> WORK/metrics-all.json;
+4. ``difflens metrics --metrics fid`` (statistics merged, no features gathered) -> WORK/metrics-fid.json
+   and WORK/fake-stats.npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def run(args: list[str]) -> None:
+    from difflens.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+
+
+def main() -> None:
+    from difflens.distributed import barrier, get_context, shutdown_distributed
+    from difflens.generate.runner import FAULT_ENV
+
+    work, model, prompts, real, fake, weights = (Path(a) for a in sys.argv[1:7])
+    ctx = get_context()
+    assert ctx.world_size == 2, ctx
+
+    def gen(out: str, batch: int) -> list[str]:
+        return ["generate", "--model", str(model), "--prompts", str(prompts), "--num-samples", "8",
+                "--out", str(work / out), "--steps", "2", "--height", "32", "--width", "32", "--seed", "5",
+                "--batch-size", str(batch), "--device", "cpu"]
+
+    run(gen("dist-b2", 2))
+
+    os.environ[FAULT_ENV] = "crash:1"
+    try:
+        run(gen("dist-b1", 1))
+        crashed = False
+    except RuntimeError as exc:
+        crashed = "injected fault" in str(exc)
+    del os.environ[FAULT_ENV]
+    barrier()
+    if ctx.is_main:
+        done = sum(1 for line in (work / "dist-b1" / "manifest.jsonl").read_text().splitlines() if line)
+        (work / "crash.json").write_text(json.dumps({"crashed": crashed, "done": done}))
+    barrier()
+    run(gen("dist-b1", 1))
+
+    common = ["--real", str(real), "--fake", str(fake), "--inception-weights", str(weights),
+              "--device", "cpu", "--batch-size", "4", "--kid-subset-size", "6", "--kid-subsets", "10",
+              "--is-splits", "2"]
+    run(["metrics", *common, "--json", str(work / "metrics-all.json")])
+    run(["metrics", *common, "--metrics", "fid", "--json", str(work / "metrics-fid.json"),
+         "--save-fake-stats", str(work / "fake-stats.npz")])
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Distributed runs: 2 CPU processes with gloo, launched by torchrun (``python -m torch.distributed.run
+--nproc_per_node 2 --standalone``), give the single-process results: Gaussian statistics to float64
+rounding, k-NN metrics exactly, generation pixel for pixel with the same manifest, resumable per rank."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import difflens
+from difflens import distributed as D
+from difflens.errors import DifflensError
+
+SCRIPTS = Path(__file__).parent / "dist_scripts"
+
+
+def _torchrun(args: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None,
+              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Launch ``args`` (a script path or ``-m module ...``) on 2 gloo CPU ranks with torchrun."""
+    src = str(Path(difflens.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]),
+           **(extra_env or {})}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+
+
+# ------------------------------------------------------------------------------------- in one process
+
+
+def test_shard_indices_cover_range_in_rank_order_and_balance() -> None:
+    for n in (0, 1, 5, 7, 64, 101):
+        for world in (1, 2, 3, 8):
+            shards = [D.shard_indices(n, r, world) for r in range(world)]
+            assert [i for s in shards for i in s] == list(range(n))  # contiguous, rank order, complete
+            sizes = [len(s) for s in shards]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+            for block in (1, 2, 4):
+                aligned = [D.aligned_shard(n, r, world, block) for r in range(world)]
+                assert [i for s in aligned for i in s] == list(range(n))
+                assert all(s.start % block == 0 for s in aligned if len(s))
+    items = list("abcdefg")
+    assert D.shard_list(items, 0, 2) == list("abcd") and D.shard_list(items, 1, 2) == list("efg")
+    assert D.shard_list(items, 0, 2, block=3) == list("abcdef")
+    assert D.shard_list(items, 1, 2, block=3) == ["g"]
+    with pytest.raises(ValueError):
+        D.shard_indices(3, 2, 2)
+
+
+def test_single_process_collectives_are_identities(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(D, "_CONTEXT", None)
+    ctx = D.init_distributed(device="cpu")
+    assert (ctx.rank, ctx.world_size, ctx.backend) == (0, 1, None)
+    assert ctx.is_main and not ctx.is_distributed
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    assert np.array_equal(D.all_gather_array(x, ctx), x)
+    assert D.all_gather_json({"a": 1}, ctx) == [{"a": 1}]
+    assert D.broadcast_json([1, 2], ctx) == [1, 2]
+    assert D.all_reduce_sum_int([3, 4], ctx).tolist() == [3, 4]
+    with pytest.raises(TypeError):
+        D.all_reduce_sum_int(np.ones(2), ctx)
+    with pytest.raises(DifflensError, match="dtype"):
+        D.all_gather_array(np.array(["a"]), ctx)
+    assert D.is_main()
+    monkeypatch.setattr(D, "_CONTEXT", None)
+
+
+def test_launcher_variables_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "_CONTEXT", None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(DifflensError, match="RANK is not"):
+        D.init_distributed(device="cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(DifflensError, match="MASTER_ADDR"):
+        D.init_distributed(device="cpu")
+    assert not D.is_main()  # RANK=1, no group: read from the environment
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(DifflensError, match="not an integer"):
+        D.init_distributed(device="cpu")
+    assert D._CONTEXT is None
+
+
+# ------------------------------------------------------- statistics and k-NN metrics (one torchrun launch)
+
+
+@pytest.fixture(scope="module")
+def dist_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist-check")
+    _ok(_torchrun([str(SCRIPTS / "dist_check.py"), str(out)], out))
+    return out
+
+
+def _cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dist_check", SCRIPTS / "dist_check.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.cases()
+
+
+def test_gathers_keep_rank_order_sizes_and_dtypes(dist_check: Path) -> None:
+    ranks = [json.loads((dist_check / f"rank{r}.json").read_text("utf-8")) for r in (0, 1)]
+    for res in ranks:
+        assert (res["world_size"], res["backend"]) == (2, "gloo")
+        assert res["gather_int32"] == [[1, 1]] * 3  # rank 1 sent no rows
+        assert res["gather_bool"] == [False, True, True]
+        assert res["gather_f16"] == [["float16", [[0.5, 0.5]]], ["float16", [[1.5, 1.5], [1.5, 1.5]]]]
+        assert res["json"] == [{"r": 0}, {"r": 1}] and res["bcast"] == {"from": 0}
+        assert res["sum"] == [2, 1]
+        assert "rank 1 holds a float64 (1, 3) array where rank 0 holds" in res["mismatch"] or \
+            "rank 0 holds a float64 (1, 2) array where rank 1 holds" in res["mismatch"]
+
+
+def test_merged_gaussian_stats_equal_single_pass_to_float64_rounding(dist_check: Path) -> None:
+    from difflens.metrics.stats import GaussianStats
+
+    r0, r1 = (np.load(dist_check / f"rank{r}.npz") for r in (0, 1))
+    for name, (real, _) in _cases().items():
+        for key in ("n", "mean", "m2"):  # every rank holds the same bits
+            assert np.array_equal(r0[f"{name}_{key}"], r1[f"{name}_{key}"]), (name, key)
+        one = GaussianStats.from_features(real)
+        assert int(r0[f"{name}_n"]) == one.n == len(real)
+        scale = np.abs(one.m2).max()
+        np.testing.assert_allclose(r0[f"{name}_mean"], one.mean, rtol=0, atol=1e-13 * np.abs(one.mean).max())
+        np.testing.assert_allclose(r0[f"{name}_m2"], one.m2, rtol=0, atol=1e-12 * scale)
+
+
+def test_distributed_knn_metrics_equal_single_process_exactly(dist_check: Path) -> None:
+    from difflens.metrics import knn
+
+    ranks = [json.loads((dist_check / f"rank{r}.json").read_text("utf-8")) for r in (0, 1)]
+    r0 = np.load(dist_check / "rank0.npz")
+    for name, (real, fake) in _cases().items():
+        assert np.array_equal(r0[f"{name}_radii3"], knn.knn_radii(real, 3)), name
+        want = knn.prdc(real, fake)
+        want_k2 = knn.prdc(real, fake, k_pr=2, k_dc=4, metrics=("precision", "recall"))
+        want_dc = knn.prdc(real, fake, metrics=("density", "coverage"))
+        for res in ranks:
+            assert res[f"{name}_prdc"] == want, name  # == on floats: exactly the same values
+            assert res[f"{name}_pr_k2"] == want_k2, name
+            assert res[f"{name}_dc_radii"] == want_dc, name
+
+
+# ------------------------------------------------- the difflens CLI under torchrun (one torchrun launch)
+
+PROMPTS = ["a photo of a cat", "a red car on the street", "a dog in the snow"]
+N = 8
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torchrun gives each rank OMP_NUM_THREADS=1; CPU float results depend on the thread count, so the
+    single-process references run with one thread too."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def dist_cli(tiny_pipeline_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from difflens.demo.sample_images import grayscale_crops, natural_crops, write_folder
+    from difflens.metrics.inception import make_random_inception_weights
+
+    work = tmp_path_factory.mktemp("dist-cli")
+    prompts = work / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    real = write_folder(natural_crops(12, 32, seed=0), work / "real")
+    fake = write_folder(np.concatenate([natural_crops(6, 32, seed=1), grayscale_crops(5, 32)]), work / "fake")
+    weights = make_random_inception_weights(work / "inception-random.pth")
+    model = tiny_pipeline_dir("sd15")
+    _ok(_torchrun([str(SCRIPTS / "dist_cli.py"), str(work), str(model), str(prompts), str(real), str(fake),
+                   str(weights)], work))
+    return {"work": work, "model": model, "prompts": prompts, "real": real, "fake": fake, "weights": weights}
+
+
+def _folder(out: Path) -> tuple[dict[int, str], dict[str, bytes]]:
+    """Manifest lines by index, and the decoded pixels of every PNG by file name."""
+    from PIL import Image
+
+    lines = {json.loads(x)["index"]: x for x in (out / "manifest.jsonl").read_text("utf-8").splitlines()}
+    pixels = {}
+    for p in sorted((out / "images").iterdir()):
+        with Image.open(p) as im:
+            pixels[p.name] = np.asarray(im).tobytes()
+    return lines, pixels
+
+
+def test_generate_under_torchrun_equals_single_process_and_resumes_per_rank(dist_cli: dict) -> None:
+    from difflens.generate.api import generate
+    from difflens.models import load_pipeline
+
+    work = dist_cli["work"]
+    pipe = load_pipeline(dist_cli["model"], device="cpu")
+    for batch in (2, 1):
+        single = work / f"single-b{batch}"
+        with _one_thread():
+            generate(dist_cli["model"], dist_cli["prompts"], N, single, steps=2, height=32, width=32, seed=5,
+                     batch_size=batch, pipe=pipe)
+        dist = work / f"dist-b{batch}"
+        # batch 2: ranks get whole batches, so each sample is made in the batch the single run makes it in;
+        # batch 1: after the crash each rank resumed its share of what was left
+        assert _folder(dist) == _folder(single), batch  # same manifest lines, same pixels
+        assert len(_folder(dist)[1]) == N
+        assert not [p for p in (dist / "images").iterdir() if p.suffix != ".png"]  # no temp files left
+    crash = json.loads((work / "crash.json").read_text("utf-8"))
+    assert crash["crashed"] and crash["done"] == 2  # one sample per rank before the injected crash
+    summary = json.loads((work / "dist-b1" / "summary.json").read_text("utf-8"))
+    assert (summary["generated_this_run"], summary["skipped_finished"]) == (N - 2, 2)
+    assert summary["distributed"]["world_size"] == 2
+
+
+def test_metrics_under_torchrun_equal_single_process(dist_cli: dict) -> None:
+    from difflens.metrics.api import compute_metrics
+    from difflens.metrics.stats import load_stats
+
+    work = dist_cli["work"]
+    kw = dict(inception_weights=dist_cli["weights"], device="cpu", batch_size=4, kid_subset_size=6,
+              kid_subsets=10, is_splits=2, show_progress=False)
+    with _one_thread():
+        want = compute_metrics(dist_cli["real"], dist_cli["fake"], **kw)
+        want_fid = compute_metrics(dist_cli["real"], dist_cli["fake"], "fid",
+                                   save_fake_stats=work / "single-fake-stats.npz", **kw)
+    got = json.loads((work / "metrics-all.json").read_text("utf-8"))
+    assert set(got["metrics"]) == set(want["metrics"]) == {"fid", "kid", "is", "precision", "recall",
+                                                           "density", "coverage"}
+    # features gathered in file order: every value is the single-process value, k-NN metrics exactly
+    for key in ("precision", "recall", "density", "coverage"):
+        assert got["metrics"][key]["value"] == want["metrics"][key]["value"], key
+    for key in ("fid", "kid", "is"):
+        assert got["metrics"][key]["value"] == pytest.approx(want["metrics"][key]["value"], rel=1e-12), key
+    assert (got["n_real"], got["n_fake"]) == (want["n_real"], want["n_fake"]) == (12, 11)
+
+    # FID only: no features gathered, statistics merged (Chan) across ranks: float64 rounding
+    got_fid = json.loads((work / "metrics-fid.json").read_text("utf-8"))
+    assert got_fid["metrics"]["fid"]["value"] == pytest.approx(want_fid["metrics"]["fid"]["value"], rel=1e-9)
+    merged, _, _ = load_stats(work / "fake-stats.npz")
+    single, _, _ = load_stats(work / "single-fake-stats.npz")
+    assert merged.n == single.n == 11
+    np.testing.assert_allclose(merged.mean, single.mean, rtol=0, atol=1e-12 * np.abs(single.mean).max())
+    np.testing.assert_allclose(merged.m2, single.m2, rtol=0, atol=1e-12 * np.abs(single.m2).max())
