@@ -27,17 +27,27 @@ def _plan(family: str, pipe: Any, steps: int, size: int, stride: int) -> Any:
     return plan_attention(cfg, pipe)
 
 
-def _plain(plan: Any, seed: int = 0) -> float:
+def _clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds; CPU time is the steadier figure on a shared machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t0: tuple[float, float]) -> tuple[float, float]:
+    t1 = _clock()
+    return t1[0] - t0[0], t1[1] - t0[1]
+
+
+def _plain(plan: Any, seed: int = 0) -> tuple[float, float]:
     import torch
 
-    t0 = time.perf_counter()
+    t0 = _clock()
     with torch.no_grad():
         plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
     _sync(plan)
-    return time.perf_counter() - t0
+    return _since(t0)
 
 
-def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[float, dict[str, int]]:
+def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[tuple[float, float], dict[str, int]]:
     import torch
 
     from difflens.attention.aggregate import OnlineAggregator
@@ -47,12 +57,12 @@ def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[float, dict[str, i
                            plan.joint, plan.groups, device=plan.denoiser.device)
     cap = AttentionCapture(plan.pipe, plan.denoiser, plan.layers, [t.key for t in plan.tokens],
                            plan.prompt_tokens.text_len, plan.latent_hw, agg)
-    t0 = time.perf_counter()
+    t0 = _clock()
     with cap, torch.no_grad():
         plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
     agg.end_step()
     _sync(plan)
-    dt = time.perf_counter() - t0
+    dt = _since(t0)
     return dt, {"stored": agg.stored_bytes(), "transient": cap.stats.peak_transient_bytes,
                 "steps": cap.stats.steps, "tokens": len(plan.tokens)}
 
@@ -92,10 +102,10 @@ def main() -> None:
     from difflens.tiny.pipelines import build_tiny_pipeline
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, {args.size}x{args.size}, "
-          f"{args.repeats} interleaved repeats (median)")
-    print(f"{'family':8s} {'steps':>5s} {'plain s':>9s} {'capture s':>10s} {'ratio':>6s}")
-    rows = []
+    print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
+          f"{args.size}x{args.size}, {args.repeats} interleaved repeats (median)")
+    print(f"{'family':8s} {'steps':>5s} {'plain wall':>10s} {'capture wall':>12s} {'ratio':>6s}   "
+          f"{'plain cpu':>9s} {'capture cpu':>11s} {'ratio':>6s}")
     for family in args.families.split(","):
         pipe = build_tiny_pipeline(family).to(args.device)
         plan = _plan(family, pipe, args.steps, args.size, 1)
@@ -105,9 +115,10 @@ def main() -> None:
         for _ in range(args.repeats):
             plain.append(_plain(plan))
             capt.append(_captured(plan, 1)[0])
-        p, c = statistics.median(plain), statistics.median(capt)
-        rows.append((family, p, c))
-        print(f"{family:8s} {args.steps:5d} {p:9.4f} {c:10.4f} {c / p:6.2f}x")
+        pw, cw = statistics.median(x[0] for x in plain), statistics.median(x[0] for x in capt)
+        pc, cc = statistics.median(x[1] for x in plain), statistics.median(x[1] for x in capt)
+        print(f"{family:8s} {args.steps:5d} {pw:10.4f} {cw:12.4f} {cw / pw:5.2f}x   {pc:9.4f} {cc:11.4f} "
+              f"{cc / pc:5.2f}x")
 
     s1, s2 = (int(x) for x in args.memory_steps.split(","))
     print("\nmemory held by the capture (bytes; stored = accumulators + per-step maps, exact)")

@@ -20,15 +20,16 @@ def test_entropy_and_peak_extremes() -> None:
     uniform = torch.ones(1, 8, 6)
     delta = torch.zeros(1, 8, 6)
     delta[0, 3, 2] = 5.0
-    assert spatial_entropy(uniform).item() == pytest.approx(1.0, abs=1e-12)
-    assert spatial_entropy(delta).item() == pytest.approx(0.0, abs=1e-12)
+    assert spatial_entropy(uniform).item() == pytest.approx(1.0, abs=1e-6)
+    assert spatial_entropy(delta).item() == pytest.approx(0.0, abs=1e-6)
     k = math.ceil(0.05 * 48)
-    assert peak_concentration(uniform).item() == pytest.approx(k / 48)
+    assert peak_concentration(uniform).item() == pytest.approx(k / 48, abs=1e-6)
+    assert spatial_entropy(uniform.double()).item() == pytest.approx(1.0, abs=1e-12)
     assert peak_concentration(delta).item() == pytest.approx(1.0)
     # half the pixels: entropy log(24)/log(48)
     half = torch.zeros(1, 8, 6)
     half[0, :4] = 1.0
-    assert spatial_entropy(half).item() == pytest.approx(math.log(24) / math.log(48))
+    assert spatial_entropy(half).item() == pytest.approx(math.log(24) / math.log(48), abs=1e-6)
 
 
 def test_grid_for_non_square_and_ceil_division() -> None:
@@ -69,7 +70,7 @@ def test_online_aggregation_equals_offline_and_keeps_strided_steps() -> None:
     assert torch.allclose(torch.from_numpy(res.per_step), offline[[0, 3, 6]], atol=1e-6)
     assert res.token_entropy.shape == (n_steps, T)
     words = aggregate_words(offline[4], [[0, 2], [1]], "max")
-    assert torch.allclose(torch.from_numpy(res.word_entropy[4]).double(), spatial_entropy(words), atol=1e-6)
+    assert torch.allclose(torch.from_numpy(res.word_entropy[4]), spatial_entropy(words), atol=1e-6)
     assert res.per_layer.shape == (4, T, *hw)
 
 

@@ -162,41 +162,46 @@ def test_distributed_knn_metrics_equal_single_process_exactly(dist_check: Path) 
             assert res[f"{name}_dc_radii"] == want_dc, name
 
 
-# ------------------------------------------------- the difflens CLI under torchrun (one torchrun launch)
+# ------------------------------------ the difflens CLI under torchrun vs one process (two launches at once)
 
-PROMPTS = ["a photo of a cat", "a red car on the street", "a dog in the snow"]
-N = 8
+N = 8  # samples per generation run in dist_cli.py
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torchrun gives each rank OMP_NUM_THREADS=1; CPU float results depend on the thread count, so the
-    single-process references run with one thread too."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def _plain(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """One process with torchrun's thread setting (CPU float results depend on the thread count as set
+    at start-up, so the single-process reference must be made the same way)."""
+    src = str(Path(difflens.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
 def dist_cli(tiny_pipeline_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run tests/dist_scripts/dist_cli.py under torchrun (WORK=dist) and as one process (WORK=single)."""
     from difflens.demo.sample_images import grayscale_crops, natural_crops, write_folder
     from difflens.metrics.inception import make_random_inception_weights
 
-    work = tmp_path_factory.mktemp("dist-cli")
-    prompts = work / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
-    real = write_folder(natural_crops(12, 32, seed=0), work / "real")
-    fake = write_folder(np.concatenate([natural_crops(6, 32, seed=1), grayscale_crops(5, 32)]), work / "fake")
-    weights = make_random_inception_weights(work / "inception-random.pth")
+    root = tmp_path_factory.mktemp("dist-cli")
+    prompts = root / "prompts.txt"
+    prompts.write_text("a photo of a cat\na red car on the street\na dog in the snow\n", encoding="utf-8")
+    real = write_folder(natural_crops(12, 32, seed=0), root / "real")
+    fake = write_folder(np.concatenate([natural_crops(6, 32, seed=1), grayscale_crops(5, 32)]), root / "fake")
+    weights = make_random_inception_weights(root / "inception-random.pth")
     model = tiny_pipeline_dir("sd15")
-    _ok(_torchrun([str(SCRIPTS / "dist_cli.py"), str(work), str(model), str(prompts), str(real), str(fake),
-                   str(weights)], work))
-    return {"work": work, "model": model, "prompts": prompts, "real": real, "fake": fake, "weights": weights}
+    inputs = [str(model), str(prompts), str(real), str(fake), str(weights)]
+    script = str(SCRIPTS / "dist_cli.py")
+    single = _plain([script, str(root / "single"), *inputs], root)
+    try:
+        dist = _torchrun([script, str(root / "dist"), *inputs], root)
+    finally:
+        out, err = single.communicate(timeout=300)
+    assert single.returncode == 0, (out[-3000:], err[-5000:])
+    _ok(dist)
+    return {"dist": root / "dist", "single": root / "single"}
 
 
 def _folder(out: Path) -> tuple[dict[int, str], dict[str, bytes]]:
@@ -212,55 +217,41 @@ def _folder(out: Path) -> tuple[dict[int, str], dict[str, bytes]]:
 
 
 def test_generate_under_torchrun_equals_single_process_and_resumes_per_rank(dist_cli: dict) -> None:
-    from difflens.generate.api import generate
-    from difflens.models import load_pipeline
-
-    work = dist_cli["work"]
-    pipe = load_pipeline(dist_cli["model"], device="cpu")
-    for batch in (2, 1):
-        single = work / f"single-b{batch}"
-        with _one_thread():
-            generate(dist_cli["model"], dist_cli["prompts"], N, single, steps=2, height=32, width=32, seed=5,
-                     batch_size=batch, pipe=pipe)
-        dist = work / f"dist-b{batch}"
-        # batch 2: ranks get whole batches, so each sample is made in the batch the single run makes it in;
-        # batch 1: after the crash each rank resumed its share of what was left
-        assert _folder(dist) == _folder(single), batch  # same manifest lines, same pixels
-        assert len(_folder(dist)[1]) == N
-        assert not [p for p in (dist / "images").iterdir() if p.suffix != ".png"]  # no temp files left
-    crash = json.loads((work / "crash.json").read_text("utf-8"))
-    assert crash["crashed"] and crash["done"] == 2  # one sample per rank before the injected crash
-    summary = json.loads((work / "dist-b1" / "summary.json").read_text("utf-8"))
+    dist, single = dist_cli["dist"], dist_cli["single"]
+    # batch 2: ranks get whole batches, so each sample is made in the same batch as in the single run;
+    # batch 1: after the crash each rank resumed its share of what was left
+    for name in ("dist-b2", "dist-b1"):
+        got, want = _folder(dist / name), _folder(single / name)
+        assert sorted(got[0]) == list(range(N)) and len(got[1]) == N
+        assert got == want, name  # the same manifest lines, the same pixels
+        assert not [p for p in (dist / name / "images").iterdir() if p.suffix != ".png"]  # no temp files
+    crash = json.loads((dist / "crash.json").read_text("utf-8"))
+    assert crash == {"crashed": True, "done": 2, "world_size": 2}  # one sample per rank, then the crash
+    summary = json.loads((dist / "dist-b1" / "summary.json").read_text("utf-8"))
     assert (summary["generated_this_run"], summary["skipped_finished"]) == (N - 2, 2)
     assert summary["distributed"]["world_size"] == 2
+    assert json.loads((single / "crash.json").read_text("utf-8"))["world_size"] == 1
 
 
 def test_metrics_under_torchrun_equal_single_process(dist_cli: dict) -> None:
-    from difflens.metrics.api import compute_metrics
     from difflens.metrics.stats import load_stats
 
-    work = dist_cli["work"]
-    kw = dict(inception_weights=dist_cli["weights"], device="cpu", batch_size=4, kid_subset_size=6,
-              kid_subsets=10, is_splits=2, show_progress=False)
-    with _one_thread():
-        want = compute_metrics(dist_cli["real"], dist_cli["fake"], **kw)
-        want_fid = compute_metrics(dist_cli["real"], dist_cli["fake"], "fid",
-                                   save_fake_stats=work / "single-fake-stats.npz", **kw)
-    got = json.loads((work / "metrics-all.json").read_text("utf-8"))
-    assert set(got["metrics"]) == set(want["metrics"]) == {"fid", "kid", "is", "precision", "recall",
-                                                           "density", "coverage"}
-    # features gathered in file order: every value is the single-process value, k-NN metrics exactly
-    for key in ("precision", "recall", "density", "coverage"):
-        assert got["metrics"][key]["value"] == want["metrics"][key]["value"], key
-    for key in ("fid", "kid", "is"):
-        assert got["metrics"][key]["value"] == pytest.approx(want["metrics"][key]["value"], rel=1e-12), key
+    dist, single = dist_cli["dist"], dist_cli["single"]
+    got = json.loads((dist / "metrics-all.json").read_text("utf-8"))
+    want = json.loads((single / "metrics-all.json").read_text("utf-8"))
+    assert set(got["metrics"]) == {"fid", "kid", "is", "precision", "recall", "density", "coverage"}
+    # features extracted in whole batches per rank and gathered in file order: the single-process
+    # features, so every value is the single-process value; the k-NN work was shared out, exactly
+    assert got["metrics"] == want["metrics"]
     assert (got["n_real"], got["n_fake"]) == (want["n_real"], want["n_fake"]) == (12, 11)
 
-    # FID only: no features gathered, statistics merged (Chan) across ranks: float64 rounding
-    got_fid = json.loads((work / "metrics-fid.json").read_text("utf-8"))
-    assert got_fid["metrics"]["fid"]["value"] == pytest.approx(want_fid["metrics"]["fid"]["value"], rel=1e-9)
-    merged, _, _ = load_stats(work / "fake-stats.npz")
-    single, _, _ = load_stats(work / "single-fake-stats.npz")
-    assert merged.n == single.n == 11
-    np.testing.assert_allclose(merged.mean, single.mean, rtol=0, atol=1e-12 * np.abs(single.mean).max())
-    np.testing.assert_allclose(merged.m2, single.m2, rtol=0, atol=1e-12 * np.abs(single.m2).max())
+    # FID alone: no features gathered, statistics merged across ranks (Chan): float64 rounding
+    got_fid = json.loads((dist / "metrics-fid.json").read_text("utf-8"))["metrics"]["fid"]["value"]
+    want_fid = json.loads((single / "metrics-fid.json").read_text("utf-8"))["metrics"]["fid"]["value"]
+    assert got_fid == pytest.approx(want_fid, rel=1e-9, abs=0)
+    assert got_fid == pytest.approx(got["metrics"]["fid"]["value"], rel=1e-9, abs=0)
+    merged, _, _ = load_stats(dist / "fake-stats.npz")
+    one, _, _ = load_stats(single / "fake-stats.npz")
+    assert merged.n == one.n == 11
+    np.testing.assert_allclose(merged.mean, one.mean, rtol=0, atol=1e-13 * np.abs(one.mean).max())
+    np.testing.assert_allclose(merged.m2, one.m2, rtol=0, atol=1e-12 * np.abs(one.m2).max())

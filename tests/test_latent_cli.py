@@ -135,6 +135,41 @@ def test_direction_scale_zero_is_the_base_image(tiny_pipeline_dir, tmp_path) -> 
     zero = np.asarray(Image.open(out / rows[1]["file"]))
     assert np.array_equal(zero, base)
     assert not np.array_equal(np.asarray(Image.open(out / rows[2]["file"])), base)
+    # the similarities are CLIP's own: cosine of transformers' projected embeddings, mean over the prompts
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    cm, proc = CLIPModel.from_pretrained(str(clip)).eval(), CLIPProcessor.from_pretrained(str(clip))
+    with torch.no_grad():
+        img = cm.get_image_features(**proc(images=[Image.fromarray(zero)], return_tensors="pt"))
+        txt = cm.get_text_features(**proc(text=["happy", "a bright sky"], return_tensors="pt", padding=True))
+    img = getattr(img, "pooler_output", img)
+    txt = getattr(txt, "pooler_output", txt)
+    cos = torch.nn.functional.cosine_similarity(img.double(), txt.double()).mean()
+    assert rows[1]["clip_positive"] == pytest.approx(float(cos), abs=1e-5)
+
+
+def test_interpolate_inception_distances_are_torch_fidelity_features(tiny_pipeline_dir, tmp_path) -> None:
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from difflens.metrics.inception import make_random_inception_weights
+
+    weights = make_random_inception_weights(tmp_path / "inception.pth")
+    out = tmp_path / "inc"
+    assert run(["latent", "interpolate", "--model", str(tiny_pipeline_dir("sd15")), "--prompt", "a red car",
+                "--frames", "3", "--steps", "2", "--size", SIZE, "--features", "inception",
+                "--inception-weights", str(weights), "--out", str(out)]) == 0
+    data = json.loads((out / "interpolation.json").read_text())
+    assert data["feature_space"]["name"] == "inception" and data["feature_space"]["random_init"] is True
+    frames = np.stack([np.asarray(Image.open(out / f["file"])) for f in data["frames"]])
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                      feature_extractor_weights_path=str(weights)).eval()
+    with torch.no_grad():
+        feats = net(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous())[0].double().numpy()
+    expected = np.linalg.norm(np.diff(feats, axis=0), axis=1)
+    got = [f["step_distance"] for f in data["frames"][1:]]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
 def test_encode_mixed_sizes_with_psnr_report(tiny_pipeline_dir, tmp_path, image_sets) -> None:

@@ -168,6 +168,14 @@ def test_cached_hub_dataset_offline_and_streaming(data: CaptionDataset, hf_cache
     assert ssrc.identity["subset"] == ident["subset"]
     with pytest.raises(DifflensError, match=r"no split 'test'; available splits: train, validation"):
         open_image_source("hf:testuser/tinyset:default:test", offline=True)
+    # the library's global offline switch is not left on while a reading generator is suspended
+    import datasets
+
+    before = datasets.config.HF_HUB_OFFLINE
+    reading = open_image_source("hf:testuser/tinyset:validation", offline=True, streaming=True).iter_images()
+    next(reading)
+    assert before == datasets.config.HF_HUB_OFFLINE
+    reading.close()
     with pytest.raises(DifflensError, match="several splits"):
         open_image_source("hf:testuser/tinyset", offline=True)
 

@@ -12,7 +12,6 @@ import pytest
 
 from difflens.cli import main
 from difflens.errors import DifflensError
-from difflens.metrics.fid import fid_from_stats
 from difflens.metrics.stats import GaussianStats, load_stats
 from difflens.refsets.demo_data import CaptionDataset, write_caption_dataset
 from difflens.refsets.preprocess import ReferencePreprocess
@@ -47,10 +46,6 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 def test_stats_file_gives_the_same_fid_as_the_images(data: CaptionDataset, weights: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from difflens.metrics.extract import extract_features
-    from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
-    from difflens.metrics.sources import ArraySource
-
     out = tmp_path / "ref.npz"
     code, _, err = _run(["stats", "build", "--real", str(data.parquet), "--out", str(out), "--keep-features",
                          "--num-real", "6", "--subset-seed", "2", "--reference-size", "32",
@@ -60,24 +55,30 @@ def test_stats_file_gives_the_same_fid_as_the_images(data: CaptionDataset, weigh
     stats, fingerprint, extra = load_stats(out)
     assert stats.n == 6
 
-    # the same rows, read directly, preprocessed the same way, through the metrics' own extraction
+    # the same rows, read directly and preprocessed the same way, through `compute_metrics` on the images;
+    # any second set will do for the comparison: precomputed features of a Gaussian cloud
+    from difflens.metrics.api import compute_metrics
+    from difflens.metrics.inception import resolve_inception_weights
+
     rows = draw_subset(24, 6, seed=2).indices
     prep = ReferencePreprocess(32)
     images = np.stack([prep.apply_array(data.images[r]) for r in rows])
-    extractor = InceptionExtractor(resolve_inception_weights(weights), device="cpu")
-    direct = extract_features(ArraySource(images), extractor, batch_size=6, show_progress=False)
-    assert np.allclose(extra["features"], direct.pool3, rtol=1e-5, atol=1e-6)
-    # any second set will do for the comparison: a Gaussian cloud near the features
-    rng = np.random.default_rng(0)
-    fake = GaussianStats.from_features(direct.pool3.mean(0) + rng.standard_normal((10, 2048)) * 0.1)
-    fid_file = fid_from_stats(stats, fake)
-    fid_images = fid_from_stats(GaussianStats.from_features(direct.pool3), fake)
+    fake = np.random.default_rng(0).standard_normal((10, 2048)).astype(np.float32)
+    common = {"fake_features": fake, "metrics": "fid", "show_progress": False}
+    fid_file = compute_metrics(real=out, **common)["metrics"]["fid"]["value"]
+    fid_images = compute_metrics(real=images, inception_weights=weights, device="cpu", batch_size=6,
+                                 **common)["metrics"]["fid"]["value"]
     assert fid_file > 0
-    assert fid_file == pytest.approx(fid_images, rel=1e-5)
+    assert fid_file == pytest.approx(fid_images, rel=1e-6)
+    # the kept features are the ones the statistics summarize
+    kept = GaussianStats.from_features(extra["features"])
+    assert extra["features"].shape == (6, 2048) and extra["features"].dtype == np.float32
+    assert np.allclose(kept.mean, stats.mean, rtol=1e-6, atol=1e-6)
+    assert np.allclose(kept.covariance(), stats.covariance(), rtol=1e-5, atol=1e-6)
 
     # fingerprint and dataset identity
     assert fingerprint is not None and fingerprint["protocol"] == "tf-legacy"
-    assert fingerprint["weights_sha256"] == extractor.weights.sha256
+    assert fingerprint["weights_sha256"] == resolve_inception_weights(weights).sha256
     assert fingerprint["reference_preprocess"]["size"] == 32
     info = json.loads(str(extra["dataset"]))
     ident = info["identity"]

@@ -1,11 +1,14 @@
-"""Run under torchrun (2 gloo CPU ranks) by tests/test_distributed.py: the ``difflens`` CLI itself, as
-``torchrun -m difflens ...`` would run it, several commands in one launch to save start-up time.
+"""Run by tests/test_distributed.py under torchrun (2 gloo CPU ranks) and, for the reference, as one plain
+process with the same thread settings: the ``difflens`` CLI itself, as ``torchrun -m difflens ...`` would
+run it, several commands in one launch to save start-up time.
 
     python -m torch.distributed.run --nproc_per_node 2 --standalone dist_cli.py WORK MODEL PROMPTS REAL FAKE W
+    OMP_NUM_THREADS=1 python dist_cli.py WORK MODEL PROMPTS REAL FAKE W
 
 1. ``difflens generate`` at batch size 2 into WORK/dist-b2;
 2. ``difflens generate`` at batch size 1 into WORK/dist-b1, every rank crashing after its first sample
-   (the runner's fault hook), then the same command again: each rank resumes its share of what is left;
+   (the runner's fault hook), then the same command again: each rank resumes its share of what is left
+   (WORK/crash.json records how many samples were finished at the crash);
 3. ``difflens metrics`` with every metric (features gathered, k-NN work shared) -> WORK/metrics-all.json;
 4. ``difflens metrics --metrics fid`` (statistics merged, no features gathered) -> WORK/metrics-fid.json
    and WORK/fake-stats.npz.
@@ -35,7 +38,7 @@ def main() -> None:
 
     work, model, prompts, real, fake, weights = (Path(a) for a in sys.argv[1:7])
     ctx = get_context()
-    assert ctx.world_size == 2, ctx
+    work.mkdir(parents=True, exist_ok=True)
 
     def gen(out: str, batch: int) -> list[str]:
         return ["generate", "--model", str(model), "--prompts", str(prompts), "--num-samples", "8",
@@ -54,7 +57,8 @@ def main() -> None:
     barrier()
     if ctx.is_main:
         done = sum(1 for line in (work / "dist-b1" / "manifest.jsonl").read_text().splitlines() if line)
-        (work / "crash.json").write_text(json.dumps({"crashed": crashed, "done": done}))
+        (work / "crash.json").write_text(json.dumps({"crashed": crashed, "done": done,
+                                                          "world_size": ctx.world_size}))
     barrier()
     run(gen("dist-b1", 1))
 

@@ -38,8 +38,9 @@ def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stri
     H, W = latent_hw
     plane = n_tokens * H * W * F32
     n_kept = len(kept_steps(n_steps, stride))
-    accum = 2 * plane + (2 * plane + 2 * H * W * F32 if joint else 0)
-    per_step = n_kept * plane + (n_kept * H * W * F32 if joint else 0)
+    planes = (2 * n_tokens + 1 if joint else n_tokens) * H * W * F32
+    accum = 2 * planes                                  # running step sum and total
+    per_step = n_kept * (plane + (H * W * F32 if joint else 0))
     per_layer = n_layers_breakdown * plane
     nq = max_queries if max_queries is not None else H * W
     per_head = nq * max_keys * F32
@@ -73,7 +74,11 @@ class AggregateResult:
 
 
 class OnlineAggregator:
-    """Accumulate per-layer, per-step token maps into totals and strided per-step maps."""
+    """Accumulate per-layer, per-step token maps into totals and strided per-step maps.
+
+    Internally every call is one stack of planes: the T token maps, and for joint attention also the text
+    mass and the T text-renormalized maps (2T + 1 planes), so each step costs one resize per grid.
+    """
 
     def __init__(self, n_tokens: int, latent_hw: tuple[int, int], stride: int, layer_names: list[str],
                  joint: bool, word_groups: list[list[int]], word_mode: str = "mean",
@@ -82,6 +87,7 @@ class OnlineAggregator:
 
         self.T = n_tokens
         self.H, self.W = latent_hw
+        self.C = 2 * n_tokens + 1 if joint else n_tokens
         self.stride = max(1, int(stride))
         self.layer_names = list(layer_names)
         self.joint = joint
@@ -90,28 +96,25 @@ class OnlineAggregator:
         self.breakdown = breakdown
         self.device = torch.device(device)
         z = lambda *s: torch.zeros(s, dtype=torch.float32, device=self.device)  # noqa: E731
-        self._step_sum = z(self.T, self.H, self.W)
+        self._step_sum = z(self.C, self.H, self.W)
         self._step_layers = 0
-        self._total = z(self.T, self.H, self.W)
+        self._total = z(self.C, self.H, self.W)
         self._n_steps = 0
+        self._kept_planes = self.T + 1 if joint else self.T      # maps (+ text mass) per kept step
         self._per_step: list[Any] = []
         self._per_step_index: list[int] = []
         self._steps_seen: list[int] = []
-        self._tok_ent: list[Any] = []
-        self._tok_peak: list[Any] = []
-        self._word_ent: list[Any] = []
-        self._word_peak: list[Any] = []
-        if joint:
-            self._step_mass = z(self.H, self.W)
-            self._step_renorm = z(self.T, self.H, self.W)
-            self._total_mass = z(self.H, self.W)
-            self._total_renorm = z(self.T, self.H, self.W)
-            self._mass_per_step: list[Any] = []
+        self._ent: list[Any] = []
+        self._peak: list[Any] = []
         self._layer_sum = z(len(layer_names), self.T, self.H, self.W) if breakdown else None
         self._layer_count = [0] * len(layer_names)
         self._head_ent: dict[int, Any] = {}
         self._head_count: dict[int, int] = {}
-        self._grid_sums: dict[tuple[int, int], dict[str, Any]] = {}
+        self._grid_sums: dict[tuple[int, int], Any] = {}
+        self._word_weights = z(len(word_groups), self.T)
+        for i, g in enumerate(word_groups):
+            if g:
+                self._word_weights[i, g] = 1.0 / len(g)
         self.current_step: int | None = None
 
     # -- per call ---------------------------------------------------------------------------------
@@ -126,71 +129,68 @@ class OnlineAggregator:
 
     def add(self, step: int, layer: int, maps: Any, text_mass: Any | None = None, renorm: Any | None = None,
             head_entropy: Any | None = None) -> None:
-        """Add one layer's maps (T, h, w) for ``step`` (text_mass (h, w) and renorm (T, h, w) for joint).
+        """Add one layer's maps (T, h, w) for ``step`` (text_mass (h, w) and renorm (T, h, w) for joint)."""
+        import torch
 
-        Within a step, maps are summed at their native grid; resizing is linear, so each grid is resized
-        once, when the step closes.
+        if self.joint:
+            planes = torch.cat([maps.float(), text_mass.float().unsqueeze(0), renorm.float()])
+        else:
+            planes = maps.float().clone()        # add_planes accumulates into the first tensor it gets
+        self.add_planes(step, layer, planes, head_entropy)
+
+    def add_planes(self, step: int, layer: int, planes: Any, head_entropy: Any | None = None) -> None:
+        """Add one layer's stacked planes (C, h, w) for ``step``; the aggregator may keep ``planes``.
+
+        Within a step, planes are summed at their native grid; resizing is linear, so each grid is
+        resized once, when the step closes.
         """
         if self.current_step is not None and step != self.current_step:
             self.end_step()
         self.current_step = step
-        grid = (int(maps.shape[-2]), int(maps.shape[-1]))
+        grid = (int(planes.shape[-2]), int(planes.shape[-1]))
         acc = self._grid_sums.get(grid)
         if acc is None:
-            acc = self._grid_sums[grid] = {"maps": maps.float().clone()}
-            if self.joint and text_mass is not None:
-                acc["mass"] = text_mass.float().clone()
-                acc["renorm"] = renorm.float().clone()
+            self._grid_sums[grid] = planes
         else:
-            acc["maps"] += maps
-            if "mass" in acc:
-                acc["mass"] += text_mass
-                acc["renorm"] += renorm
+            acc += planes
         self._step_layers += 1
         if self._layer_sum is not None:
-            self._layer_sum[layer] += self.resize(maps.float())
+            self._layer_sum[layer] += self.resize(planes[:self.T])
             self._layer_count[layer] += 1
         if head_entropy is not None:
             he = head_entropy.double().cpu()
             self._head_ent[layer] = self._head_ent.get(layer, 0) + he
             self._head_count[layer] = self._head_count.get(layer, 0) + 1
 
-    def _flush_grids(self) -> None:
-        for acc in self._grid_sums.values():
-            self._step_sum += self.resize(acc["maps"])
-            if "mass" in acc:
-                self._step_mass += self.resize(acc["mass"].unsqueeze(0))[0]
-                self._step_renorm += self.resize(acc["renorm"])
-        self._grid_sums.clear()
+    def _words_of(self, maps: Any) -> Any:
+        """(T, H, W) -> (Wd, H, W); the mean is one matrix product with the word/token weights."""
+        if self.word_mode == "mean":
+            return (self._word_weights @ maps.flatten(1)).view(-1, self.H, self.W)
+        return aggregate_words(maps, self.groups, self.word_mode)
 
     def end_step(self) -> None:
         """Close the current step: update the total, keep it if on the stride, measure it."""
+        import torch
+
         if self.current_step is None or self._step_layers == 0:
             self._grid_sums.clear()
             self.current_step = None
             return
         step = self.current_step
-        self._flush_grids()
-        step_map = self._step_sum / self._step_layers
-        self._total += step_map
+        for acc in self._grid_sums.values():
+            self._step_sum += self.resize(acc)
+        self._grid_sums.clear()
+        step_planes = self._step_sum.div_(self._step_layers)
+        self._total += step_planes
         self._n_steps += 1
         self._steps_seen.append(step)
         if step % self.stride == 0:
-            self._per_step.append(step_map.clone())
+            self._per_step.append(step_planes[:self._kept_planes].clone())
             self._per_step_index.append(step)
-        self._tok_ent.append(spatial_entropy(step_map).float().cpu())
-        self._tok_peak.append(peak_concentration(step_map).float().cpu())
-        words = aggregate_words(step_map, self.groups, self.word_mode)
-        self._word_ent.append(spatial_entropy(words).float().cpu())
-        self._word_peak.append(peak_concentration(words).float().cpu())
-        if self.joint:
-            mass = self._step_mass / self._step_layers
-            self._total_mass += mass
-            self._total_renorm += self._step_renorm / self._step_layers
-            if step % self.stride == 0:
-                self._mass_per_step.append(mass.clone())
-            self._step_mass.zero_()
-            self._step_renorm.zero_()
+        step_map = step_planes[:self.T]
+        both = torch.cat([step_map, self._words_of(step_map)])     # tokens then words, one pass
+        self._ent.append(spatial_entropy(both))
+        self._peak.append(peak_concentration(both))
         self._step_sum.zero_()
         self._step_layers = 0
         self.current_step = None
@@ -198,11 +198,7 @@ class OnlineAggregator:
     # -- results ----------------------------------------------------------------------------------
     def stored_bytes(self) -> int:
         """Bytes of every tensor the aggregator holds now."""
-        tensors = [self._step_sum, self._total, *self._per_step,
-                   *(t for acc in self._grid_sums.values() for t in acc.values())]
-        if self.joint:
-            tensors += [self._step_mass, self._step_renorm, self._total_mass, self._total_renorm,
-                        *self._mass_per_step]
+        tensors = [self._step_sum, self._total, *self._per_step, *self._grid_sums.values()]
         if self._layer_sum is not None:
             tensors.append(self._layer_sum)
         return int(sum(t.numel() * t.element_size() for t in tensors))
@@ -215,31 +211,27 @@ class OnlineAggregator:
         n = max(self._n_steps, 1)
         T, H, W = self.T, self.H, self.W
         nw = len(self.groups)
-
-        def stack(items: list[Any], shape: tuple[int, ...]) -> Any:
-            return torch.stack(items).cpu().numpy() if items else np.zeros((0, *shape), np.float32)
-
+        total = (self._total / n).cpu().numpy()
+        kept = (torch.stack(self._per_step).cpu().numpy() if self._per_step
+                else np.zeros((0, self._kept_planes, H, W), np.float32))
+        empty = np.zeros((0, T + nw), np.float32)
+        ent = torch.stack(self._ent).float().cpu().numpy() if self._ent else empty
+        peak = torch.stack(self._peak).float().cpu().numpy() if self._peak else empty
         res = AggregateResult(
-            maps=(self._total / n).cpu().numpy(),
-            per_step=stack(self._per_step, (T, H, W)),
-            per_step_index=list(self._per_step_index),
-            steps_seen=list(self._steps_seen),
-            token_entropy=stack(self._tok_ent, (T,)),
-            token_peak=stack(self._tok_peak, (T,)),
-            word_entropy=stack(self._word_ent, (nw,)),
-            word_peak=stack(self._word_peak, (nw,)),
-            stored_bytes=self.stored_bytes(),
+            maps=total[:T], per_step=kept[:, :T], per_step_index=list(self._per_step_index),
+            steps_seen=list(self._steps_seen), token_entropy=ent[:, :T], token_peak=peak[:, :T],
+            word_entropy=ent[:, T:], word_peak=peak[:, T:], stored_bytes=self.stored_bytes(),
         )
         if self.joint:
-            res.text_mass = (self._total_mass / n).cpu().numpy()
-            res.text_mass_per_step = stack(self._mass_per_step, (H, W))
-            res.maps_text_renorm = (self._total_renorm / n).cpu().numpy()
+            res.text_mass = total[T]
+            res.text_mass_per_step = kept[:, T]
+            res.maps_text_renorm = total[T + 1:]
         if self._layer_sum is not None:
             counts = torch.tensor([max(c, 1) for c in self._layer_count], dtype=torch.float32,
                                   device=self.device)
             res.per_layer = (self._layer_sum / counts[:, None, None, None]).cpu().numpy()
-        for li, total in self._head_ent.items():
-            res.head_entropy[self.layer_names[li]] = (total / self._head_count[li]).float().numpy()
+        for li, acc in self._head_ent.items():
+            res.head_entropy[self.layer_names[li]] = (acc / self._head_count[li]).float().numpy()
         return res
 
 

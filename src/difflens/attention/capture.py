@@ -234,8 +234,6 @@ class AttentionCapture:
             info.out_error = res.out_error
         self.stats.captured_calls += 1
         self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, res.transient_bytes)
-        T = res.token_probs.shape[-1]
-        maps = res.token_probs.transpose(0, 1).reshape(T, h, w)
-        mass = res.text_mass.reshape(h, w) if res.text_mass is not None else None
-        renorm = res.renorm.transpose(0, 1).reshape(T, h, w) if res.renorm is not None else None
-        self.aggregator.add(self.step, index, maps, mass, renorm, res.head_entropy)
+        cols = res.columns                                   # (Nq, T) or (Nq, 2T + 1) for joint
+        planes = cols.transpose(0, 1).reshape(cols.shape[1], h, w)
+        self.aggregator.add_planes(self.step, index, planes, res.head_entropy)

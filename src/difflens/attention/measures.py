@@ -17,10 +17,15 @@ _TINY = 1e-30
 
 
 def spatial_distribution(maps: Any) -> Any:
-    """(..., h, w) -> (..., h*w) non-negative, summing to 1 over space (uniform for an all-zero map)."""
+    """(..., h, w) -> (..., h*w) non-negative, summing to 1 over space (uniform for an all-zero map).
+
+    Computed in float64 for float64 input, else in float32 (entropies to about 1e-6).
+    """
     import torch
 
-    t = torch.as_tensor(maps).double().flatten(-2).clamp_min(0)
+    t = torch.as_tensor(maps)
+    t = t.double() if t.dtype == torch.float64 else t.float()
+    t = t.flatten(-2).clamp_min(0)
     total = t.sum(-1, keepdim=True)
     uniform = torch.full_like(t, 1.0 / t.shape[-1])
     return torch.where(total > _TINY, t / total.clamp_min(_TINY), uniform)
@@ -35,7 +40,7 @@ def spatial_entropy(maps: Any) -> Any:
     p = spatial_distribution(maps)
     n = p.shape[-1]
     if n <= 1:
-        return torch.zeros(p.shape[:-1], dtype=torch.float64)
+        return torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
     h = -(p * torch.log(p.clamp_min(_TINY))).sum(-1)
     return (h / math.log(n)).clamp(0.0, 1.0)
 

@@ -34,14 +34,28 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20
 class ReplayResult:
     """One layer call, conditional rows averaged, heads averaged; native token grid (n_queries)."""
 
-    token_probs: Any            # (n_queries, T) float32
-    text_mass: Any | None       # (n_queries,) joint layers only
-    renorm: Any | None          # (n_queries, T) joint layers only
+    columns: Any                # (n_queries, C) float32: T token probabilities [, text mass, T renormalized]
+    n_tokens: int
     head_entropy: Any | None    # (heads, T) spatial entropy per head (native grid), when asked
     n_queries: int
     sum_error: float | None     # max |sum over all keys - 1|, when checked
     out_error: float | None     # max |recomputed - real| / max |real| (image part), when checked
     transient_bytes: int        # largest score/probability chunk held at once (x2 for scores+probs)
+
+    @property
+    def token_probs(self) -> Any:
+        """(n_queries, T) mean probability of each kept token."""
+        return self.columns[:, :self.n_tokens]
+
+    @property
+    def text_mass(self) -> Any | None:
+        """(n_queries,) share of probability on text keys (joint attention), else None."""
+        return self.columns[:, self.n_tokens] if self.columns.shape[1] > self.n_tokens else None
+
+    @property
+    def renorm(self) -> Any | None:
+        """(n_queries, T) text-renormalized probabilities (joint attention), else None."""
+        return self.columns[:, self.n_tokens + 1:] if self.columns.shape[1] > self.n_tokens else None
 
 
 def _heads_view(x: Any, heads: int, head_dim: int) -> Any:
@@ -54,7 +68,9 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
     """Probabilities of image queries ``q`` (B, H, Nq, d) over keys ``k`` (B, H, Nk, d), reduced per token.
 
     ``mask`` broadcasts to (B, H, Nq, Nk): boolean (True = attend) or additive. ``token_keys`` are the
-    kept tokens' indices in the text sequence, which starts at key ``text_start``.
+    kept tokens' indices in the text sequence, which starts at key ``text_start``. Returns ``columns``
+    (Nq, C), the mean over heads and rows of [p(token) for kept tokens] (C = T), followed for joint
+    attention by the text mass and the text-renormalized p(token) / mass (C = 2T + 1).
     """
     import torch
 
@@ -65,45 +81,43 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
     per_head = B * Nq * Nk * 4
     hc = max(1, min(H, chunk_bytes // max(per_head, 1)))
     keys = token_keys + text_start
-    T = int(keys.numel())
-    tok_sum = q.new_zeros((B, Nq, T), dtype=torch.float32)
-    mass_sum = q.new_zeros((B, Nq), dtype=torch.float32) if joint else None
-    renorm_sum = q.new_zeros((B, Nq, T), dtype=torch.float32) if joint else None
+    cols = None
     outs = []
     ents = []
     sum_err = 0.0
     for h0 in range(0, H, hc):
         h1 = min(H, h0 + hc)
-        s = torch.matmul(q[:, h0:h1].float(), k[:, h0:h1].float().transpose(-1, -2)).mul_(scale)
+        qh, kh = (q, k) if hc == H else (q[:, h0:h1], k[:, h0:h1])
+        s = torch.matmul(qh.float(), kh.float().transpose(-1, -2)).mul_(scale)
         if mask is not None:
-            m = mask[:, h0:h1] if mask.shape[1] == H else mask
+            m = mask[:, h0:h1] if mask.shape[1] == H and hc != H else mask
             s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m.float())
         p = s.softmax(dim=-1)
         del s
         if v is not None:
             sum_err = max(sum_err, float((p.sum(-1) - 1.0).abs().max()))
         pt = p.index_select(-1, keys)                                  # (B, hc, Nq, T)
-        tok_sum += pt.sum(1)
         if joint:
-            mass = p[..., text_start:text_start + text_len].sum(-1)   # (B, hc, Nq)
-            mass_sum += mass.sum(1)
-            renorm_sum += (pt / mass.clamp_min(1e-30).unsqueeze(-1)).sum(1)
+            mass = p[..., text_start:text_start + text_len].sum(-1, keepdim=True)   # (B, hc, Nq, 1)
+            pt_all = torch.cat([pt, mass, pt / mass.clamp_min(1e-30)], dim=-1)
+        else:
+            pt_all = pt
+        part = pt_all.sum(dim=(0, 1))                                  # (Nq, C)
+        cols = part if cols is None else cols.add_(part)
         if head_entropy:
             # (B, hc, Nq, T) -> spatial distribution over Nq per (head, token)
             ents.append(spatial_entropy(pt.permute(0, 1, 3, 2).unsqueeze(-1)).float().mean(0))
         if v is not None:
-            outs.append(torch.matmul(p, v[:, h0:h1].float()))
-        del p, pt
-    res: dict[str, Any] = {
-        "token_probs": (tok_sum / H).mean(0),
-        "text_mass": (mass_sum / H).mean(0) if joint else None,
-        "renorm": (renorm_sum / H).mean(0) if joint else None,
+            vh = v if hc == H else v[:, h0:h1]
+            outs.append(torch.matmul(p, vh.float()))
+        del p, pt, pt_all
+    return {
+        "columns": cols.div_(B * H),
         "head_entropy": torch.cat(ents, 0) if head_entropy else None,
         "sum_error": sum_err if v is not None else None,
         "pv": torch.cat(outs, 1) if v is not None else None,             # (B, H, Nq, d) float32
         "transient_bytes": 2 * hc * per_head,
     }
-    return res
 
 
 def _rel_err(recomputed: Any, real: Any) -> float:
@@ -151,10 +165,10 @@ def replay(kind: str, processor: str, attn: Any, call: dict[str, Any], output: A
     raise DifflensError(f"unknown attention layer kind {kind!r}.", "this is a difflens bug; please report it")
 
 
-def _finish(res: dict[str, Any], n_queries: int, out_error: float | None) -> ReplayResult:
-    return ReplayResult(token_probs=res["token_probs"], text_mass=res["text_mass"], renorm=res["renorm"],
-                        head_entropy=res["head_entropy"], n_queries=n_queries, sum_error=res["sum_error"],
-                        out_error=out_error, transient_bytes=res["transient_bytes"])
+def _finish(res: dict[str, Any], n_queries: int, n_tokens: int, out_error: float | None) -> ReplayResult:
+    return ReplayResult(columns=res["columns"], n_tokens=n_tokens, head_entropy=res["head_entropy"],
+                        n_queries=n_queries, sum_error=res["sum_error"], out_error=out_error,
+                        transient_bytes=res["transient_bytes"])
 
 
 def _replay_cross(processor: str, attn: Any, call: dict[str, Any], output: Any, rows: slice, token_keys: Any,
@@ -209,7 +223,7 @@ def _replay_cross(processor: str, attn: Any, call: dict[str, Any], output: Any, 
             o = o + residual[rows]
         o = o / attn.rescale_output_factor
         err = _rel_err(o, output[rows])
-    return _finish(res, q.shape[2], err)
+    return _finish(res, q.shape[2], int(token_keys.numel()), err)
 
 
 def _replay_joint_image_first(processor: str, attn: Any, call: dict[str, Any], output: Any, rows: slice,
@@ -253,7 +267,7 @@ def _replay_joint_image_first(processor: str, attn: Any, call: dict[str, Any], o
         o = attn.to_out[1](attn.to_out[0](o))
         real = output[0] if isinstance(output, tuple) else output
         err = _rel_err(o, real[rows])
-    return _finish(res, n_img, err)
+    return _finish(res, n_img, int(token_keys.numel()), err)
 
 
 def _replay_text_first(kind: str, attn: Any, call: dict[str, Any], output: Any, rows: slice, token_keys: Any,
@@ -313,4 +327,4 @@ def _replay_text_first(kind: str, attn: Any, call: dict[str, Any], output: Any, 
             err = _rel_err(o, output[0][rows])
         else:
             err = _rel_err(o, output[rows][:, n_txt:])
-    return _finish(res, q.shape[2], err)
+    return _finish(res, q.shape[2], int(token_keys.numel()), err)

@@ -325,17 +325,21 @@ def count_truncated(pipe: Any, run_prompts: Sequence[str]) -> TruncationReport:
 
 class BatchSizer:
     """Fixed batch size, or an automatic one: start at 1, double while throughput improves by >= 10%,
-    keep the best; halve on out-of-memory. The samples made while probing are kept (nothing is wasted).
+    keep the best; halve on out-of-memory. Each candidate size is timed on ``trials`` full batches and
+    rated by its fastest one (the least disturbed by other load). The samples made while probing are
+    kept (nothing is wasted).
     """
 
-    def __init__(self, fixed: int | None, cap: int) -> None:
+    def __init__(self, fixed: int | None, cap: int, trials: int = 2) -> None:
         self.fixed = fixed
         self.cap = max(1, cap)
+        self.trials = max(1, trials)
         self.size = fixed or 1
         self.settled = fixed is not None
         self.best_rate = 0.0
         self.best_size = self.size
         self._warm = fixed is not None
+        self._rates: list[float] = []
 
     def next(self, remaining: int) -> int:
         return max(1, min(self.size, remaining))
@@ -347,8 +351,11 @@ class BatchSizer:
         if not self._warm:  # the first call pays one-off costs (allocations, kernel selection)
             self._warm = True
             return
-        rate = n / max(seconds, 1e-9)
-        if rate >= self.best_rate * 1.10 or self.best_rate == 0.0:
+        self._rates.append(n / max(seconds, 1e-9))
+        if len(self._rates) < self.trials:
+            return
+        rate, self._rates = max(self._rates), []
+        if self.best_rate == 0.0 or rate >= self.best_rate * 1.10:
             self.best_rate, self.best_size = rate, size
             if size * 2 <= self.cap:
                 self.size = size * 2

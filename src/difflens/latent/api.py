@@ -91,7 +91,7 @@ def _feature_space(name: str, pipe: Any, clip_model: str | Path | None, inceptio
     if name == "clip":
         clip = ClipModel(clip_model or DEFAULT_CLIP_MODEL, _device_of(pipe), offline=offline)
     return make_feature_space(name, pipe, clip=clip, inception_weights=inception_weights,
-                              device=_device_of(pipe), batch_size=batch_size)
+                              device=_device_of(pipe), offline=offline, batch_size=batch_size)
 
 
 def _settings(pipe: Any, size: int | None, steps: int, guidance: float | None,
@@ -101,6 +101,16 @@ def _settings(pipe: Any, size: int | None, steps: int, guidance: float | None,
     _check_positive(steps, "--steps")
     return GenerationSettings(size=resolve_size(pipe, size), steps=int(steps), guidance=guidance,
                               max_sequence_length=max_sequence_length)
+
+
+def _remove_stale(folder: Path, pattern: str, keep: Sequence[str]) -> None:
+    """Delete this mode's own frame files left in ``folder`` by an earlier, longer run (only files matching
+    ``pattern`` that this run does not write), so the folder matches the JSON."""
+    if folder.is_dir():
+        names = {Path(k).name for k in keep}
+        for f in folder.glob(pattern):
+            if f.name not in names:
+                f.unlink()
 
 
 def _common(pipe: Any, label: str) -> dict[str, Any]:
@@ -125,7 +135,8 @@ def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report:
     import numpy as np
 
     from difflens.atomic import atomic_path, save_npz, write_json
-    from difflens.latent.images import RESIZE_RULE, list_images, load_images
+    from difflens.console import progress
+    from difflens.latent.images import RESIZE_RULE, iter_image_batches, list_images
     from difflens.latent.vae import decode_latents, encode_images, is_packed, pack_latents, psnr
 
     out = Path(out)
@@ -141,10 +152,15 @@ def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report:
     from difflens.latent.generation import resolve_size
 
     s = resolve_size(pipe, size)
-    files, batch = load_images(images, s)
-    z = encode_images(pipe, batch, batch_size=batch_size)
-    rec = decode_latents(pipe, z, size=s, batch_size=batch_size)
-    values = psnr(batch, rec)
+    files = list_images(images)
+    chunks, values = [], []
+    for batch in progress(iter_image_batches(files, s, batch_size), total=len(files), description="encode"):
+        zb = encode_images(pipe, batch, batch_size=batch_size)
+        values += psnr(batch, decode_latents(pipe, zb, size=s, batch_size=batch_size))
+        chunks.append(zb)
+    import torch
+
+    z = torch.cat(chunks)
     arrays = {"latents": z.numpy().astype(np.float32)}
     if is_packed(pipe):
         arrays["latents_packed"] = pack_latents(pipe, z).numpy().astype(np.float32)
@@ -245,6 +261,7 @@ def interpolate(model: Any, out: str | Path, *, prompt: str | None = None, promp
     }
     for name, frame in zip(names, arr, strict=True):
         save_image(out / name, to_pil(frame))
+    _remove_stale(out / "frames", "frame_*.png", names)
     save_strip(out / "strip.png", list(arr), [f"t={t:.2f}" for t in res.times])
     save_step_distance_plot(out / "step_distances.png", res.times, dists.tolist(), space.name,
                             title=f"{method} between {res.endpoints['kind']}")
@@ -302,6 +319,7 @@ def direction(model: Any, out: str | Path, *, prompt: str, positives: Sequence[s
     }
     for name, frame in zip(names, arr, strict=True):
         save_image(out / name, to_pil(frame))
+    _remove_stale(out / "frames", "scale_*.png", names)
     save_strip(out / "grid.png", list(arr), [f"{s:+g}" for s in scale_list])
     write_json(out / "direction.json", result)
     return result
@@ -331,7 +349,7 @@ def ood(model: Any, out: str | Path, *, reference: Sequence[str | Path], test: S
     from difflens.atomic import write_json, write_text
     from difflens.console import console
     from difflens.latent import ood as od
-    from difflens.latent.images import RESIZE_RULE, list_images, load_images
+    from difflens.latent.images import RESIZE_RULE, list_images
     from difflens.latent.plots import save_score_histogram
 
     out = Path(out)
@@ -351,18 +369,10 @@ def ood(model: Any, out: str | Path, *, reference: Sequence[str | Path], test: S
     space = (_feature_space(features, pipe, clip_model, inception_weights, offline, batch_size)
              if "mahalanobis" in method_list else None)
 
-    import torch
-
-    _, ref = load_images(ref_files, settings.size, "--reference")
-    _, tst = load_images(test_files, settings.size, "--test")
-    evaluated = tst
-    if ood_files:
-        _, oo = load_images(ood_files, settings.size, "--ood")
-        evaluated = torch.cat([tst, oo])
     files = [str(f) for f in test_files + ood_files]
     labels = [0] * len(test_files) + [1] * len(ood_files)
-    res = od.score_images(pipe, ref, evaluated, files, labels, method_list, space, levels, int(steps), seed,
-                          settings, batch_size=batch_size)
+    res = od.score_images(pipe, ref_files, test_files + ood_files, labels, method_list, space, levels,
+                          int(steps), seed, settings, batch_size=batch_size)
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

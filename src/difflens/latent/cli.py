@@ -79,8 +79,8 @@ def interpolate(
                                           help="CLIP for --features clip (default "
                                                "openai/clip-vit-large-patch14)."),
     inception_weights: Path | None = typer.Option(None, "--inception-weights",
-                                                  help="pt_inception-2015-12-05-6726825d.pth for --features "
-                                                       "inception."),
+                                                  help="Inception weights for --features inception "
+                                                       "(default: found as the metrics mode finds them)."),
     batch_size: int = _BATCH,
     dtype: str = _DTYPE,
     device: str | None = _DEVICE,

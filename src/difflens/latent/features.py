@@ -9,8 +9,9 @@ Three spaces, chosen by name (``--features``):
 * ``clip``: the L2-normalized image embedding of the metrics mode's CLIP encoder (``--clip-model``: a local
   folder written by ``save_pretrained`` with its processor, or a hub id, looked up only in the local cache
   offline). Distances between unit vectors lie in [0, 2]; comparable across models.
-* ``inception``: the 2048-d pool3 features of torch-fidelity's TF-ported InceptionV3 (the FID network of
-  the metrics mode), from a weights file (``--inception-weights``, ``pt_inception-2015-12-05-6726825d.pth``).
+* ``inception``: the 2048-d pool3 features of the metrics mode's FID Inception (torch-fidelity's network);
+  weights from ``--inception-weights FILE`` or found (and, online, downloaded) as the metrics mode finds
+  them. Not normalized; distances are in FID feature units.
 
 Every space maps [0,1] float images (N, 3, H, W) to float64 features (N, D).
 """
@@ -93,51 +94,38 @@ class ClipFeatures:
 
 
 class InceptionFeatures:
-    """torch-fidelity's ``inception-v3-compat`` pool3 (2048-d) from a local weights file."""
+    """The metrics mode's FID Inception (:class:`difflens.metrics.inception.InceptionExtractor`:
+    torch-fidelity's network, TF1-exact resize to 299): 2048-d pool3 features."""
 
     name = "inception"
 
-    def __init__(self, weights: str | Path, device: str, batch_size: int = 32) -> None:
-        p = Path(weights).expanduser()
-        if not p.is_file():
-            raise DifflensError(f"Inception weights file {p} does not exist.",
-                                "pass --inception-weights pt_inception-2015-12-05-6726825d.pth (downloaded "
-                                "once while online)")
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    def __init__(self, weights: str | Path | None, device: str, offline: bool = False,
+                 batch_size: int = 32) -> None:
+        from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
 
-        try:
-            self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                     feature_extractor_weights_path=str(p)).eval().to(device)
-        except (RuntimeError, OSError, KeyError) as exc:
-            raise DifflensError(f"cannot load Inception weights {p}: {str(exc).splitlines()[0]}",
-                                "pass torch-fidelity's pt_inception-2015-12-05-6726825d.pth") from None
-        self.weights = str(p)
-        self.device = device
+        self.weights = resolve_inception_weights(weights, offline=offline)
+        self.extractor = InceptionExtractor(self.weights, device=device)
         self.batch_size = batch_size
 
     def __call__(self, images: Any) -> Any:
         import numpy as np
-        import torch
 
         from difflens.latent.images import to_uint8
 
-        arr = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).contiguous()
-        out = []
-        with torch.no_grad():
-            for start in range(0, arr.shape[0], self.batch_size):
-                feats = self.model(arr[start:start + self.batch_size].to(self.device))
-                out.append((feats[0] if isinstance(feats, (tuple, list)) else feats).double().cpu().numpy())
-        return np.concatenate(out)
+        arr = list(to_uint8(images))
+        out = [self.extractor(arr[i:i + self.batch_size])[0] for i in range(0, len(arr), self.batch_size)]
+        return np.concatenate(out).astype(np.float64)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "weights": self.weights, "layer": "pool3 (2048)"}
+        return {"name": self.name, "weights": str(self.weights.path), "sha256": self.weights.sha256,
+                "random_init": self.weights.random_init, "layer": "pool3 (2048)", "resize": "tf-legacy"}
 
 
 def make_feature_space(name: str, pipe: Any, *, clip: ClipModel | None = None,
                        inception_weights: str | Path | None = None, device: str = "cpu",
-                       batch_size: int = 8) -> FeatureSpace:
-    """Build a feature space by name; ``clip`` needs a loaded :class:`ClipModel`, ``inception`` a weights
-    file. Errors are raised here, before any work or output."""
+                       offline: bool = False, batch_size: int = 8) -> FeatureSpace:
+    """Build a feature space by name; ``clip`` needs a loaded :class:`ClipModel`; ``inception`` finds its
+    weights as the metrics mode does. Errors are raised here, before any work or output."""
     if name == "vae":
         return VaeFeatures(pipe, batch_size=batch_size)
     if name == "clip":
@@ -145,8 +133,5 @@ def make_feature_space(name: str, pipe: Any, *, clip: ClipModel | None = None,
             raise DifflensError("--features clip needs a CLIP model.", "pass --clip-model DIR")
         return ClipFeatures(clip)
     if name == "inception":
-        if inception_weights is None:
-            raise DifflensError("--features inception needs the Inception weights file.",
-                                "pass --inception-weights FILE (pt_inception-2015-12-05-6726825d.pth)")
-        return InceptionFeatures(inception_weights, device)
+        return InceptionFeatures(inception_weights, device, offline=offline)
     raise DifflensError(f"unknown feature space {name!r}.", f"use one of {', '.join(FEATURE_SPACES)}")

@@ -103,7 +103,9 @@ def initial_noise(pipe: Any, seed: int, size: int) -> tuple[Any, Any]:
     return noise, g
 
 
-def _seq_len(pipe: Any, settings: GenerationSettings) -> int | None:
+def sequence_length(pipe: Any, settings: GenerationSettings) -> int | None:
+    """The T5 ``max_sequence_length`` to pass (settings, else the ``__call__`` default); None for CLIP-only
+    families."""
     if pipeline_family(pipe) not in _SEQ_LEN_FAMILIES:
         return None
     if settings.max_sequence_length is not None:
@@ -118,7 +120,7 @@ def encode_text(pipe: Any, prompt: str, settings: GenerationSettings) -> TextCon
 
     family = pipeline_family(pipe)
     device = pipe._execution_device
-    msl = _seq_len(pipe, settings)
+    msl = sequence_length(pipe, settings)
     with torch.no_grad():
         if family == "sd":
             pe, _ = pipe.encode_prompt(prompt, device, 1, False)
@@ -158,7 +160,7 @@ def generate(pipe: Any, cond: TextCond, noise: Any, generator: Any, settings: Ge
                                   output_type="pt", **cond.kwargs())
     if settings.guidance is not None:
         kwargs["guidance_scale"] = float(settings.guidance)
-    msl = _seq_len(pipe, settings)
+    msl = sequence_length(pipe, settings)
     if msl is not None:
         kwargs["max_sequence_length"] = msl
     if family == "pixart":
@@ -178,7 +180,7 @@ def generate_from_prompt(pipe: Any, prompt: str, seed: int, settings: Generation
                                   generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="pt")
     if settings.guidance is not None:
         kwargs["guidance_scale"] = float(settings.guidance)
-    msl = _seq_len(pipe, settings)
+    msl = sequence_length(pipe, settings)
     if msl is not None:
         kwargs["max_sequence_length"] = msl
     if pipeline_family(pipe) == "pixart":

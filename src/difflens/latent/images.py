@@ -8,7 +8,7 @@ left untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,17 @@ def load_images(paths: Sequence[str | Path], size: int, what: str = "images") ->
     arrays = [load_image(f, size) for f in files]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
     return files, batch
+
+
+def iter_image_batches(files: Sequence[str | Path], size: int, batch_size: int,
+                       what: str = "images") -> Iterator[Any]:
+    """Float32 [0,1] tensors (B, 3, size, size) of consecutive files, loaded lazily (the resize rule)."""
+    import numpy as np
+    import torch
+
+    for start in range(0, len(files), batch_size):
+        arrays = [load_image(f, size) for f in files[start:start + batch_size]]
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
 def to_uint8(images: Any) -> Any:

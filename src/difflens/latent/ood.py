@@ -205,7 +205,7 @@ class Reconstructor:
 
         if self.family == "pixart":
             return self._pixart(images, strength)
-        from difflens.latent.generation import _seq_len
+        from difflens.latent.generation import sequence_length
 
         pipe = self._img2img()
         kwargs: dict[str, Any] = dict(prompt=[""] * len(images), image=images, strength=strength,
@@ -215,7 +215,7 @@ class Reconstructor:
             kwargs["guidance_scale"] = 1.0  # empty prompt: guidance would change nothing but the cost
         if self.family in ("sd3", "flux"):
             kwargs.update(height=images.shape[-2], width=images.shape[-1])
-            kwargs["max_sequence_length"] = _seq_len(self.pipe, self.settings)
+            kwargs["max_sequence_length"] = sequence_length(self.pipe, self.settings)
         with torch.no_grad():
             out = pipe(**kwargs).images
         return out.float().cpu()
@@ -223,7 +223,7 @@ class Reconstructor:
     def _pixart(self, images: Any, strength: float) -> Any:
         import torch
 
-        from difflens.latent.generation import _seq_len, encode_text, latent_shape
+        from difflens.latent.generation import encode_text, latent_shape, sequence_length
         from difflens.latent.vae import encode_images
 
         pipe = self.pipe
@@ -244,7 +244,7 @@ class Reconstructor:
             with torch.no_grad():
                 out = pipe(latents=noisy, timesteps=[int(t) for t in sub], guidance_scale=1.0,
                            height=size, width=size, output_type="pt", use_resolution_binning=False,
-                           max_sequence_length=_seq_len(pipe, self.settings), **kw).images
+                           max_sequence_length=sequence_length(pipe, self.settings), **kw).images
         except ValueError as exc:
             raise DifflensError(f"reconstruction failed with {type(sched).__name__}: {exc}",
                                 "use a scheduler that accepts custom timesteps, or drop the reconstruction "
@@ -281,50 +281,70 @@ class OodResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def score_images(pipe: Any, reference: Any, evaluated: Any, files: Sequence[str], labels: Sequence[int],
-                 methods: Sequence[str], features: Any, levels: Sequence[float], steps: int, seed: int,
-                 settings: Any, batch_size: int = 8) -> OodResult:
-    """Score ``evaluated`` images ([0,1] (N, 3, S, S)) against ``reference`` images by each method."""
+def _pass(pipe: Any, files: Sequence[Any], size: int, methods: Sequence[str], features: Any,
+          recon: Reconstructor | None, levels: Sequence[float], batch_size: int, what: str
+          ) -> dict[str, Any]:
+    """One streaming pass over image files: latents (latent-zscore), pooled features (mahalanobis) and
+    reconstruction errors, batch by batch, so memory does not grow with the images' pixels."""
     import numpy as np
 
     from difflens.console import progress
+    from difflens.latent.images import iter_image_batches
     from difflens.latent.vae import encode_images
 
+    want_lat, want_feat = "latent-zscore" in methods, "mahalanobis" in methods
+    same_pass = want_feat and getattr(features, "name", None) == "vae"
+    lat, feat, err = [], [], []
+    for batch in progress(iter_image_batches(files, size, batch_size, what), total=len(files),
+                          description=what):
+        if want_lat or same_pass:
+            out = encode_images(pipe, batch, batch_size=batch_size, with_features=same_pass)
+            z, f = out if same_pass else (out, None)
+            if want_lat:
+                lat.append(z.numpy().reshape(len(batch), -1))
+            if same_pass:
+                feat.append(f)
+        if want_feat and not same_pass:
+            feat.append(features(batch))
+        if recon is not None:
+            err.append(reconstruction_errors(recon, batch, levels, batch_size=batch_size))
+    return {"latents": np.concatenate(lat) if lat else None,
+            "features": np.concatenate(feat) if feat else None,
+            "errors": np.concatenate(err) if err else None}
+
+
+def score_images(pipe: Any, reference: Sequence[Any], evaluated: Sequence[Any], labels: Sequence[int],
+                 methods: Sequence[str], features: Any, levels: Sequence[float], steps: int, seed: int,
+                 settings: Any, batch_size: int = 8) -> OodResult:
+    """Score the ``evaluated`` image files against the ``reference`` image files by each method (images
+    resized to ``settings.size`` by :mod:`difflens.latent.images`' rule)."""
+    import numpy as np
+
+    recon = Reconstructor(pipe, settings, steps=steps, seed=seed) if "reconstruction" in methods else None
+    ref = _pass(pipe, reference, settings.size, methods, features, recon, levels, batch_size, "reference")
+    ev = _pass(pipe, evaluated, settings.size, methods, features, recon, levels, batch_size, "scoring")
     scores: dict[str, Any] = {}
     ref_scores: dict[str, Any] = {}
     details: dict[str, Any] = {}
     if "latent-zscore" in methods:
-        ref_lat = encode_images(pipe, reference, batch_size=batch_size).numpy()
-        lat = encode_images(pipe, evaluated, batch_size=batch_size).numpy()
-        gauss = DiagonalGaussian().update(ref_lat)
-        scores["latent-zscore"] = gauss.score(lat)
-        ref_scores["latent-zscore"] = gauss.score(ref_lat)
-        details["latent-zscore"] = {"latent_dims": int(np.prod(ref_lat.shape[1:]))}
+        gauss = DiagonalGaussian().update(ref["latents"])
+        scores["latent-zscore"] = gauss.score(ev["latents"])
+        ref_scores["latent-zscore"] = gauss.score(ref["latents"])
+        details["latent-zscore"] = {"latent_dims": int(ref["latents"].shape[1])}
     if "mahalanobis" in methods:
-        ref_f, f = features(reference), features(evaluated)
-        scores["mahalanobis"] = mahalanobis_scores(ref_f, f)
-        ref_scores["mahalanobis"] = mahalanobis_scores(ref_f, ref_f)
-        details["mahalanobis"] = {"feature_space": features.describe(), "feature_dims": int(ref_f.shape[1]),
+        scores["mahalanobis"] = mahalanobis_scores(ref["features"], ev["features"])
+        ref_scores["mahalanobis"] = mahalanobis_scores(ref["features"], ref["features"])
+        details["mahalanobis"] = {"feature_space": features.describe(),
+                                  "feature_dims": int(ref["features"].shape[1]),
                                   "covariance": "Ledoit-Wolf shrinkage (sklearn)"}
     if "reconstruction" in methods:
-        recon = Reconstructor(pipe, settings, steps=steps, seed=seed)
-        both = np.concatenate([np.zeros(len(reference)), np.ones(len(evaluated))])
-        import torch
-
-        everything = torch.cat([reference, evaluated])
-        errs = np.zeros((len(everything), len(levels)))
-        chunks = range(0, len(everything), batch_size)
-        for start in progress(chunks, total=len(chunks), description="reconstruction", unit="batch"):
-            errs[start:start + batch_size] = reconstruction_errors(
-                recon, everything[start:start + batch_size], levels, batch_size=batch_size)
-        ref_err, err = errs[both == 0], errs[both == 1]
-        scores["reconstruction"] = reconstruction_scores(ref_err, err)
-        ref_scores["reconstruction"] = reconstruction_scores(ref_err, ref_err)
+        scores["reconstruction"] = reconstruction_scores(ref["errors"], ev["errors"])
+        ref_scores["reconstruction"] = reconstruction_scores(ref["errors"], ref["errors"])
         details["reconstruction"] = {
             "noise_levels": list(levels), "steps": steps, "seed": seed, "error": "pixel MSE in [0,1]",
-            "reference_error_mean": ref_err.mean(axis=0).tolist(),
-            "reference_error_std": ref_err.std(axis=0, ddof=1).tolist(),
+            "reference_error_mean": ref["errors"].mean(axis=0).tolist(),
+            "reference_error_std": ref["errors"].std(axis=0, ddof=1).tolist(),
         }
     metrics = {m: ood_metrics(labels, scores[m]) for m in methods} if 1 in labels else {}
-    return OodResult(list(methods), len(reference), list(files), list(labels), scores, ref_scores, metrics,
-                     details)
+    return OodResult(list(methods), len(reference), [str(f) for f in evaluated], list(labels),
+                     {m: np.asarray(v) for m, v in scores.items()}, ref_scores, metrics, details)

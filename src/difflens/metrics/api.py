@@ -281,14 +281,15 @@ def compute_metrics(
                                           "--save-real-stats"),
                             _stats_output(_check_output(save_fake_stats, "--save-fake-stats"),
                                           "--save-fake-stats"))
-    chosen = _choose_metrics(cfg.metrics, r, f, bool(targets))
     warnings: list[str] = []
+    chosen = _choose_metrics(cfg, r, f, bool(targets), warnings)
 
     # Fingerprints of the inputs that carry one; extraction's own is known once the weights are resolved.
     image_sides = [s for s in (r, f) if s is not None and s.source.kind in ("folder", "images")]
     extractor = None
     dev = None
     if image_sides:
+        from difflens.metrics.fingerprint import Fingerprint
         from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
         from difflens.models import resolve_device
 
@@ -297,12 +298,12 @@ def compute_metrics(
         w = weights.warning()
         if w:
             warnings.append(w)
-        extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
+        extraction_fp = Fingerprint(protocol=cfg.protocol, weights_sha256=weights.sha256).to_dict()
     for side in (r, f):
         if side is None:
             continue
         if side.source.kind in ("folder", "images"):
-            side.fingerprint = extractor.fingerprint.to_dict() if extractor else None
+            side.fingerprint = extraction_fp
         elif side.source.kind in ("stats", "features"):
             side.fingerprint = side.source.fingerprint
             if side.fingerprint is None and side.source.path is not None:
@@ -312,6 +313,8 @@ def compute_metrics(
     if r is not None and f is not None:
         check_compatible(r.fingerprint, f.fingerprint, f"{r.flag} {_where(r)}", f"{f.flag} {_where(f)}",
                          cfg.allow_protocol_mismatch, warnings)
+    if image_sides:  # built only once every cheap check has passed
+        extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
 
     # Features: one Inception pass per image source.
     for side in (r, f):
@@ -365,11 +368,19 @@ def _where(side: _Side) -> str:
     return str(side.source.path) if side.source.path is not None else f"({side.source.kind})"
 
 
-def _choose_metrics(requested: tuple[str, ...] | None, r: _Side | None, f: _Side | None,
-                    saving: bool) -> tuple[str, ...]:
+def _choose_metrics(cfg: MetricsConfig, r: _Side | None, f: _Side | None, saving: bool,
+                    warnings: list[str]) -> tuple[str, ...]:
+    requested = cfg.metrics
     avail = available_metrics(r.source if r else None, f.source if f else None)
     if requested is None:
         chosen = tuple(m for m in METRICS if avail[m] is None)
+        if r is not None and f is not None:  # k-NN metrics need more than k samples in a set
+            need = {"pr": (cfg.k_pr + 1, cfg.k_pr + 1), "dc": (cfg.k_dc + 1, 1)}
+            small = [m for m in chosen if m in need and (r.n < need[m][0] or f.n < need[m][1])]
+            for m in small:
+                warnings.append(f"{'/'.join(METRIC_KEYS[m])} skipped: k={need[m][0] - 1} needs at least "
+                                f"{need[m][0]} samples per set (real {r.n}, fake {f.n})")
+            chosen = tuple(m for m in chosen if m not in small)
         if not chosen and not saving:
             reasons = "; ".join(f"{m}: {avail[m]}" for m in METRICS)
             raise DifflensError(f"no metric can be computed from these inputs ({reasons}).",
@@ -407,14 +418,33 @@ def _side_stats(side: _Side) -> Any:
     return side.stats
 
 
+def _fid_value(real_stats: Any, fake_stats: Any, real_f: Any | None, fake_f: Any | None) -> float:
+    """FID; when both feature matrices are at hand and a covariance is singular (N <= D), the trace term
+    comes from the features (nuclear norm of B A^T, O(N M D)) instead of two D x D eigendecompositions."""
+    import numpy as np
+
+    from difflens.metrics import fid as fid_mod
+
+    dim = real_stats.dim
+    if (real_f is not None and fake_f is not None and min(len(real_f), len(fake_f)) <= dim
+            and len(real_f) * len(fake_f) <= 4 * dim * dim):
+        diff = real_stats.mean - fake_stats.mean
+        tr = (float(diff @ diff) + float(np.trace(real_stats.covariance()))
+              + float(np.trace(fake_stats.covariance())))
+        return max(tr - 2.0 * fid_mod.trace_sqrt_product_from_features(real_f, fake_f), 0.0)
+    return float(fid_mod.fid_from_stats(real_stats, fake_stats))
+
+
+def _fid(r: _Side, f: _Side) -> float:
+    return _fid_value(_side_stats(r), _side_stats(f), r.features, f.features)
+
+
 def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, dev: str | None,
              warnings: list[str]) -> dict[str, Any]:
     import numpy as np
 
     out: dict[str, Any] = {}
     if "fid" in chosen:
-        from difflens.metrics import fid as fid_mod
-
         assert r is not None and f is not None
         for side in (r, f):
             if side.n < 0:
@@ -425,7 +455,7 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
             if side.n <= _dim(side):
                 warnings.append(f"FID: {side.name} set has {side.n} samples, not more than the feature "
                                 f"dimension {_dim(side)}: its covariance is singular")
-        out["fid"] = {"value": float(fid_mod.fid_from_stats(_side_stats(r), _side_stats(f)))}
+        out["fid"] = {"value": _fid(r, f)}
     real_f = np.asarray(r.features, dtype=np.float32) if r is not None and r.features is not None else None
     fake_f = np.asarray(f.features, dtype=np.float32) if f is not None and f.features is not None else None
     if "kid" in chosen:
@@ -491,11 +521,10 @@ def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: 
     for idx in progress(list(indices), total=cfg.bootstrap, description="bootstrap", unit="resample"):
         sample = fake_f[np.asarray(idx)]
         if "fid" in targets:
-            from difflens.metrics import fid as fid_mod
             from difflens.metrics.stats import GaussianStats
 
-            values["fid"].append(float(fid_mod.fid_from_stats(
-                real_stats, GaussianStats.from_features(sample.astype(np.float64)))))
+            values["fid"].append(_fid_value(real_stats, GaussianStats.from_features(sample), r.features,
+                                            sample))
         if "kid" in targets:
             from difflens.metrics.kid import kernel_inception_distance
 

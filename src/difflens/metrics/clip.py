@@ -417,7 +417,8 @@ def compute_embedding_metrics(
         enc = clip_encoder(cmmd_clip_model, "--cmmd-clip-model")
         x = enc.image_features(real, PROTOCOL_CMMD, cache, real_digest, batch_size)  # type: ignore[arg-type]
         y = enc.image_features(fake, PROTOCOL_CMMD, cache, fake_digest, batch_size)
-        out["metrics"]["cmmd"] = cmmd_from_embeddings(x, y, bootstrap=bootstrap, seed=seed).to_dict()
+        out["metrics"]["cmmd"] = cmmd_from_embeddings(x, y, bootstrap=bootstrap, seed=seed,
+                                                      device=enc.device).to_dict()
         record("cmmd", enc.model_id, enc.weights_digest,
                {**enc.preprocessing(PROTOCOL_CMMD), "sigma": 10.0, "scale": 1000.0})
     if "fd-dinov2" in chosen:

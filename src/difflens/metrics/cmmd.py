@@ -7,9 +7,10 @@ on L2-normalized CLIP ViT-L/14@336 image embeddings (the biased V-statistic, dia
 google-research/cmmd computes it). Images are resized whole to the crop size (torch bicubic on float
 [0,1]) and normalized with the CLIP mean/std.
 
-The kernel sums are computed in float64 over row blocks, so memory is O(block x M), never N x M at once.
-A bootstrap of the fake set is computed in the same pass: with W the (M, B) resample counts,
-``sum_ij W_ib W_jb K_ij = sum_rows((K @ W) * W)``.
+The kernel sums are computed in float64 over row blocks, so memory is O(block x M), never N x M at once;
+the two within-set sums use the upper block triangle only (K is symmetric). A bootstrap of the fake set is
+computed in the same pass: with W the (M, B) resample counts, ``sum_ij W_ib W_jb K_ij =
+sum_rows((K @ W) * W)``.
 """
 
 from __future__ import annotations
@@ -31,26 +32,51 @@ def _block_rows(m: int, block_bytes: int) -> int:
     return max(1, block_bytes // (8 * max(1, m)))
 
 
-def _kernel_sums(a: Any, b: Any, gamma: float, block_bytes: int, w_rows: Any = None, w_cols: Any = None
-                 ) -> tuple[float, Any]:
-    """``sum_ij k(a_i, b_j)`` and, when ``w_cols`` (M, B) is given, for each resample b
-    ``sum_ij w_rows[i, b] k(a_i, b_j) w_cols[j, b]`` (``w_rows`` None means all ones)."""
+def _kernel_block(a: Any, b: Any, an: Any, bn: Any, gamma: float) -> Any:
+    """``exp(-gamma ||a_i - b_j||^2)`` for a block of rows, computed in place in one buffer."""
+    k = a @ b.T
+    k.mul_(-2.0).add_(an[:, None]).add_(bn[None, :]).mul_(-gamma).exp_()
+    return k
+
+
+def _kernel_sums(a: Any, b: Any, gamma: float, block_bytes: int, w_cols: Any = None) -> tuple[float, Any]:
+    """``sum_ij k(a_i, b_j)`` and, when ``w_cols`` (M, B) is given, ``sum_ij k(a_i, b_j) w_cols[j, b]``
+    for each resample b (rows unweighted)."""
+    import torch
+
+    an, bn = (a * a).sum(1), (b * b).sum(1)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    boot = None if w_cols is None else torch.zeros(w_cols.shape[1], dtype=torch.float64, device=a.device)
+    step = _block_rows(b.shape[0], block_bytes)
+    for i in range(0, a.shape[0], step):
+        k = _kernel_block(a[i:i + step], b, an[i:i + step], bn, gamma)
+        total += k.sum()
+        if boot is not None:
+            boot += (k @ w_cols).sum(0)
+        del k
+    return float(total), boot
+
+
+def _kernel_sums_sym(a: Any, gamma: float, block_bytes: int, w: Any = None) -> tuple[float, Any]:
+    """``sum_ij k(a_i, a_j)`` (and ``sum_ij w[i, b] k(a_i, a_j) w[j, b]``) from the upper block triangle
+    only: each off-diagonal block counts twice, saving about half the work."""
     import torch
 
     an = (a * a).sum(1)
-    bn = (b * b).sum(1)
+    n = a.shape[0]
     total = torch.zeros((), dtype=torch.float64, device=a.device)
-    boot = None
-    if w_cols is not None:
-        boot = torch.zeros(w_cols.shape[1], dtype=torch.float64, device=a.device)
-    step = _block_rows(b.shape[0], block_bytes)
-    for i in range(0, a.shape[0], step):
-        k = a[i:i + step] @ b.T
-        k.mul_(-2.0).add_(an[i:i + step, None]).add_(bn[None, :]).mul_(-gamma).exp_()
-        total += k.sum()
+    boot = None if w is None else torch.zeros(w.shape[1], dtype=torch.float64, device=a.device)
+    step = _block_rows(n, block_bytes)
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        k = _kernel_block(a[i:j], a[i:], an[i:j], an[i:], gamma)  # columns i..: diagonal block, then rest
+        diag, off = k[:, :j - i], k[:, j - i:]
+        total += diag.sum() + 2.0 * off.sum()
         if boot is not None:
-            kw = k @ w_cols
-            boot += (kw * w_rows[i:i + step]).sum(0) if w_rows is not None else kw.sum(0)
+            wi = w[i:j]
+            boot += ((diag @ wi) * wi).sum(0)
+            if off.shape[1]:
+                boot += 2.0 * ((off @ w[j:]) * wi).sum(0)
         del k
     return float(total), boot
 
@@ -101,8 +127,8 @@ def cmmd_from_embeddings(real: Any, fake: Any, *, sigma: float = SIGMA, scale: f
         counts = np.stack([np.bincount(idx, minlength=m) for idx in resample_indices(m, bootstrap, seed)],
                           axis=1)
         w = torch.as_tensor(counts.astype(np.float64), device=device)
-    kxx, _ = _kernel_sums(x, x, gamma, block_bytes)
-    kyy, kyy_b = _kernel_sums(y, y, gamma, block_bytes, w_rows=w, w_cols=w)
+    kxx, _ = _kernel_sums_sym(x, gamma, block_bytes)
+    kyy, kyy_b = _kernel_sums_sym(y, gamma, block_bytes, w)
     kxy, kxy_b = _kernel_sums(x, y, gamma, block_bytes, w_cols=w)
     value = scale * (kxx / (n * n) + kyy / (m * m) - 2.0 * kxy / (n * m))
     result = CmmdResult(value=float(value), n_real=n, n_fake=m)

@@ -6,9 +6,10 @@ The trace term (DESIGN.md 3): S1 S2 is similar to a symmetric PSD matrix, so its
 non-negative and ``Tr((S1 S2)^(1/2)) = sum_i sqrt(lambda_i)``. Writing ``S1 = F F^T``, the eigenvalues of
 ``S1 S2`` are those of ``F^T S2 F`` (symmetric PSD), computed with ``eigvalsh``; rounding negatives are
 clipped to 0. ``F`` is the Cholesky factor of S1 when S1 is numerically positive definite (one Cholesky
-instead of a full eigendecomposition: about 8x cheaper than the eigh-based square root ``S1^(1/2)``),
-else ``V diag(sqrt(max(w, 0)))`` from ``eigh(S1)`` (then ``F^T S2 F`` has the eigenvalues of
-``S1^(1/2) S2 S1^(1/2)``, the textbook symmetric route). All in float64.
+instead of a full eigendecomposition, which is several times cheaper than forming ``S1^(1/2)`` by
+``eigh``; ``F^T S2 F`` has the eigenvalues of ``S1^(1/2) S2 S1^(1/2)``, the textbook symmetric route).
+When a covariance is rank-deficient (N <= D, say) the trace is the nuclear norm of ``F1^T F2`` with
+rank-truncated eigh factors: no square roots of rounding noise in the null space. All in float64.
 
 When the feature matrices are at hand and N < D, the same trace is the nuclear norm of ``B A^T`` for the
 centered feature matrices (see :func:`trace_sqrt_product_from_features`), O(N^2 D) instead of O(D^3).
@@ -31,15 +32,26 @@ def _check_square(sigma: np.ndarray, name: str) -> np.ndarray:
     return sigma
 
 
-def psd_factor(sigma: np.ndarray) -> np.ndarray:
-    """A matrix ``F`` with ``F @ F.T == sigma`` (Cholesky; eigh with clipped eigenvalues if not PD)."""
-    sigma = _check_square(sigma, "sigma")
-    sym = 0.5 * (sigma + sigma.T)
+def _cholesky(sym: np.ndarray) -> np.ndarray | None:
     try:
         return np.linalg.cholesky(sym)
     except np.linalg.LinAlgError:
-        w, v = np.linalg.eigh(sym)
-        return v * np.sqrt(np.clip(w, 0.0, None))
+        return None
+
+
+def _eigh_factor(sym: np.ndarray) -> np.ndarray:
+    """``V_r diag(sqrt(w_r))`` over the eigenvalues above rounding level (D x r, r = numerical rank)."""
+    w, v = np.linalg.eigh(sym)
+    keep = w > max(float(w[-1]), 0.0) * sym.shape[0] * np.finfo(np.float64).eps
+    return v[:, keep] * np.sqrt(w[keep])
+
+
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """A matrix ``F`` with ``F @ F.T == sigma``: Cholesky, or a rank-truncated eigh factor if not PD."""
+    sym = _check_square(sigma, "sigma")
+    sym = 0.5 * (sym + sym.T)
+    chol = _cholesky(sym)
+    return chol if chol is not None else _eigh_factor(sym)
 
 
 def trace_sqrt_from_factor(factor: np.ndarray, sigma2: np.ndarray) -> float:
@@ -51,14 +63,28 @@ def trace_sqrt_from_factor(factor: np.ndarray, sigma2: np.ndarray) -> float:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``Tr((S1 S2)^(1/2))`` for symmetric PSD S1, S2, by the symmetric eigenvalue route (float64)."""
+    """``Tr((S1 S2)^(1/2))`` for symmetric PSD S1, S2 (float64).
+
+    Both positive definite (the usual case, N > D): ``sum sqrt(eigvalsh(L1^T S2 L1))`` with ``L1`` the
+    Cholesky factor of S1. Otherwise (a rank-deficient covariance, e.g. N <= D): the nuclear norm of
+    ``F1^T F2`` with rank-truncated factors, which avoids square roots of rounding noise in the null space.
+    """
     s1 = _check_square(sigma1, "sigma1")
     s2 = _check_square(sigma2, "sigma2")
     if s1.shape != s2.shape:
         raise DifflensError(
             f"Feature dimension mismatch: covariances are {s1.shape} and {s2.shape}.",
             "Compare statistics of the same extractor and layer.")
-    return trace_sqrt_from_factor(psd_factor(s1), 0.5 * (s2 + s2.T))
+    s1 = 0.5 * (s1 + s1.T)
+    s2 = 0.5 * (s2 + s2.T)
+    l1, l2 = _cholesky(s1), _cholesky(s2)
+    if l1 is not None and l2 is not None:
+        return trace_sqrt_from_factor(l1, s2)
+    f1 = l1 if l1 is not None else _eigh_factor(s1)
+    f2 = l2 if l2 is not None else _eigh_factor(s2)
+    if f1.shape[1] == 0 or f2.shape[1] == 0:
+        return 0.0
+    return float(np.linalg.svd(f1.T @ f2, compute_uv=False).sum())
 
 
 def trace_sqrt_product_from_features(a: np.ndarray, b: np.ndarray) -> float:

@@ -375,6 +375,17 @@ class InceptionExtractor:
         self.weights = weights
         self.fingerprint = Fingerprint(protocol=protocol, weights_sha256=weights.sha256)
 
+    def with_protocol(self, protocol: str) -> InceptionExtractor:
+        """The same network (shared, not reloaded) under another resize protocol."""
+        import copy
+
+        if protocol not in PROTOCOLS:
+            raise DifflensError(f"unknown --protocol {protocol!r}.", f"use one of {', '.join(PROTOCOLS)}")
+        other = copy.copy(self)
+        other.protocol = protocol
+        other.fingerprint = Fingerprint(protocol=protocol, weights_sha256=self.weights.sha256)
+        return other
+
     def prepare(self, image: Any) -> Any:
         """Per-image CPU work done in loader threads: the clean resize; tf-legacy keeps the uint8 pixels."""
         return clean_resize(image) if self.protocol == "clean" else image

@@ -1,9 +1,9 @@
 """Exact k-NN manifold metrics: precision/recall (Kynkaanniemi et al. 2019) and density/coverage
-(Naeem et al. 2020), blockwise, memory O(block^2) per tile, never N x N.
+(Naeem et al. 2020), computed tile by tile: memory O(block^2) per tile, never N x N.
 
-Definitions (radius r_k(x) = distance from x to its k-th nearest neighbour in its own set, self excluded;
-computed as the (k+1)-th smallest distance including the self-distance 0, as torch-fidelity's
-``kthvalue(k + 1)`` and prdc's ``get_kth_value(k + 1)`` do, so duplicates count as neighbours at 0):
+Definitions (radius r_k(x) = distance from x to its k-th nearest neighbour in its own set, self excluded,
+taken as the (k+1)-th smallest distance counting the self-distance 0 -- what torch-fidelity's
+``kthvalue(k + 1)`` and prdc's ``get_kth_value(k + 1)`` do -- so duplicates count as neighbours at 0):
 
 - precision (k=3) = (1/M) sum_j 1[ exists i: d(f_j, r_i) <= r_3(r_i) ]
 - recall    (k=3) = (1/N) sum_i 1[ exists j: d(r_i, f_j) <= r_3(f_j) ]
@@ -11,23 +11,31 @@ computed as the (k+1)-th smallest distance including the self-distance 0, as tor
 - coverage  (k=5) = (1/N) sum_i 1[ min_j d(r_i, f_j) < r_5(r_i) ]
 
 Exactness. Every comparison is decided on the exact distance ``sqrt(sum((a - b)^2))`` evaluated in float64
-from the input values (exactly 0 for duplicates). The speed comes from float32 matrix products: a tile of
-squared distances ``||a||^2 + ||b||^2 - 2 a.b`` (float32 GEMM) carries a rigorous error bound
-``tol = 1.25 (gamma_{D+1} + 8u) (2 max|a| max|b| + max||a||^2 + max||b||^2 + max offset)``
-(``u = 2^-24``, ``gamma_n = n u / (1 - n u)``: the worst-case bound of any summation order, so it holds
-for every BLAS and for cuBLAS with TF32 off). Only comparisons that fall within ``tol`` of their threshold
-(typically a handful per thousand rows) are recomputed in float64 -- so the results are those of exact
-arithmetic, do not depend on block size, device or BLAS, and equal torch-fidelity's ``prc`` and prdc's
-``compute_prdc`` whenever their own float32 rounding does not flip a near-tie (they disagree with each
-other there: torch-fidelity compares float32 ``cdist`` values, prdc float64 distances rounded to float32).
+from the input values (exactly 0 for duplicates). Speed comes from float32 matrix products: a tile of
+squared distances ``||a||^2 + ||b||^2 - 2 a.b`` is one float32 GEMM of augmented vectors
+``[-2a, 1, ||a||^2 - offset] . [b, ||b||^2, 1]``, whose error has the rigorous bound
+``tol = 1.25 (gamma_{D+2} + 8u) (2 max|a| max|b| + max||a||^2 + max||b||^2 + 2 max offset)``
+(``u = 2^-24``, ``gamma_n = n u / (1 - n u)``: the worst case of any summation order, so it holds for every
+BLAS and for cuBLAS with TF32 off). Comparisons farther than ``tol`` from their threshold are decided by
+the tile; the rest (typically a few per thousand rows) are recomputed in float64. The results are
+therefore those of exact arithmetic: independent of block size, device and BLAS, and equal to
+torch-fidelity's ``prc`` and prdc's ``compute_prdc`` wherever their own float32 rounding does not flip a
+near-tie (they disagree with each other there: torch-fidelity compares float32 ``cdist`` values, prdc
+float64 distances rounded to float32).
 
-Cost. Radii: one pass over the upper triangle of tiles of each set (half the flops of a full N x N
-product), keeping the running k+1+slack smallest values per row with ``topk`` in both directions of a
-tile. Cross pass: one real x fake product; all four metrics are reductions of the same tile. Total
-``2 D (N^2/2 + M^2/2 + N M)`` flops plus O(tile) elementwise passes.
+Algorithm and cost. Radii: the upper triangle of tiles of each set (half the flops of an N x N product);
+diagonal tiles first seed every row's list of the k+1+slack smallest values, then each off-diagonal tile
+feeds its rows and its columns, keeping only entries below the row's current list maximum (a sparse
+filter: a few entries per row and tile). The exact k-th value is certified from the list by a gap test
+(the window of list entries within 2 tol of each other around position k+1 is recomputed exactly).
+Cross pass: one real x fake product; density, coverage and precision come from the sparse set of pairs
+within the real radius (+tol), recall from a row-wise minimum. Flops: ``2 (D+2) (N^2/2 + M^2/2 + N M)``.
 
-Bootstrap note: a resample with replacement holds duplicates, whose distance 0 can make a k-NN radius 0;
-that is a property of resampling, accepted and documented.
+Backends: numpy (OpenBLAS sgemm) on ``device="cpu"`` -- torch is not imported, which keeps the peak
+memory small; torch on ``"cuda"``/``"cuda:N"``/``"mps"`` (TF32 disabled inside the computation).
+
+Bootstrap note: a resample with replacement holds duplicates, whose distance 0 can make a k-NN radius 0
+(a point with k copies of itself has radius 0); that is a property of resampling, accepted as is.
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ import numpy as np
 from difflens.errors import DifflensError
 
 _U32 = 2.0 ** -24
-_SLACK = 8  # extra neighbours kept per row beyond k+1, so that the exact top-(k+1) is certified
-_EXACT_CHUNK = 2048  # pairs per float64 chunk in exact recomputation
+_SLACK = 8            # extra neighbours kept per row beyond k+1, for the certification gap test
+_EXACT_CHUNK = 128    # pairs per float64 chunk in exact recomputation (cache-sized)
 ALL_METRICS = ("precision", "recall", "density", "coverage")
 
 
@@ -51,11 +59,119 @@ def _gamma(n: int) -> float:
     return n * _U32 / (1.0 - n * _U32)
 
 
-@contextlib.contextmanager
-def _fp32_exact_matmul() -> Iterator[None]:
-    """Full-precision fp32 matmul (no TF32 / bf16 shortcuts) inside the block, restored after."""
-    import torch
+# ----------------------------------------------------------------------------------------------------
+# backends: a float32 tile = A_aug @ B_aug^T, and a few reductions of it, returned as numpy arrays
+# ----------------------------------------------------------------------------------------------------
 
+class _NumpyOps:
+    """CPU backend: numpy arrays, OpenBLAS sgemm."""
+
+    def put(self, a: np.ndarray) -> Any:
+        return a
+
+    def empty(self, n: int) -> Any:
+        return np.empty(n, dtype=np.float32)
+
+    def tile(self, buf: Any, left: Any, right: Any) -> Any:
+        out = buf[: left.shape[0] * right.shape[0]].reshape(left.shape[0], right.shape[0])
+        np.matmul(left, right.T, out=out)
+        return out
+
+    @staticmethod
+    def _pairs(t: Any, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flat = np.flatnonzero(mask)
+        r, c = np.divmod(flat, t.shape[1])
+        return r, c, t.ravel()[flat].astype(np.float64)
+
+    def nonzero_le(self, t: Any, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._pairs(t, t <= np.float32(thr))
+
+    def nonzero_lt_rows(self, t: Any, thr_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._pairs(t, t < thr_rows.astype(np.float32)[:, None])
+
+    def nonzero_lt_rows_or_cols(self, t: Any, thr_rows: np.ndarray, thr_cols: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mask = t < thr_rows.astype(np.float32)[:, None]
+        mask |= t < thr_cols.astype(np.float32)[None, :]
+        return self._pairs(t, mask)
+
+    def topk_rows(self, t: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k < t.shape[1]:
+            idx = np.argpartition(t, k - 1, axis=1)[:, :k]
+        else:
+            idx = np.broadcast_to(np.arange(t.shape[1]), t.shape).copy()
+        vals = np.take_along_axis(t, idx, axis=1).astype(np.float64)
+        return vals, idx.astype(np.int64)
+
+    def rowmin_minus_cols(self, t: Any, cols: np.ndarray, scratch: Any) -> np.ndarray:
+        tmp = scratch[: t.size].reshape(t.shape)
+        np.subtract(t, cols.astype(np.float32)[None, :], out=tmp)
+        return tmp.min(axis=1).astype(np.float64)
+
+
+class _TorchOps:
+    """GPU backend: torch tensors on ``device``; TF32 is switched off by :func:`_fp32_matmul`."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+
+    def put(self, a: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def empty(self, n: int) -> Any:
+        return self.torch.empty(n, dtype=self.torch.float32, device=self.device)
+
+    def tile(self, buf: Any, left: Any, right: Any) -> Any:
+        out = buf[: left.shape[0] * right.shape[0]].view(left.shape[0], right.shape[0])
+        self.torch.mm(left, right.T, out=out)
+        return out
+
+    def _pairs(self, t: Any, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r, c = self.torch.nonzero(mask, as_tuple=True)
+        v = t[r, c].double()
+        return r.cpu().numpy(), c.cpu().numpy(), v.cpu().numpy()
+
+    def nonzero_le(self, t: Any, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._pairs(t, t <= float(np.float32(thr)))
+
+    def nonzero_lt_rows(self, t: Any, thr_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._pairs(t, t < self.put(thr_rows.astype(np.float32))[:, None])
+
+    def nonzero_lt_rows_or_cols(self, t: Any, thr_rows: np.ndarray, thr_cols: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mask = t < self.put(thr_rows.astype(np.float32))[:, None]
+        mask |= t < self.put(thr_cols.astype(np.float32))[None, :]
+        return self._pairs(t, mask)
+
+    def topk_rows(self, t: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        v, i = self.torch.topk(t, min(k, t.shape[1]), dim=1, largest=False)
+        return v.double().cpu().numpy(), i.cpu().numpy()
+
+    def rowmin_minus_cols(self, t: Any, cols: np.ndarray, scratch: Any) -> np.ndarray:
+        tmp = scratch[: t.numel()].view(t.shape)
+        self.torch.sub(t, self.put(cols.astype(np.float32))[None, :], out=tmp)
+        return tmp.amin(dim=1).double().cpu().numpy()
+
+
+def _ops(device: str) -> Any:
+    dev = str(device)
+    if dev == "cpu":
+        return _NumpyOps()
+    if dev.startswith(("cuda", "mps")):
+        return _TorchOps(dev)
+    raise DifflensError(f"Unknown device {device!r} for k-NN metrics.", "Use 'cpu', 'cuda' or 'cuda:N'.")
+
+
+@contextlib.contextmanager
+def _fp32_matmul(ops: Any) -> Iterator[None]:
+    """Full-precision fp32 matmul (no TF32 / reduced-precision shortcuts) inside the block, restored after."""
+    if not isinstance(ops, _TorchOps):
+        yield
+        return
+    torch = ops.torch
     old = torch.get_float32_matmul_precision()
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.set_float32_matmul_precision("highest")
@@ -68,198 +184,91 @@ def _fp32_exact_matmul() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
+# ----------------------------------------------------------------------------------------------------
+# feature sets, exact distances, error bound
+# ----------------------------------------------------------------------------------------------------
+
 @dataclass
 class _FeatureSet:
-    """Features as given (``src``, for exact float64 recomputation) and float32 on the device."""
+    """Features as given (``src``: distances are exact for these values) and their float32 form."""
 
-    src: np.ndarray          # float32 or float64 (N, D), the values distances are exact for
-    x: Any                   # torch float32 (N, D) on device
-    sq: Any                  # torch float32 (N,): squared norms of ``x`` (computed in float64, rounded)
-    norm_max: float          # max ||x_i|| (float64, with a little headroom)
-    rounded: bool            # True when ``x`` is a float32 rounding of float64 input
+    src: np.ndarray          # float32 or float64 (N, D)
+    x32: np.ndarray          # float32 (N, D) (``src`` itself when it is float32)
+    sq: np.ndarray           # float64 (N,): exact squared norms of ``x32``
+    norm_max: float          # max ||x32_i||, with headroom
+    rounded: bool            # True when ``x32`` is a float32 rounding of float64 input
 
     @property
     def n(self) -> int:
         return int(self.src.shape[0])
 
+    @property
+    def dim(self) -> int:
+        return int(self.src.shape[1])
 
-def _prepare(feats: Any, name: str, device: str) -> _FeatureSet:
-    import torch
+    def left(self, rows: Any, offset: np.ndarray | None = None) -> np.ndarray:
+        """``[-2 x, 1, ||x||^2 - offset]`` for ``rows`` (a slice or index array), float32."""
+        x = self.x32[rows]
+        out = np.empty((x.shape[0], x.shape[1] + 2), dtype=np.float32)
+        np.multiply(x, -2.0, out=out[:, :-2])
+        out[:, -2] = 1.0
+        sq = self.sq[rows]
+        out[:, -1] = sq if offset is None else sq - offset
+        return out
 
+    def right(self, rows: Any = slice(None)) -> np.ndarray:
+        """``[x, ||x||^2, 1]`` for ``rows``, float32."""
+        x = self.x32[rows]
+        out = np.empty((x.shape[0], x.shape[1] + 2), dtype=np.float32)
+        out[:, :-2] = x
+        out[:, -2] = self.sq[rows]
+        out[:, -1] = 1.0
+        return out
+
+
+def _prepare(feats: Any, name: str) -> _FeatureSet:
     arr = np.asarray(feats)
     if arr.ndim != 2:
         raise DifflensError(f"{name} features must be a 2-D (N, D) array, got shape {arr.shape}.", None)
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise DifflensError(f"{name} features must be real numbers, got dtype {arr.dtype}.", None)
-    if arr.dtype != np.float32:
-        arr = np.ascontiguousarray(arr, dtype=np.float64)
-        x32 = arr.astype(np.float32)
-        rounded = True
+    if arr.dtype == np.float32:
+        src = np.ascontiguousarray(arr)
+        x32 = src
     else:
-        arr = np.ascontiguousarray(arr)
-        x32 = arr
-        rounded = False
-    sq64 = np.empty(arr.shape[0], dtype=np.float64)
-    for s in range(0, arr.shape[0], 8192):
-        blk = x32[s:s + 8192].astype(np.float64)
-        sq64[s:s + 8192] = np.einsum("ij,ij->i", blk, blk)
-    if not np.all(np.isfinite(sq64)):
-        raise DifflensError(f"{name} features contain NaN or infinite values.", "Check the extractor input.")
-    x = torch.from_numpy(x32).to(device)
-    sq = torch.from_numpy(sq64.astype(np.float32)).to(device)
-    norm_max = float(np.sqrt(sq64.max())) * (1 + 1e-6) if arr.shape[0] else 0.0
-    return _FeatureSet(arr, x, sq, norm_max, rounded)
+        src = np.ascontiguousarray(arr, dtype=np.float64)
+        x32 = src.astype(np.float32)
+    sq = np.empty(src.shape[0], dtype=np.float64)
+    for s in range(0, src.shape[0], 4096):
+        blk = x32[s:s + 4096].astype(np.float64)
+        sq[s:s + 4096] = np.einsum("ij,ij->i", blk, blk)
+    if not np.all(np.isfinite(sq)):
+        raise DifflensError(f"{name} features contain NaN or infinite values (or overflow float32).",
+                            "Check the extractor input.")
+    norm_max = float(np.sqrt(sq.max())) * (1 + 1e-6) if src.shape[0] else 0.0
+    return _FeatureSet(src, x32, sq, norm_max, x32 is not src)
 
 
 def _exact_d2(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
-    """Exact squared distances ``sum((a[ia] - b[ib])^2)`` in float64, in chunks of pairs."""
+    """Exact squared distances ``sum((a[ia] - b[ib])^2)`` in float64 (symmetric; 0 for equal rows)."""
     out = np.empty(len(ia), dtype=np.float64)
     for s in range(0, len(ia), _EXACT_CHUNK):
-        diff = a[ia[s:s + _EXACT_CHUNK]].astype(np.float64) - b[ib[s:s + _EXACT_CHUNK]]
+        diff = np.subtract(a[ia[s:s + _EXACT_CHUNK]], b[ib[s:s + _EXACT_CHUNK]], dtype=np.float64)
         out[s:s + _EXACT_CHUNK] = np.einsum("ij,ij->i", diff, diff)
     return out
 
 
 def _tol(a: _FeatureSet, b: _FeatureSet, offset_max: float = 0.0) -> float:
     """Rigorous bound on |float32 tile value - exact value| for tiles of a x b (see module docstring)."""
-    d = a.x.shape[1]
     mag = 2 * a.norm_max * b.norm_max + a.norm_max ** 2 + b.norm_max ** 2 + 2 * abs(offset_max)
-    tol = 1.25 * (_gamma(d + 1) + 8 * _U32) * mag
-    if a.rounded or b.rounded:  # float32 rounding of float64 input moves squared distances by <= this
+    tol = 1.25 * (_gamma(a.dim + 2) + 8 * _U32) * mag
+    if a.rounded or b.rounded:  # float32 rounding of float64 input moves squared distances by at most this
         tol += 2.5 * _U32 * (a.norm_max + b.norm_max) ** 2
     return tol + 1e-300
 
 
-def _tile(buf: Any, a: _FeatureSet, i0: int, i1: int, b: _FeatureSet, j0: int, j1: int,
-          row_off: Any = None) -> Any:
-    """float32 tile ``||a_i||^2 - row_off_i + ||b_j||^2 - 2 a_i.b_j`` into a reusable buffer."""
-    import torch
-
-    h, w = i1 - i0, j1 - j0
-    t = buf[: h * w].view(h, w)
-    left = a.sq[i0:i1] if row_off is None else row_off[i0:i1]
-    torch.add(left[:, None], b.sq[None, j0:j1], out=t)
-    t.addmm_(a.x[i0:i1], b.x[j0:j1].T, beta=1.0, alpha=-2.0)
-    return t
-
-
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-# ----------------------------------------------------------------------------------------------------
-# k nearest neighbours within one set
-# ----------------------------------------------------------------------------------------------------
-
-def _approx_self_topk(fs: _FeatureSet, kk: int, block: int) -> tuple[Any, Any]:
-    """Approximate (float32) ``kk`` smallest squared distances per row (self included) and their indices,
-    over the upper triangle of tiles; each tile feeds its rows and (off the diagonal) its columns."""
-    import torch
-
-    n = fs.n
-    dev = fs.x.device
-    vals = torch.full((n, kk), float("inf"), dtype=torch.float32, device=dev)
-    idx = torch.zeros((n, kk), dtype=torch.int64, device=dev)
-    buf = torch.empty(block * block, dtype=torch.float32, device=dev)
-
-    def merge(r0: int, r1: int, tv: Any, ti: Any) -> None:
-        cv = torch.cat([vals[r0:r1], tv], dim=1)
-        ci = torch.cat([idx[r0:r1], ti], dim=1)
-        v, p = torch.topk(cv, kk, dim=1, largest=False, sorted=False)
-        vals[r0:r1] = v
-        idx[r0:r1] = torch.gather(ci, 1, p)
-
-    blocks = _blocks(n, block)
-    for bi, (i0, i1) in enumerate(blocks):
-        for j0, j1 in blocks[bi:]:
-            t = _tile(buf, fs, i0, i1, fs, j0, j1)
-            kr = min(kk, j1 - j0)
-            v, p = torch.topk(t, kr, dim=1, largest=False, sorted=False)
-            merge(i0, i1, v, p + j0)
-            if j0 != i0:
-                kc = min(kk, i1 - i0)
-                v, p = torch.topk(t, kc, dim=0, largest=False, sorted=False)
-                merge(j0, j1, v.T, p.T + i0)
-    vals, order = torch.sort(vals, dim=1)
-    return vals, torch.gather(idx, 1, order)
-
-
-def _exact_rows_topq(fs: _FeatureSet, rows: np.ndarray, q: int, tol: float, block: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact q smallest squared distances (and indices) of ``rows`` against the whole set (fallback)."""
-    import torch
-
-    out_v = np.empty((len(rows), q), dtype=np.float64)
-    out_i = np.empty((len(rows), q), dtype=np.int64)
-    rows_t = torch.from_numpy(rows).to(fs.x.device)
-    block = max(1, min(block, (1 << 24) // max(fs.n, 1)))  # at most 64 MB of float32 per chunk
-    for s in range(0, len(rows), block):
-        r = rows_t[s:s + block]
-        t = fs.sq[r][:, None] + fs.sq[None, :]
-        t.addmm_(fs.x[r], fs.x.T, beta=1.0, alpha=-2.0)
-        vq = torch.topk(t, q, dim=1, largest=False).values[:, -1]
-        ri, cj = torch.nonzero(t <= (vq + 2 * tol)[:, None], as_tuple=True)
-        ri = ri.cpu().numpy()
-        cj = cj.cpu().numpy()
-        e = _exact_d2(fs.src, rows[s:s + block][ri], fs.src, cj)
-        for local in range(len(r)):
-            sel = ri == local
-            ev, ej = e[sel], cj[sel]
-            o = np.lexsort((ej, ev))[:q]
-            out_v[s + local] = ev[o]
-            out_i[s + local] = ej[o]
-    return out_v, out_i
-
-
-def knn_sq_distances(fs: _FeatureSet, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact sorted squared distances (float64) and indices of the k+1 nearest points of each row,
-    self included (column 0 is the self-distance 0 unless duplicates tie with it)."""
-    q = k + 1
-    n = fs.n
-    if n < q:
-        raise DifflensError(
-            f"k-NN with k={k} needs at least {q} samples in a set, got {n}.", "Add images or lower k.")
-    kk = min(n, q + _SLACK)
-    tol = _tol(fs, fs)
-    vals_t, idx_t = _approx_self_topk(fs, kk, block)
-    vals = vals_t.cpu().numpy().astype(np.float64)
-    idx = idx_t.cpu().numpy()
-    vq = vals[:, q - 1]
-    cand = vals <= (vq + 2 * tol)[:, None]
-    # Certified when the list is complete (kk == n) or its last value lies beyond the candidate bound.
-    ok = np.full(n, True) if kk == n else vals[:, kk - 1] > vq + 2 * tol
-    rows_ok = np.nonzero(ok)[0]
-    ri, ci = np.nonzero(cand[rows_ok])
-    e = _exact_d2(fs.src, rows_ok[ri], fs.src, idx[rows_ok[ri], ci])
-    full = np.full((len(rows_ok), kk), np.inf)
-    full[ri, ci] = e
-    order = np.argsort(full, axis=1, kind="stable")[:, :q]
-    out_v = np.empty((n, q), dtype=np.float64)
-    out_i = np.empty((n, q), dtype=np.int64)
-    out_v[rows_ok] = np.take_along_axis(full, order, axis=1)
-    out_i[rows_ok] = np.take_along_axis(idx[rows_ok], order, axis=1)
-    bad = np.nonzero(~ok)[0]
-    if len(bad):
-        out_v[bad], out_i[bad] = _exact_rows_topq(fs, bad, q, tol, block)
-    return out_v, out_i
-
-
-def knn_radii(feats: np.ndarray, k: int, block_size: int = 1024, device: str = "cpu") -> np.ndarray:
-    """Exact distance from each row to its k-th nearest neighbour in the same set, self excluded
-    (the (k+1)-th smallest distance counting the self-distance 0), float64 (N,)."""
-    import torch
-
-    k = int(k)
-    if k < 1:
-        raise DifflensError(f"k must be at least 1, got {k}.", None)
-    block = _check_block(block_size)
-    with _fp32_exact_matmul():
-        fs = _prepare(feats, "Input", device)
-        v, _ = knn_sq_distances(fs, k, block)
-        del fs
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    return np.sqrt(v[:, k])
 
 
 def _check_block(block_size: int) -> int:
@@ -270,131 +279,260 @@ def _check_block(block_size: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# k nearest neighbours within one set
+# ----------------------------------------------------------------------------------------------------
+
+class _TopList:
+    """Per row, the ``kk`` smallest (approximate value, index) pairs seen so far, sorted ascending."""
+
+    def __init__(self, n: int, kk: int) -> None:
+        self.kk = kk
+        self.v = np.full((n, kk), np.inf)
+        self.i = np.full((n, kk), -1, dtype=np.int64)
+
+    def merge(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Insert candidates (global row, global column, value); each pair must be new to its row."""
+        if len(rows) == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        urows, starts, counts = np.unique(rows, return_index=True, return_counts=True)
+        kk = self.kk
+        width = kk + int(counts.max())
+        dv = np.full((len(urows), width), np.inf)
+        di = np.full((len(urows), width), -1, dtype=np.int64)
+        dv[:, :kk] = self.v[urows]
+        di[:, :kk] = self.i[urows]
+        ur = np.repeat(np.arange(len(urows)), counts)
+        pos = kk + np.arange(len(rows)) - np.repeat(starts, counts)
+        dv[ur, pos] = vals
+        di[ur, pos] = cols
+        o = np.argsort(dv, axis=1, kind="stable")[:, :kk]
+        self.v[urows] = np.take_along_axis(dv, o, axis=1)
+        self.i[urows] = np.take_along_axis(di, o, axis=1)
+
+
+def _approx_self_lists(ops: Any, fs: _FeatureSet, kk: int, block: int) -> _TopList:
+    """Approximate (float32 tile values) ``kk`` smallest squared distances of every row, self included."""
+    n = fs.n
+    top = _TopList(n, kk)
+    blocks = _blocks(n, block)
+    buf = ops.empty(block * block)
+    right = ops.put(fs.right())
+    # diagonal tiles first: they fill every row's list (when block >= kk)
+    for i0, i1 in blocks:
+        t = ops.tile(buf, ops.put(fs.left(slice(i0, i1))), right[i0:i1])
+        v, c = ops.topk_rows(t, kk)
+        r = np.repeat(np.arange(i0, i1), v.shape[1])
+        top.merge(r, c.ravel() + i0, v.ravel())
+    for bi, (i0, i1) in enumerate(blocks):
+        left = ops.put(fs.left(slice(i0, i1)))
+        for j0, j1 in blocks[bi + 1:]:
+            t = ops.tile(buf, left, right[j0:j1])
+            # rows i0:i1 take the entries below their current list maximum, and columns j0:j1 (rows of
+            # the transposed tile) likewise: one sparse selection, then split
+            th_r, th_c = top.v[i0:i1, -1], top.v[j0:j1, -1]
+            r, c, v = ops.nonzero_lt_rows_or_cols(t, th_r, th_c)
+            sel = v < th_r[r]
+            top.merge(r[sel] + i0, c[sel] + j0, v[sel])
+            sel = v < th_c[c]
+            top.merge(c[sel] + j0, r[sel] + i0, v[sel])
+    return top
+
+
+def _exact_rows_smallest(ops: Any, fs: _FeatureSet, rows: np.ndarray, q: int, tol: float, block: int
+                         ) -> np.ndarray:
+    """Exact q smallest squared distances of ``rows`` against the whole set (fallback path), (len, q)."""
+    out = np.empty((len(rows), q), dtype=np.float64)
+    chunk = max(1, min(block, (1 << 22) // max(fs.n, 1)))
+    right = ops.put(fs.right())
+    buf = ops.empty(chunk * fs.n)
+    for s in range(0, len(rows), chunk):
+        rr = rows[s:s + chunk]
+        t = ops.tile(buf, ops.put(fs.left(rr)), right)
+        v, _ = ops.topk_rows(t, q)
+        vq = np.sort(v, axis=1)[:, q - 1]
+        ri, cj, _ = ops.nonzero_lt_rows(t, vq + 2 * tol + 2 * _U32 * np.abs(vq))
+        e = _exact_d2(fs.src, rr[ri], fs.src, cj)
+        for local in range(len(rr)):
+            ev = np.sort(e[ri == local])
+            out[s + local] = ev[:q]
+    return out
+
+
+def _knn_sq_radii(ops: Any, fs: _FeatureSet, ks: Sequence[int], block: int) -> dict[int, np.ndarray]:
+    """Exact squared k-th neighbour distances (float64) for every k in ``ks``, from one pass."""
+    ks = sorted({int(k) for k in ks})
+    q_max = ks[-1] + 1
+    n = fs.n
+    if n < q_max:
+        raise DifflensError(
+            f"k-NN with k={ks[-1]} needs at least {q_max} samples in a set, got {n}.",
+            "Add images or lower k.")
+    kk = min(n, q_max + _SLACK)
+    tol = _tol(fs, fs)
+    top = _approx_self_lists(ops, fs, kk, block)
+    vals, idx = top.v, top.i
+    linked = np.diff(vals, axis=1) <= 2 * tol          # (n, kk-1): entries c and c+1 not separated
+    out: dict[int, np.ndarray] = {}
+    fallback: set[int] = set()
+    rows = np.arange(n)
+    for k in ks:
+        p = k  # 0-based position of the (k+1)-th smallest
+        lo = np.full(n, p)
+        for c in range(p, 0, -1):
+            step = (lo == c) & linked[:, c - 1]
+            lo[step] = c - 1
+        hi = np.full(n, p)
+        for c in range(p, kk - 1):
+            step = (hi == c) & linked[:, c]
+            hi[step] = c + 1
+        # certified when the window ends before the list does (or the list holds the whole set)
+        ok = np.full(n, True) if kk == n else hi < kk - 1
+        fallback.update(np.nonzero(~ok)[0].tolist())
+        width = hi - lo + 1
+        sel = rows[ok]
+        wsel = width[ok]
+        r_pairs = np.repeat(sel, wsel)
+        offs = np.arange(len(r_pairs)) - np.repeat(np.cumsum(wsel) - wsel, wsel)
+        c_pos = lo[r_pairs] + offs
+        e = _exact_d2(fs.src, r_pairs, fs.src, idx[r_pairs, c_pos])
+        order = np.lexsort((e, r_pairs))
+        starts = np.cumsum(wsel) - wsel
+        radius = np.empty(n)
+        radius[sel] = e[order][starts + (p - lo[sel])]
+        out[k] = radius
+    if fallback:
+        bad = np.array(sorted(fallback), dtype=np.int64)
+        exact = _exact_rows_smallest(ops, fs, bad, q_max, tol, block)
+        for k in ks:
+            out[k][bad] = exact[:, k]
+    return out
+
+
+def knn_radii_many(feats: np.ndarray, ks: Sequence[int], block_size: int = 1024, device: str = "cpu"
+                   ) -> dict[int, np.ndarray]:
+    """Exact k-th neighbour distances (self excluded) for several k from one pass: ``{k: (N,) float64}``."""
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise DifflensError(f"k must be at least 1, got {ks}.", None)
+    block = _check_block(block_size)
+    ops = _ops(device)
+    fs = _prepare(feats, "Input")
+    with _fp32_matmul(ops):
+        sq = _knn_sq_radii(ops, fs, ks, block)
+    return {k: np.sqrt(v) for k, v in sq.items()}
+
+
+def knn_radii(feats: np.ndarray, k: int, block_size: int = 1024, device: str = "cpu") -> np.ndarray:
+    """Exact distance from each row to its k-th nearest neighbour in the same set, self excluded
+    (the (k+1)-th smallest distance counting the self-distance 0), float64 (N,)."""
+    return knn_radii_many(feats, [k], block_size, device)[int(k)]
+
+
+# ----------------------------------------------------------------------------------------------------
 # real x fake pass
 # ----------------------------------------------------------------------------------------------------
 
-def _candidate_pairs(a: _FeatureSet, rows: np.ndarray, b: _FeatureSet, row_thr: np.ndarray | None,
-                     col_thr: np.ndarray | None, tol: float, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (row r of ``rows``, column j of b) whose float32 squared distance is within ``tol`` above
-    ``row_thr[r] + col_thr[j]``: a superset of the pairs whose exact squared distance is <= threshold."""
-    import torch
-
-    dev = a.x.device
+def _candidate_pairs(ops: Any, a: _FeatureSet, rows: np.ndarray, b: _FeatureSet,
+                     row_thr: np.ndarray | None, col_thr: np.ndarray | None, tol: float, block: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (position in ``rows``, column of b) whose float32 squared distance is within ``tol`` above
+    ``row_thr + col_thr``: a superset of the pairs whose exact squared distance is <= the threshold."""
     out_r, out_c = [], []
-    col = None if col_thr is None else torch.from_numpy(col_thr).to(dev)
-    for s in range(0, len(rows), block):
-        r = torch.from_numpy(rows[s:s + block]).to(dev)
-        for j0, j1 in _blocks(b.n, max(block, 1024)):
-            t = a.sq[r][:, None] + b.sq[None, j0:j1]
-            t.addmm_(a.x[r], b.x[j0:j1].T, beta=1.0, alpha=-2.0)
-            lim = torch.full((len(r), 1), tol, dtype=torch.float64, device=dev)
+    chunk = max(1, min(block, 1024))
+    buf = ops.empty(chunk * max(chunk, 1024))
+    for s in range(0, len(rows), chunk):
+        rr = rows[s:s + chunk]
+        left = ops.put(a.left(rr))
+        for j0, j1 in _blocks(b.n, max(chunk, 1024)):
+            t = ops.tile(buf, left, ops.put(b.right(slice(j0, j1))))
+            lim = np.full((len(rr), j1 - j0), tol)
             if row_thr is not None:
-                lim = lim + torch.from_numpy(row_thr[s:s + block]).to(dev)[:, None]
-            if col is not None:
-                lim = lim + col[None, j0:j1]
-            ri, cj = torch.nonzero(t.double() <= lim, as_tuple=True)
-            out_r.append(ri.cpu().numpy() + s)
-            out_c.append(cj.cpu().numpy() + j0)
+                lim += row_thr[s:s + chunk, None]
+            if col_thr is not None:
+                lim += col_thr[None, j0:j1]
+            tt = t if isinstance(ops, _NumpyOps) else t.cpu().numpy()
+            ri, cj = np.nonzero(tt.astype(np.float64) <= lim)
+            out_r.append(ri + s)
+            out_c.append(cj + j0)
     if not out_r:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(out_r), np.concatenate(out_c)
 
 
-def _cross(real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | None, rf_pr: np.ndarray | None,
-           rr_dc: np.ndarray | None, k_dc: int, block: int) -> dict[str, float]:
+def _cross(ops: Any, real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | None,
+           rf_pr: np.ndarray | None, rr_dc: np.ndarray | None, k_dc: int, block: int) -> dict[str, float]:
     """Precision/recall (radii ``rr_pr``, ``rf_pr``) and density/coverage (``rr_dc``), exactly."""
-    import torch
-
-    dev = real.x.device
     n, m = real.n, fake.n
     want_p, want_r, want_dc = rr_pr is not None, rf_pr is not None, rr_dc is not None
-    # Squared thresholds for screening (float64); exact decisions compare distances with the radii.
-    p2 = None if rr_pr is None else rr_pr ** 2
+    p2 = None if rr_pr is None else rr_pr ** 2     # squared thresholds, for screening only
     r2 = None if rf_pr is None else rf_pr ** 2
     q2 = None if rr_dc is None else rr_dc ** 2
-    base = q2 if want_dc else (p2 if want_p else np.zeros(n))
+    # tile = d2 - base_i, base_i the largest wanted real threshold: every pair that can pass a real
+    # threshold has tile value <= tol, so one sparse selection serves density, coverage and precision
+    base = np.maximum(q2 if want_dc else 0.0, p2 if want_p else 0.0) * np.ones(n)
     thr_max = max([float(x.max()) for x in (p2, r2, q2) if x is not None] + [0.0])
     tol = _tol(real, fake, offset_max=2 * thr_max) + 1e-12 * thr_max
+    shift_p = None if not want_p else base - p2                  # d2 - P_i = tile + shift_p_i
+    shift_dc = None if not want_dc else base - q2                # d2 - Q_i = tile + shift_dc_i
 
-    def t64(x: np.ndarray) -> Any:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(dev)
+    covered = np.zeros(n, dtype=bool)
+    precise = np.zeros(m, dtype=bool)
+    dens_count = 0
+    unsure_dc: list[tuple[np.ndarray, np.ndarray]] = []
+    unsure_p: list[tuple[np.ndarray, np.ndarray]] = []
+    rec_margin = np.full(n, np.inf)
 
-    row_off = (t64(real.sq.cpu().numpy().astype(np.float64) - base)).float()
-    shift_p = t64(base - p2).float() if want_p else None          # base - P_i, added per row
-    base_t = t64(base).float() if want_r else None
-    r2_t = t64(r2).float() if want_r else None
-
-    inf = float("inf")
-    cov_min = torch.full((n,), inf, device=dev)
-    rec_min = torch.full((n,), inf, device=dev)
-    prec_min = torch.full((m,), inf, device=dev)
-    dens_lo = torch.zeros(m, dtype=torch.int64, device=dev)
-    dens_hi = torch.zeros(m, dtype=torch.int64, device=dev)
-    buf = torch.empty(block * block, dtype=torch.float32, device=dev)
-    buf2 = torch.empty(block * block, dtype=torch.float32, device=dev) if (want_r and want_p) else None
-    ones = torch.ones(block, dtype=torch.float32, device=dev)
+    buf = ops.empty(block * block)
+    scratch = ops.empty(block * block) if want_r else None
+    right = ops.put(fake.right())
     for i0, i1 in _blocks(n, block):
+        left = ops.put(real.left(slice(i0, i1), offset=base[i0:i1]))
         for j0, j1 in _blocks(m, block):
-            t = _tile(buf, real, i0, i1, fake, j0, j1, row_off=row_off)   # d2 - base_i
-            if want_dc:
-                torch.minimum(cov_min[i0:i1], t.amin(dim=1), out=cov_min[i0:i1])
-                dens_lo[j0:j1] += (t < -tol).sum(dim=0)
-                dens_hi[j0:j1] += (t <= tol).sum(dim=0)
-            if want_r:
-                # d2 - R_j = (d2 - base_i) + base_i - R_j, as one rank-2 update of the tile
-                u = torch.stack([base_t[i0:i1], ones[: i1 - i0]], dim=1)
-                w = torch.stack([ones[: j1 - j0], -r2_t[j0:j1]], dim=0)
-                if buf2 is not None:
-                    t2 = torch.addmm(t, u, w, out=buf2[: t.numel()].view(t.shape))
-                else:
-                    t2 = t.addmm_(u, w)
-                torch.minimum(rec_min[i0:i1], t2.amin(dim=1), out=rec_min[i0:i1])
-            if want_p:
+            t = ops.tile(buf, left, right[j0:j1])
+            if want_dc or want_p:
+                r, c, v = ops.nonzero_le(t, tol)     # every pair with d2 <= base_i lies in here
+                rg, cg = r + i0, c + j0
                 if want_dc:
-                    t.add_(shift_p[i0:i1, None])                              # d2 - P_i
-                torch.minimum(prec_min[j0:j1], t.amin(dim=0), out=prec_min[j0:j1])
+                    vd = v + shift_dc[rg]
+                    sure = vd < -tol
+                    dens_count += int(np.count_nonzero(sure))
+                    covered[rg[sure]] = True
+                    mid = np.abs(vd) <= tol
+                    unsure_dc.append((rg[mid], cg[mid]))
+                if want_p:
+                    vp = v + shift_p[rg]
+                    precise[cg[vp < -tol]] = True
+                    mid = np.abs(vp) <= tol
+                    unsure_p.append((rg[mid], cg[mid]))
+            if want_r:
+                mn = ops.rowmin_minus_cols(t, r2[j0:j1], scratch) + base[i0:i1]
+                np.minimum(rec_margin[i0:i1], mn, out=rec_margin[i0:i1])
 
     out: dict[str, float] = {}
-    if want_p:
-        pm = prec_min.double().cpu().numpy()
-        inside = pm < -tol
-        unsure = np.nonzero(np.abs(pm) <= tol)[0]
-        if len(unsure):
-            rj, ci = _candidate_pairs(fake, unsure, real, None, p2, tol, block)
-            e = _exact_d2(fake.src, unsure[rj], real.src, ci)
-            hit = np.sqrt(e) <= rr_pr[ci]
-            inside[unsure[np.unique(rj[hit])]] = True
-        out["precision"] = float(np.count_nonzero(inside)) / m
-    if want_r:
-        rm = rec_min.double().cpu().numpy()
-        inside = rm < -tol
-        unsure = np.nonzero(np.abs(rm) <= tol)[0]
-        if len(unsure):
-            ri, cj = _candidate_pairs(real, unsure, fake, None, r2, tol, block)
-            e = _exact_d2(real.src, unsure[ri], fake.src, cj)
-            hit = np.sqrt(e) <= rf_pr[cj]
-            inside[unsure[np.unique(ri[hit])]] = True
-        out["recall"] = float(np.count_nonzero(inside)) / n
     if want_dc:
-        lo = dens_lo.cpu().numpy()
-        hi = dens_hi.cpu().numpy()
-        unsure_cols = np.nonzero(hi != lo)[0]
-        # columns with a pair within tol of its threshold are recounted exactly, all their pairs
-        count = int(lo.sum()) - int(lo[unsure_cols].sum())
-        if len(unsure_cols):
-            rj, ci = _candidate_pairs(fake, unsure_cols, real, None, q2, tol, block)
-            e = _exact_d2(fake.src, unsure_cols[rj], real.src, ci)
-            count += int(np.count_nonzero(np.sqrt(e) < rr_dc[ci]))
-        out["density"] = (1.0 / float(k_dc)) * (float(count) / m)
-        cm = cov_min.double().cpu().numpy()
-        covered = cm < -tol
-        unsure = np.nonzero(np.abs(cm) <= tol)[0]
-        if len(unsure):
-            ri, cj = _candidate_pairs(real, unsure, fake, q2[unsure], None, tol, block)
-            e = _exact_d2(real.src, unsure[ri], fake.src, cj)
-            hit = np.sqrt(e) < rr_dc[unsure[ri]]
-            covered[unsure[np.unique(ri[hit])]] = True
+        ri = np.concatenate([u[0] for u in unsure_dc]) if unsure_dc else np.zeros(0, np.int64)
+        cj = np.concatenate([u[1] for u in unsure_dc]) if unsure_dc else np.zeros(0, np.int64)
+        inside = np.sqrt(_exact_d2(real.src, ri, fake.src, cj)) < rr_dc[ri]
+        dens_count += int(np.count_nonzero(inside))
+        covered[ri[inside]] = True
+        out["density"] = (1.0 / float(k_dc)) * (float(dens_count) / m)
         out["coverage"] = float(np.count_nonzero(covered)) / n
+    if want_p:
+        ri = np.concatenate([u[0] for u in unsure_p]) if unsure_p else np.zeros(0, np.int64)
+        cj = np.concatenate([u[1] for u in unsure_p]) if unsure_p else np.zeros(0, np.int64)
+        inside = np.sqrt(_exact_d2(real.src, ri, fake.src, cj)) <= rr_pr[ri]
+        precise[cj[inside]] = True
+        out["precision"] = float(np.count_nonzero(precise)) / m
+    if want_r:
+        recalled = rec_margin < -tol
+        unsure = np.nonzero(np.abs(rec_margin) <= tol)[0]
+        if len(unsure):
+            ri, cj = _candidate_pairs(ops, real, unsure, fake, None, r2, tol, block)
+            hit = np.sqrt(_exact_d2(real.src, unsure[ri], fake.src, cj)) <= rf_pr[cj]
+            recalled[unsure[np.unique(ri[hit])]] = True
+        out["recall"] = float(np.count_nonzero(recalled)) / n
     return out
 
 
@@ -403,11 +541,10 @@ def prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5, block
          real_radii: dict[int, np.ndarray] | None = None) -> dict[str, float]:
     """Exact precision/recall (k=``k_pr``, ``<=``) and density/coverage (k=``k_dc``, ``<``).
 
-    ``real_radii`` maps k to precomputed real-set radii (from :func:`knn_radii`), so that bootstrap
-    resamples of the fake set do not recompute them. Returns the requested metrics as floats.
+    ``real_radii`` maps k to precomputed real-set radii (from :func:`knn_radii` or
+    :func:`knn_radii_many`), so that bootstrap resamples of the fake set do not recompute them.
+    Returns the requested metrics as floats (exact ratios of counts).
     """
-    import torch
-
     metrics = tuple(metrics)
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     if unknown or not metrics:
@@ -417,50 +554,37 @@ def prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5, block
     if k_pr < 1 or k_dc < 1:
         raise DifflensError(f"k must be at least 1, got k_pr={k_pr}, k_dc={k_dc}.", None)
     block = _check_block(block_size)
+    ops = _ops(device)
     want_p, want_r = "precision" in metrics, "recall" in metrics
     want_dc = "density" in metrics or "coverage" in metrics
-    real_a, fake_a = np.asarray(real), np.asarray(fake)
-    if real_a.ndim != 2 or fake_a.ndim != 2:
+    real_fs = _prepare(real, "Real")
+    fake_fs = _prepare(fake, "Fake")
+    if real_fs.dim != fake_fs.dim:
         raise DifflensError(
-            f"Features must be 2-D (N, D) arrays, got {real_a.shape} and {fake_a.shape}.", None)
-    if real_a.shape[1] != fake_a.shape[1]:
-        raise DifflensError(
-            f"Feature dimension mismatch: real D={real_a.shape[1]}, fake D={fake_a.shape[1]}.",
+            f"Feature dimension mismatch: real D={real_fs.dim}, fake D={fake_fs.dim}.",
             "Extract both sets with the same extractor and layer.")
     need_real = sorted({k for k, w in ((k_pr, want_p), (k_dc, want_dc)) if w})
     radii: dict[int, np.ndarray] = {}
     for k in need_real:
         if real_radii is not None and k in real_radii:
             r = np.asarray(real_radii[k], dtype=np.float64)
-            if r.shape != (real_a.shape[0],):
+            if r.shape != (real_fs.n,):
                 raise DifflensError(
-                    f"Precomputed real radii for k={k} have shape {r.shape}, expected ({real_a.shape[0]},).",
+                    f"Precomputed real radii for k={k} have shape {r.shape}, expected ({real_fs.n},).",
                     "Compute them with knn_radii on the same real features.")
             radii[k] = r
-    checks = (("real", real_a, max(need_real, default=0)), ("fake", fake_a, k_pr if want_r else 0))
-    for label, arr, k in checks:
-        if k and arr.shape[0] < k + 1:
+    checks = (("real", real_fs.n, max(need_real, default=0)), ("fake", fake_fs.n, k_pr if want_r else 0))
+    for label, count, k in checks:
+        if k and count < k + 1:
             raise DifflensError(
-                f"k-NN metrics with k={k} need at least {k + 1} {label} samples, got {arr.shape[0]}.",
+                f"k-NN metrics with k={k} need at least {k + 1} {label} samples, got {count}.",
                 "Add images or lower k.")
-    out: dict[str, float] = {}
-    with _fp32_exact_matmul():
-        real_fs = _prepare(real_a, "Real", device)
-        fake_fs = _prepare(fake_a, "Fake", device)
+    with _fp32_matmul(ops):
         missing = [k for k in need_real if k not in radii]
         if missing:
-            v, _ = knn_sq_distances(real_fs, max(missing), block)
-            for k in missing:
-                radii[k] = np.sqrt(v[:, k])
-        rf = None
-        if want_r:
-            v, _ = knn_sq_distances(fake_fs, k_pr, block)
-            rf = np.sqrt(v[:, k_pr])
-        res = _cross(real_fs, fake_fs, radii.get(k_pr) if want_p else None, rf,
+            for k, v in _knn_sq_radii(ops, real_fs, missing, block).items():
+                radii[k] = np.sqrt(v)
+        rf = np.sqrt(_knn_sq_radii(ops, fake_fs, [k_pr], block)[k_pr]) if want_r else None
+        res = _cross(ops, real_fs, fake_fs, radii.get(k_pr) if want_p else None, rf,
                      radii.get(k_dc) if want_dc else None, k_dc, block)
-        del real_fs, fake_fs
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    for key in metrics:
-        out[key] = res[key]
-    return out
+    return {key: res[key] for key in metrics}

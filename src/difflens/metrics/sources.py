@@ -41,7 +41,8 @@ class FolderSource:
 
 @dataclass
 class ArraySource:
-    """uint8 ``(N, H, W, 3)`` images held as one array (possibly memory-mapped)."""
+    """uint8 images: one ``(N, H, W, 3)`` array (possibly memory-mapped) or a list of ``(H, W, 3)`` arrays
+    (sizes may differ)."""
 
     images: Any
     path: Path | None = None
@@ -49,9 +50,11 @@ class ArraySource:
 
     @property
     def n(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.images)
 
     def describe(self) -> str:
+        if isinstance(self.images, list):
+            return f"{self.n} image arrays"
         shape = "x".join(str(s) for s in self.images.shape)
         return f"{self.path} (uint8 {shape})" if self.path else f"array (uint8 {shape})"
 
@@ -223,6 +226,13 @@ def resolve_source(spec: Any, name: str, want_features: bool = False) -> Source:
             return FeaturesSource(features=_check_features(arr, name))
         check_image_array(arr, name)
         return ArraySource(images=arr)
+    if isinstance(spec, Sequence) and spec and all(hasattr(a, "shape") for a in spec):
+        import numpy as np
+
+        arrays = [np.asarray(a) for a in spec]
+        for i, a in enumerate(arrays):
+            check_image_array(a[None], f"{name}[{i}]")
+        return ArraySource(images=arrays)
     if isinstance(spec, Sequence) and spec and all(isinstance(p, (str, Path)) for p in spec):
         files = [Path(p) for p in spec]
         missing = [str(p) for p in files if not p.is_file()]

@@ -279,6 +279,18 @@ def _pick_split(split: str | None, available: list[str], label: str, example: st
                         f"e.g. {example}{available[0]}")
 
 
+def _guarded(items: Iterator[Any], offline: bool) -> Iterator[Any]:
+    """Advance ``items`` inside :func:`datasets_env`, one step at a time: the library's global switches are
+    never left changed while a consumer holds a suspended generator."""
+    while True:
+        with datasets_env(offline):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
+
+
 # ----------------------------------------------------------------------------------------- row tables
 
 class _Table:
@@ -650,9 +662,21 @@ class ImageSource:
         self.pixels_sha256: str | None = None
         self._captions: list[str] | None = None
 
+    kind = "dataset"
+
     @property
     def label(self) -> str:
         return f"dataset {self.spec.text}"
+
+    @property
+    def n(self) -> int:
+        """Number of selected rows (images that fail to decode are skipped when read)."""
+        return len(self.rows)
+
+    def describe(self) -> str:
+        size = self.preprocess.size
+        prep = f", resized and center-cropped to {size}" if size else ""
+        return f"{self.spec.text} ({len(self.rows)} of {self.table.num_rows} rows{prep})"
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -718,11 +742,11 @@ class ImageSource:
             self.num_decoded += 1
             return arr
 
-        with datasets_env(self.offline), \
-                ThreadPoolExecutor(workers, thread_name_prefix="difflens-decode") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="difflens-decode") as pool:
             pending: deque[tuple[int, Any]] = deque()
             try:
-                for row, value in self.table.iter_values(self.image_column, self.rows):
+                cells = _guarded(self.table.iter_values(self.image_column, self.rows), self.offline)
+                for row, value in cells:
                     pending.append((row, pool.submit(self._decode, value)))
                     if len(pending) >= window:
                         head, fut = pending.popleft()
