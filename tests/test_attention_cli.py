@@ -42,8 +42,9 @@ def test_cli_writes_all_outputs(tiny_pipeline_dir: Callable[[str], Path], tmp_pa
     assert len(rec["entropy_per_step"]["words"]["car"]) == steps_run
     assert "softmax" in rec["normalization"]
     names = {c["name"]: c["ok"] for c in rec["checks"]}
-    assert names == {"probabilities_sum_to_one": True, "output_reproduced": True, "image_unchanged_by_capture": True,
-                     "token_ids_match": True, "map_shape_is_latent_grid": True, "step_alignment": True}
+    assert names == {"probabilities_sum_to_one": True, "output_reproduced": True,
+                     "image_unchanged_by_capture": True, "token_ids_match": True,
+                     "map_shape_is_latent_grid": True, "step_alignment": True}
     assert rec["generator"] == 'torch.Generator("cpu").manual_seed(1)'
 
 
@@ -77,8 +78,8 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, tiny_pipeline_dir: Call
     extra, expected = BAD[case]
     model = no_cross_model if case == "no_cross_attention" else tiny_pipeline_dir("sd15")
     out = tmp_path / "out"
-    argv = ["attention", "--model", str(model), "--prompt", "a photo of a cat", "--steps", "2", "--height", "32",
-            "--width", "32", "--out", str(out), *extra]
+    argv = ["attention", "--model", str(model), "--prompt", "a photo of a cat", "--steps", "2",
+            "--height", "32", "--width", "32", "--out", str(out), *extra]
     code = _run(argv)
     err = capsys.readouterr().err
     assert code == 2

@@ -56,7 +56,8 @@ def test_invariants(family: str, size: tuple[int, int], pipes: Callable[[str], t
     cfg = _cfg(family, path, height=h, width=w, all_tokens=True)
     result = run_attention(cfg, pipe)
     checks = {c["name"]: c for c in result.checks}
-    for name in ("probabilities_sum_to_one", "output_reproduced", "token_ids_match", "map_shape_is_latent_grid"):
+    names = ("probabilities_sum_to_one", "output_reproduced", "token_ids_match", "map_shape_is_latent_grid")
+    for name in names:
         assert checks[name]["ok"], checks[name]["message"]
     assert checks["output_reproduced"]["value"] < 1e-4
     if "step_alignment" in checks:
@@ -79,7 +80,7 @@ def test_invariants(family: str, size: tuple[int, int], pipes: Callable[[str], t
         assert agg.text_mass is None
     else:
         np.testing.assert_allclose(total, agg.text_mass, atol=1e-5)
-        assert 0.0 < float(agg.text_mass.min()) and float(agg.text_mass.max()) < 1.0
+        assert float(agg.text_mass.min()) > 0.0 and float(agg.text_mass.max()) < 1.0
 
     # Token alignment: the JSON's ids are the pipeline tokenizer's ids at those positions.
     seg = plan.prompt_tokens.segments[-1]
@@ -89,7 +90,8 @@ def test_invariants(family: str, size: tuple[int, int], pipes: Callable[[str], t
     seg_tokens = [t for t in rec["tokens"] if t["segment"] == seg.name]
     assert [t["id"] for t in seg_tokens] == list(ids)
     cat = [t for t in seg_tokens if t["word"] == "cat"]
-    assert len(cat) == 1 and tok.convert_ids_to_tokens([cat[0]["id"]])[0].strip("▁").replace("</w>", "") == "cat"
+    assert len(cat) == 1
+    assert tok.convert_ids_to_tokens([cat[0]["id"]])[0].strip("▁").replace("</w>", "") == "cat"
     if family == "pixart":   # masked padding gets no attention
         pads = [t["index"] for t in rec["tokens"] if t["kind"] == "pad"]
         assert float(agg.maps[pads].max()) < 1e-6
@@ -112,8 +114,13 @@ def test_words_repeated_kept_apart_and_selected(pipes: Callable[[str], tuple[Any
 
 def test_layer_selection_flux_single_blocks(pipes: Callable[[str], tuple[Any, Path]]) -> None:
     pipe, path = pipes("flux")
-    res = run_attention(_cfg("flux", path, layers="single*", height=16, width=32), pipe)
+    res = run_attention(_cfg("flux", path, layers="single*", height=16, width=32, breakdown=True), pipe)
     assert [la["name"] for la in res.record["layers"]] == ["single_transformer_blocks.0.attn"]
+    n_tok = len(res.record["tokens"])
+    assert res.aggregate.per_layer.shape == (1, n_tok, 8, 16)
+    np.testing.assert_allclose(res.aggregate.per_layer[0], res.aggregate.maps, atol=1e-6)   # one layer
+    heads = np.asarray(res.record["head_entropy"]["single_transformer_blocks.0.attn"])
+    assert heads.shape == (2, n_tok) and np.all((heads > 0) & (heads <= 1))
     assert res.record["layers"][0]["kind"] == "single_text_first"
     assert res.record["layers"][0]["grid"] == [4, 8]
     assert all(c["ok"] for c in res.checks)
@@ -165,7 +172,8 @@ def test_capture_restores_processors_even_on_error(pipes: Callable[[str], tuple[
         assert all(type(p).__name__ == "CapturingAttnProcessor2_0" for p in wrapped)
         assert AttnProcessor2_0.__call__ is call_before   # no class patched
         with torch.no_grad():
-            pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=boom)
+            pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(0),
+                 callback_on_step_end=boom)
     after = {n: m.processor for n, m in den.named_modules() if hasattr(m, "set_processor")}
     assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
     assert not den._forward_pre_hooks and not pipe.text_encoder._forward_pre_hooks

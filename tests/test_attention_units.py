@@ -52,14 +52,15 @@ def _offline_mean(maps_by_step: list[list[torch.Tensor]], hw: tuple[int, int]) -
     return torch.stack(steps)
 
 
-def test_online_aggregation_equals_offline_and_keeps_strided_steps() -> None:
+@pytest.mark.parametrize("word_mode", ["mean", "max"])
+def test_online_aggregation_equals_offline_and_keeps_strided_steps(word_mode: str) -> None:
     gen = torch.Generator().manual_seed(0)
     hw = (8, 6)
     grids = [(8, 6), (4, 3), (4, 3), (2, 2)]
     n_steps, T = 7, 3
     data = [[torch.rand(T, *g, generator=gen) for g in grids] for _ in range(n_steps)]
     agg = OnlineAggregator(T, hw, stride=3, layer_names=[f"l{i}" for i in range(4)], joint=False,
-                           word_groups=[[0, 2], [1]], word_mode="max", breakdown=True)
+                           word_groups=[[0, 2], [1]], word_mode=word_mode, breakdown=True)
     for s, layer_maps in enumerate(data):
         for li, m in enumerate(layer_maps):
             agg.add(s, li, m)
@@ -69,7 +70,7 @@ def test_online_aggregation_equals_offline_and_keeps_strided_steps() -> None:
     assert res.per_step_index == [0, 3, 6] == kept_steps(n_steps, 3)
     assert torch.allclose(torch.from_numpy(res.per_step), offline[[0, 3, 6]], atol=1e-6)
     assert res.token_entropy.shape == (n_steps, T)
-    words = aggregate_words(offline[4], [[0, 2], [1]], "max")
+    words = aggregate_words(offline[4], [[0, 2], [1]], word_mode)
     assert torch.allclose(torch.from_numpy(res.word_entropy[4]), spatial_entropy(words), atol=1e-6)
     assert res.per_layer.shape == (4, T, *hw)
 
@@ -79,7 +80,8 @@ def test_aggregator_memory_does_not_grow_with_steps() -> None:
     steps, and the estimate is an upper bound."""
     stored = []
     for n_steps in (5, 60):
-        agg = OnlineAggregator(4, (16, 12), stride=1000, layer_names=["a", "b"], joint=True, word_groups=[[0]])
+        agg = OnlineAggregator(4, (16, 12), stride=1000, layer_names=["a", "b"], joint=True,
+                               word_groups=[[0]])
         for s in range(n_steps):
             for li in range(2):
                 agg.add(s, li, torch.rand(4, 8, 6), torch.rand(8, 6), torch.rand(4, 8, 6))
@@ -114,7 +116,8 @@ def test_replay_cross_matches_diffusers_attention_scores() -> None:
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     torch.manual_seed(0)
-    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8, processor=AttnProcessor2_0()).eval()
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8,
+                     processor=AttnProcessor2_0()).eval()
     hs = torch.randn(2, 10, 16)
     enc = torch.randn(2, 5, 12)
     bias = torch.zeros(2, 1, 5)

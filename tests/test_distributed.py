@@ -4,12 +4,11 @@ rounding, k-NN metrics exactly, generation pixel for pixel with the same manifes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,22 @@ SCRIPTS = Path(__file__).parent / "dist_scripts"
 def _torchrun(args: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None,
               timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Launch ``args`` (a script path or ``-m module ...``) on 2 gloo CPU ranks with torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=_env(extra_env), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a launched process: this checkout's difflens, no GPU, no launcher variables,
+    one thread per process (torchrun's default; CPU float results depend on the thread count set at
+    start-up, so single-process references are made the same way)."""
     src = str(Path(difflens.__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]),
-           **(extra_env or {})}
+           **(extra or {})}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return env
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> None:
@@ -168,14 +174,8 @@ N = 8  # samples per generation run in dist_cli.py
 
 
 def _plain(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    """One process with torchrun's thread setting (CPU float results depend on the thread count as set
-    at start-up, so the single-process reference must be made the same way)."""
-    src = str(Path(difflens.__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    """One plain process (the single-process reference), started in the background."""
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -245,13 +245,20 @@ def test_metrics_under_torchrun_equal_single_process(dist_cli: dict) -> None:
     assert got["metrics"] == want["metrics"]
     assert (got["n_real"], got["n_fake"]) == (want["n_real"], want["n_fake"]) == (12, 11)
 
-    # FID alone: no features gathered, statistics merged across ranks (Chan): float64 rounding
+    # FID alone: 11 samples in 2048 dimensions, so FID takes its trace term from the features, which
+    # are gathered: the same value and statistics as the single process
     got_fid = json.loads((dist / "metrics-fid.json").read_text("utf-8"))["metrics"]["fid"]["value"]
     want_fid = json.loads((single / "metrics-fid.json").read_text("utf-8"))["metrics"]["fid"]["value"]
-    assert got_fid == pytest.approx(want_fid, rel=1e-9, abs=0)
-    assert got_fid == pytest.approx(got["metrics"]["fid"]["value"], rel=1e-9, abs=0)
-    merged, _, _ = load_stats(dist / "fake-stats.npz")
-    one, _, _ = load_stats(single / "fake-stats.npz")
-    assert merged.n == one.n == 11
+    assert got_fid == want_fid == got["metrics"]["fid"]["value"]
+    a, _, _ = load_stats(dist / "fake-stats.npz")
+    b, _, _ = load_stats(single / "fake-stats.npz")
+    assert a.n == b.n == 11 and np.array_equal(a.mean, b.mean) and np.array_equal(a.m2, b.m2)
+
+    # statistics alone: no metric needs the features, so none travel; each rank's (n, mean, M2) is
+    # merged (Chan): equal to float64 rounding
+    merged, fp, _ = load_stats(dist / "real-stats.npz")
+    one, fp1, _ = load_stats(single / "real-stats.npz")
+    assert merged.n == one.n == 12 and fp == fp1
     np.testing.assert_allclose(merged.mean, one.mean, rtol=0, atol=1e-13 * np.abs(one.mean).max())
     np.testing.assert_allclose(merged.m2, one.m2, rtol=0, atol=1e-12 * np.abs(one.m2).max())
+    assert not np.array_equal(merged.m2, one.m2) or np.array_equal(merged.mean, one.mean)

@@ -32,7 +32,8 @@ def _png16(path: Path, arr: np.ndarray) -> None:
     raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        crc = struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + tag + data + crc
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
@@ -145,7 +146,7 @@ def test_corrupt_files_skipped_or_strict(tmp_path: Path) -> None:
     out = list(iter_folder_images([good, trunc, junk], log))
     assert len(out) == 1 and [Path(p).name for p, _ in log.skipped] == ["trunc.png", "junk.jpg"]
     assert "2 unreadable" in log.warnings("--real")[0]
-    with pytest.raises(DifflensError, match="junk.jpg"):
+    with pytest.raises(DifflensError, match=r"junk\.jpg"):
         list(iter_folder_images([good, junk], ReadLog(), strict=True))
 
 
@@ -180,7 +181,8 @@ def test_sources_every_kind(tmp_path: Path) -> None:
     assert resolve_source(str(tmp_path / "ptfid.npz"), "--real").fingerprint is None
     assert resolve_source(str(tmp_path / "dl.npz"), "--real").fingerprint == fp
     assert resolve_source(str(tmp_path / "feats.npz"), "--real").logits.shape == (6, 10)
-    assert resolve_source(str(tmp_path / "feats.npy"), "--real-features", want_features=True).kind == "features"
+    forced = resolve_source(str(tmp_path / "feats.npy"), "--real-features", want_features=True)
+    assert forced.kind == "features"
     # in-memory inputs
     assert resolve_source(imgs, "real").kind == "images"
     assert resolve_source(feats, "real").kind == "features"
@@ -214,7 +216,7 @@ def test_fingerprint_compatibility() -> None:
     check_compatible(a, c, "x", "y", False, warnings)
     check_compatible(a, None, "x", "y", False, warnings)
     assert warnings == []
-    with pytest.raises(DifflensError, match="different protocols.*protocol: 'tf-legacy' != 'clean'"):
+    with pytest.raises(DifflensError, match=r"different protocols.*protocol: 'tf-legacy' != 'clean'"):
         check_compatible(a, b, "x", "y", False, warnings)
     check_compatible(a, b, "x", "y", True, warnings)
     assert len(warnings) == 1 and "--allow-protocol-mismatch" in warnings[0]

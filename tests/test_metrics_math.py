@@ -284,6 +284,18 @@ def test_knn_radii_and_shared_real_radii() -> None:
         prdc(real, fake, real_radii={3: np.ones(10), 5: np.ones(10)})
 
 
+def test_torch_backend_gives_the_same_exact_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch code path (used for CUDA) run on the CPU: same exact answers."""
+    from difflens.metrics import knn
+
+    real, fake = feats(300, 42), feats(240, 43, scale=1.1)
+    fake[:15] = real[:15]
+    expect = brute_prdc(real, fake)
+    monkeypatch.setattr(knn, "_ops", lambda device: knn._TorchOps("cpu"))
+    assert prdc(real, fake, block_size=64) == expect
+    assert bs.bootstrap_prdc(real, fake, 2, seed=1, block_size=100)["recall"].shape == (2,)
+
+
 # ------------------------------------------------------------------------------------------- bootstrap
 
 def test_bootstrap_helpers_equal_recomputation_on_resamples() -> None:
@@ -321,3 +333,20 @@ def test_bootstrap_helpers_equal_recomputation_on_resamples() -> None:
     assert bs.percentile_interval(vals) == tuple(np.percentile(vals, [2.5, 97.5]))
     with pytest.raises(DifflensError, match="No bootstrap values"):
         bs.percentile_interval([])
+
+
+@pytest.mark.parametrize("shallow", [False, True])
+def test_prdc_bootstrap_in_one_pass_equals_recomputation(monkeypatch: pytest.MonkeyPatch, shallow: bool) -> None:
+    from difflens.metrics import knn
+
+    if shallow:  # lists too short: exercises the exact full-row fallbacks
+        monkeypatch.setattr(knn, "_BOOT_DEPTH", 0)
+        monkeypatch.setattr(knn, "_SLACK", 0)
+    real, fake = feats(260, 70), feats(200, 71, scale=1.1, shift=0.05)
+    fake[:12] = real[:12]
+    point, boot = bs.prdc_with_bootstrap(real, fake, 12, seed=4, block_size=64)
+    assert point == prdc(real, fake, block_size=64)
+    for b, idx in enumerate(bs.bootstrap_indices(200, 12, seed=4)):
+        assert {key: v[b] for key, v in boot.items()} == prdc(real, fake[idx], block_size=64)
+    only, boot_r = bs.prdc_with_bootstrap(real, fake, 3, seed=4, metrics=("recall",))
+    assert only == {"recall": point["recall"]} and np.array_equal(boot_r["recall"], boot["recall"][:3])

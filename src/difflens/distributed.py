@@ -480,148 +480,214 @@ def distributed_knn_radii(feats: Any, k: int, ctx: DistContext | None = None, bl
                           device: str | None = None) -> Any:
     """:func:`difflens.metrics.knn.knn_radii` with the rows shared out: every rank holds all of ``feats``
     and computes the exact radii of its contiguous block of rows against the whole set; the blocks are
-    gathered in rank order. Equal to the single-process radii bit for bit (each radius is the exact
-    (k+1)-th smallest float64 distance, whatever the blocking)."""
+    gathered in rank order. Bit for bit the single-process radii (each is the exact (k+1)-th smallest
+    float64 distance, however the work is split). Single process: ``knn.knn_radii`` itself."""
     ctx = ctx or get_context()
     if not ctx.is_distributed:
         from difflens.metrics import knn
 
         return knn.knn_radii(feats, int(k), block_size=block_size, device=device or ctx.device)
-    return _sharded_radii(feats, [int(k)], ctx, block_size, device)[int(k)]
+    return _sharded_radii(_KnnSet(feats, "Input", device or ctx.device), [int(k)], ctx, block_size)[int(k)]
 
 
-def _sharded_radii(feats: Any, ks: Sequence[int], ctx: DistContext, block_size: int,
-                   device: str | None) -> dict[int, Any]:
+# Exact k-NN pieces for sharded work. Decisions are those of exact arithmetic, as in
+# difflens.metrics.knn: a float32 GEMM tile of squared distances ||a||^2 + ||b||^2 - 2 a.b screens every
+# comparison with a rigorous error bound ``tol``; comparisons within ``tol`` of their threshold are decided
+# on the float64 distance sqrt(sum((a - b)^2)) computed exactly as knn.py computes it. Results therefore do
+# not depend on how rows are split, and equal knn.prdc's.
+
+_U32 = 2.0 ** -24
+_TILE_ELEMS = 1 << 22  # float32 elements per tile (16 MB; the float64 comparisons double it)
+
+
+class _KnnSet:
+    """Features as given (``src``, float32 or float64) and their float32 form on ``device``."""
+
+    def __init__(self, feats: Any, name: str, device: str) -> None:
+        import numpy as np
+        import torch
+
+        arr = np.asarray(feats)
+        if arr.ndim != 2:
+            raise DifflensError(f"{name} features must be a 2-D (N, D) array, got shape {arr.shape}.", None)
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise DifflensError(f"{name} features must be real numbers, got dtype {arr.dtype}.", None)
+        self.src = np.ascontiguousarray(arr) if arr.dtype == np.float32 else \
+            np.ascontiguousarray(arr, dtype=np.float64)
+        x32 = self.src if self.src.dtype == np.float32 else self.src.astype(np.float32)
+        self.rounded = x32 is not self.src
+        sq = np.einsum("ij,ij->i", x32.astype(np.float64), x32.astype(np.float64)) if len(x32) else \
+            np.zeros(0)
+        if not np.all(np.isfinite(sq)):
+            raise DifflensError(f"{name} features contain NaN or infinite values (or overflow float32).",
+                                "Check the extractor input.")
+        self.norm_max = float(np.sqrt(sq.max())) * (1 + 1e-6) if len(sq) else 0.0
+        self.x = torch.from_numpy(x32).to(device)
+        self.sq = torch.from_numpy(sq.astype(np.float32)).to(device)
+
+    @property
+    def n(self) -> int:
+        return int(self.src.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.src.shape[1])
+
+    def tile(self, rows: range, other: _KnnSet) -> Any:
+        """float32 squared distances of ``rows`` of self to every row of ``other`` (an approximation)."""
+        t = self.sq[rows.start:rows.stop, None] + other.sq[None, :]
+        return t.addmm_(self.x[rows.start:rows.stop], other.x.T, beta=1.0, alpha=-2.0)
+
+
+def _knn_tol(a: _KnnSet, b: _KnnSet, offset_max: float = 0.0) -> float:
+    """Rigorous bound on |float32 tile value - exact squared distance| (any summation order, TF32 off):
+    1.25 (gamma_{D+2} + 8u)(2 max|a| max|b| + max|a|^2 + max|b|^2 + 2 offset), plus the float32 rounding
+    of float64 input."""
+    n = a.dim + 2
+    gamma = n * _U32 / (1 - n * _U32)
+    mag = 2 * a.norm_max * b.norm_max + a.norm_max ** 2 + b.norm_max ** 2 + 2 * abs(offset_max)
+    tol = 1.25 * (gamma + 8 * _U32) * mag
+    if a.rounded or b.rounded:
+        tol += 2.5 * _U32 * (a.norm_max + b.norm_max) ** 2
+    return tol + 1e-300
+
+
+def _exact_d2(a: Any, ia: Any, b: Any, ib: Any) -> Any:
+    """Float64 squared distances sum((a[ia] - b[ib])^2), computed as difflens.metrics.knn computes them."""
     import numpy as np
 
-    from difflens.metrics import knn
+    out = np.empty(len(ia), dtype=np.float64)
+    for s in range(0, len(ia), 128):
+        diff = np.subtract(a[ia[s:s + 128]], b[ib[s:s + 128]], dtype=np.float64)
+        out[s:s + 128] = np.einsum("ij,ij->i", diff, diff)
+    return out
 
-    dev = device or ctx.device
-    q = max(ks) + 1
-    n = int(np.asarray(feats).shape[0])
-    if n < q:
-        raise DifflensError(f"k-NN with k={q - 1} needs at least {q} samples in a set, got {n}.",
-                            "add images or lower k")
-    rows = np.arange(n, dtype=np.int64)[ctx.shard(n).start:ctx.shard(n).stop]
-    with knn._fp32_exact_matmul():
-        fs = knn._prepare(feats, "Input", dev)
-        v, _ = knn._exact_rows_topq(fs, rows, q, knn._tol(fs, fs), knn._check_block(block_size))
-        del fs
-    v = all_gather_array(np.ascontiguousarray(v, dtype=np.float64), ctx)
+
+@contextlib.contextmanager
+def _strict_fp32() -> Iterator[None]:
+    """Full float32 matmul (no TF32) inside, restored after."""
+    import torch
+
+    old = torch.get_float32_matmul_precision()
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+def _chunks(rows: range, width: int, block: int) -> list[range]:
+    size = max(1, min(block, _TILE_ELEMS // max(width, 1)))
+    return [range(s, min(s + size, rows.stop)) for s in range(rows.start, rows.stop, size)]
+
+
+def _sharded_radii(fs: _KnnSet, ks: Sequence[int], ctx: DistContext, block: int) -> dict[int, Any]:
+    """Exact k-th neighbour distances (self excluded) of every row, each rank computing its block of rows
+    against the whole set, gathered in rank order: ``{k: (N,) float64}``."""
+    import numpy as np
+
+    ks = sorted({int(k) for k in ks})
+    q = ks[-1] + 1
+    if fs.n < q:
+        raise DifflensError(f"k-NN with k={ks[-1]} needs at least {q} samples in a set, got {fs.n}.",
+                            "Add images or lower k.")
+    tol = _knn_tol(fs, fs)
+    mine = ctx.shard(fs.n)
+    local = np.empty((len(mine), q), dtype=np.float64)
+    with _strict_fp32():
+        for rows in _chunks(mine, fs.n, block):
+            t = fs.tile(rows, fs)
+            vq = t.kthvalue(q, dim=1).values.double()
+            # every point whose exact distance is among the q smallest has a tile value <= vq + 2 tol
+            ri, cj = (t.double() <= (vq + 2 * tol)[:, None]).nonzero(as_tuple=True)
+            ri, cj = ri.cpu().numpy(), cj.cpu().numpy()
+            e = _exact_d2(fs.src, ri + rows.start, fs.src, cj)
+            order = np.lexsort((e, ri))
+            starts = np.searchsorted(ri[order], np.arange(len(rows)))
+            local[rows.start - mine.start:rows.stop - mine.start] = e[order][starts[:, None] + np.arange(q)]
+    v = all_gather_array(local, ctx)
     return {k: np.sqrt(v[:, k]) for k in ks}
 
 
-def _cross_elements(real: Any, fake: Any, rr_pr: Any, rf_pr: Any, rr_dc: Any, block: int) -> dict[str, Any]:
-    """Per-element results of the real x fake pass of :func:`difflens.metrics.knn.prdc` (same tiles,
-    same float32 screening with a rigorous bound, same float64 decisions near a threshold), for the rows
-    of ``real`` given here against every fake sample:
-
-    ``precision_hit`` (M,) bool: some real row i has d(f_j, r_i) <= rr_pr[i];
-    ``recall_hit`` (N,) bool: some fake j has d(r_i, f_j) <= rf_pr[j];
-    ``density_count`` (M,) int64: number of real rows i with d(f_j, r_i) < rr_dc[i];
-    ``covered`` (N,) bool: min_j d(r_i, f_j) < rr_dc[i].
-    """
+def _cross_counts(real: _KnnSet, rows: range, fake: _KnnSet, rr_pr: Any, rf_pr: Any, rr_dc: Any,
+                  block: int) -> dict[str, Any]:
+    """The real x fake pass for ``rows`` of the real set against every fake sample, per element:
+    ``precision_hit`` (M,) bool (some row i has d(f_j, r_i) <= rr_pr[i]), ``density_count`` (M,) int64
+    (rows i with d(f_j, r_i) < rr_dc[i]), ``recall_count`` (rows i with some d(r_i, f_j) <= rf_pr[j]) and
+    ``coverage_count`` (rows i with some d(r_i, f_j) < rr_dc[i]). Radii are indexed by global row."""
     import numpy as np
     import torch
 
-    from difflens.metrics import knn
-
-    dev = real.x.device
-    n, m = real.n, fake.n
+    m = fake.n
     want_p, want_r, want_dc = rr_pr is not None, rf_pr is not None, rr_dc is not None
-    out: dict[str, Any] = {}
-    if n == 0:  # an empty share of the real rows decides nothing
-        if want_p:
-            out["precision_hit"] = np.zeros(m, dtype=bool)
-        if want_r:
-            out["recall_hit"] = np.zeros(0, dtype=bool)
-        if want_dc:
-            out["density_count"] = np.zeros(m, dtype=np.int64)
-            out["covered"] = np.zeros(0, dtype=bool)
-        return out
-    p2 = None if rr_pr is None else rr_pr ** 2
-    r2 = None if rf_pr is None else rf_pr ** 2
-    q2 = None if rr_dc is None else rr_dc ** 2
-    base = q2 if want_dc else (p2 if want_p else np.zeros(n))
-    thr_max = max([float(x.max()) for x in (p2, r2, q2) if x is not None] + [0.0])
-    tol = knn._tol(real, fake, offset_max=2 * thr_max) + 1e-12 * thr_max
+    thr = [x[rows.start:rows.stop] ** 2 for x in (rr_pr, rr_dc) if x is not None]
+    if want_r:
+        thr.append(rf_pr ** 2)
+    thr_max = max([float(x.max()) for x in thr if len(x)] + [0.0])
+    tol = _knn_tol(real, fake) + 1e-12 * thr_max  # bounds |tile - d2|; margins are taken in float64
+    dev = real.x.device
 
-    def t64(x: Any) -> Any:
+    def dev64(x: Any) -> Any:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(dev)
 
-    row_off = (t64(real.sq.cpu().numpy().astype(np.float64) - base)).float()
-    shift_p = t64(base - p2).float() if want_p else None
-    base_t = t64(base).float() if want_r else None
-    r2_t = t64(r2).float() if want_r else None
-    inf = float("inf")
-    cov_min = torch.full((n,), inf, device=dev)
-    rec_min = torch.full((n,), inf, device=dev)
-    prec_min = torch.full((m,), inf, device=dev)
-    dens_lo = torch.zeros(m, dtype=torch.int64, device=dev)
-    dens_hi = torch.zeros(m, dtype=torch.int64, device=dev)
-    buf = torch.empty(block * block, dtype=torch.float32, device=dev)
-    buf2 = torch.empty(block * block, dtype=torch.float32, device=dev) if (want_r and want_p) else None
-    ones = torch.ones(block, dtype=torch.float32, device=dev)
-    for i0, i1 in knn._blocks(n, block):
-        for j0, j1 in knn._blocks(m, block):
-            t = knn._tile(buf, real, i0, i1, fake, j0, j1, row_off=row_off)   # d2 - base_i
-            if want_dc:
-                torch.minimum(cov_min[i0:i1], t.amin(dim=1), out=cov_min[i0:i1])
-                dens_lo[j0:j1] += (t < -tol).sum(dim=0)
-                dens_hi[j0:j1] += (t <= tol).sum(dim=0)
-            if want_r:
-                u = torch.stack([base_t[i0:i1], ones[: i1 - i0]], dim=1)
-                w = torch.stack([ones[: j1 - j0], -r2_t[j0:j1]], dim=0)
-                if buf2 is not None:
-                    t2 = torch.addmm(t, u, w, out=buf2[: t.numel()].view(t.shape))
+    p_hit = torch.zeros(m, dtype=torch.bool, device=dev)
+    d_cnt = torch.zeros(m, dtype=torch.int64, device=dev)
+    r_hit = torch.zeros(len(rows), dtype=torch.bool, device=dev)
+    c_hit = torch.zeros(len(rows), dtype=torch.bool, device=dev)
+    rf2 = dev64(rf_pr ** 2) if want_r else None
+    bands: dict[str, list[tuple[Any, Any]]] = {"p": [], "d": [], "r": []}
+    with _strict_fp32():
+        for ch in _chunks(rows, m, block):
+            t = real.tile(ch, fake).double()
+            lo, hi = ch.start - rows.start, ch.stop - rows.start
+            for key, radii in (("p", rr_pr), ("d", rr_dc)):
+                if radii is None:
+                    continue
+                margin = t - dev64(radii[ch.start:ch.stop] ** 2)[:, None]   # d2 - r_i^2
+                sure = margin < -tol
+                if key == "p":
+                    p_hit |= sure.any(dim=0)
                 else:
-                    t2 = t.addmm_(u, w)
-                torch.minimum(rec_min[i0:i1], t2.amin(dim=1), out=rec_min[i0:i1])
-            if want_p:
-                if want_dc:
-                    t.add_(shift_p[i0:i1, None])                              # d2 - P_i
-                torch.minimum(prec_min[j0:j1], t.amin(dim=0), out=prec_min[j0:j1])
+                    d_cnt += sure.sum(dim=0)
+                    c_hit[lo:hi] |= sure.any(dim=1)
+                bi, bj = (margin.abs() <= tol).nonzero(as_tuple=True)
+                bands[key].append((bi.cpu().numpy() + ch.start, bj.cpu().numpy()))
+            if want_r:
+                margin = t - rf2[None, :]                                    # d2 - rf_j^2
+                r_hit[lo:hi] |= (margin < -tol).any(dim=1)
+                bi, bj = (margin.abs() <= tol).nonzero(as_tuple=True)
+                bands["r"].append((bi.cpu().numpy() + ch.start, bj.cpu().numpy()))
 
-    if want_p:
-        pm = prec_min.double().cpu().numpy()
-        inside = pm < -tol
-        unsure = np.nonzero(np.abs(pm) <= tol)[0]
-        if len(unsure):
-            rj, ci = knn._candidate_pairs(fake, unsure, real, None, p2, tol, block)
-            e = knn._exact_d2(fake.src, unsure[rj], real.src, ci)
-            hit = np.sqrt(e) <= rr_pr[ci]
-            inside[unsure[np.unique(rj[hit])]] = True
-        out["precision_hit"] = inside
+    def band(key: str) -> tuple[Any, Any, Any]:
+        parts = bands[key]
+        ri = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        cj = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        return ri, cj, np.sqrt(_exact_d2(real.src, ri, fake.src, cj))
+
+    out: dict[str, Any] = {}
+    if want_p:  # near-threshold pairs decided on the float64 distance, with <= (Kynkaanniemi)
+        hit = p_hit.cpu().numpy()
+        ri, cj, d = band("p")
+        hit[cj[d <= rr_pr[ri]]] = True
+        out["precision_hit"] = hit
+    if want_dc:  # strict < (Naeem)
+        cnt = d_cnt.cpu().numpy()
+        cov = c_hit.cpu().numpy()
+        ri, cj, d = band("d")
+        inside = d < rr_dc[ri]
+        cnt += np.bincount(cj[inside], minlength=m).astype(np.int64)
+        cov[ri[inside] - rows.start] = True
+        out["density_count"] = cnt
+        out["coverage_count"] = int(np.count_nonzero(cov))
     if want_r:
-        rm = rec_min.double().cpu().numpy()
-        inside = rm < -tol
-        unsure = np.nonzero(np.abs(rm) <= tol)[0]
-        if len(unsure):
-            ri, cj = knn._candidate_pairs(real, unsure, fake, None, r2, tol, block)
-            e = knn._exact_d2(real.src, unsure[ri], fake.src, cj)
-            hit = np.sqrt(e) <= rf_pr[cj]
-            inside[unsure[np.unique(ri[hit])]] = True
-        out["recall_hit"] = inside
-    if want_dc:
-        lo = dens_lo.cpu().numpy()
-        hi = dens_hi.cpu().numpy()
-        count = lo.copy()
-        unsure_cols = np.nonzero(hi != lo)[0]
-        if len(unsure_cols):  # columns with a pair near its threshold: every pair recounted exactly
-            rj, ci = knn._candidate_pairs(fake, unsure_cols, real, None, q2, tol, block)
-            e = knn._exact_d2(fake.src, unsure_cols[rj], real.src, ci)
-            hit = np.sqrt(e) < rr_dc[ci]
-            count[unsure_cols] = np.bincount(rj[hit], minlength=len(unsure_cols))
-        out["density_count"] = count.astype(np.int64)
-        cm = cov_min.double().cpu().numpy()
-        covered = cm < -tol
-        unsure = np.nonzero(np.abs(cm) <= tol)[0]
-        if len(unsure):
-            ri, cj = knn._candidate_pairs(real, unsure, fake, q2[unsure], None, tol, block)
-            e = knn._exact_d2(real.src, unsure[ri], fake.src, cj)
-            hit = np.sqrt(e) < rr_dc[unsure[ri]]
-            covered[unsure[np.unique(ri[hit])]] = True
-        out["covered"] = covered
+        rec = r_hit.cpu().numpy()
+        ri, cj, d = band("r")
+        rec[ri[d <= rf_pr[cj]] - rows.start] = True
+        out["recall_count"] = int(np.count_nonzero(rec))
     return out
 
 
@@ -632,21 +698,22 @@ def distributed_prdc(real: Any, fake: Any, k_pr: int = 3, k_dc: int = 5, block_s
     """:func:`difflens.metrics.knn.prdc` with the work shared out over the ranks, exactly.
 
     Every rank holds all real (N, D) and fake (M, D) features (gather them with :func:`all_gather_array`).
-    Rank r computes the k-NN radii of its contiguous block of real rows (and of fake rows, for recall)
+    Rank r computes the k-NN radii of its contiguous block of real rows (and fake rows, for recall)
     against the whole set, then the real x fake pass for its block of real rows: recall and coverage of
     those rows, and for every fake sample whether one of those rows covers it (precision) and how many do
-    (density). Booleans are OR-ed and counts summed as int64 across ranks, so the results are the
-    single-process values exactly, on every rank. Cost per rank: (N^2 + M^2 + N M) D / W multiply-adds.
-    ``device`` defaults to the rank's device (``cuda:LOCAL_RANK`` under NCCL).
+    (density). Booleans and counts are summed as int64 over the ranks, so every rank returns exactly the
+    single-process values. Cost per rank: about (N^2 + M^2 + N M) D / W multiply-adds. ``device``
+    defaults to the rank's device (``cuda:LOCAL_RANK`` under NCCL). Single process: ``knn.prdc`` itself.
     """
     import numpy as np
 
     from difflens.metrics import knn
 
     ctx = ctx or get_context()
-    metrics = tuple(metrics) if metrics is not None else knn.ALL_METRICS
+    metrics = tuple(metrics) if metrics is not None else tuple(knn.ALL_METRICS)
+    dev = device or ctx.device
     if not ctx.is_distributed:
-        return knn.prdc(real, fake, k_pr=k_pr, k_dc=k_dc, block_size=block_size, device=device or ctx.device,
+        return knn.prdc(real, fake, k_pr=k_pr, k_dc=k_dc, block_size=block_size, device=dev,
                         metrics=metrics, real_radii=real_radii)
     unknown = sorted(set(metrics) - set(knn.ALL_METRICS))
     if unknown or not metrics:
@@ -655,55 +722,43 @@ def distributed_prdc(real: Any, fake: Any, k_pr: int = 3, k_dc: int = 5, block_s
     k_pr, k_dc = int(k_pr), int(k_dc)
     if k_pr < 1 or k_dc < 1:
         raise DifflensError(f"k must be at least 1, got k_pr={k_pr}, k_dc={k_dc}.", None)
-    block = knn._check_block(block_size)
-    dev = device or ctx.device
+    if int(block_size) < 1:
+        raise DifflensError(f"block_size must be positive, got {block_size}.", None)
     want_p, want_r = "precision" in metrics, "recall" in metrics
     want_dc = "density" in metrics or "coverage" in metrics
-    real_a, fake_a = np.asarray(real), np.asarray(fake)
-    if real_a.ndim != 2 or fake_a.ndim != 2:
-        raise DifflensError(f"Features must be 2-D (N, D) arrays, got {real_a.shape} and {fake_a.shape}.",
-                            None)
-    if real_a.shape[1] != fake_a.shape[1]:
-        raise DifflensError(f"Feature dimension mismatch: real D={real_a.shape[1]}, "
-                            f"fake D={fake_a.shape[1]}.",
+    real_fs, fake_fs = _KnnSet(real, "Real", dev), _KnnSet(fake, "Fake", dev)
+    if real_fs.dim != fake_fs.dim:
+        raise DifflensError(f"Feature dimension mismatch: real D={real_fs.dim}, fake D={fake_fs.dim}.",
                             "Extract both sets with the same extractor and layer.")
     need_real = sorted({k for k, w in ((k_pr, want_p), (k_dc, want_dc)) if w})
-    checks = (("real", real_a, max(need_real, default=0)), ("fake", fake_a, k_pr if want_r else 0))
-    for label, arr, k in checks:
-        if k and arr.shape[0] < k + 1:
+    checks = (("real", real_fs.n, max(need_real, default=0)), ("fake", fake_fs.n, k_pr if want_r else 0))
+    for label, count, k in checks:
+        if k and count < k + 1:
             raise DifflensError(f"k-NN metrics with k={k} need at least {k + 1} {label} samples, got "
-                                f"{arr.shape[0]}.", "Add images or lower k.")
+                                f"{count}.", "Add images or lower k.")
     radii = {k: np.asarray(real_radii[k], dtype=np.float64) for k in need_real
              if real_radii is not None and k in real_radii}
     for k, r in radii.items():
-        if r.shape != (real_a.shape[0],):
+        if r.shape != (real_fs.n,):
             raise DifflensError(f"Precomputed real radii for k={k} have shape {r.shape}, expected "
-                                f"({real_a.shape[0]},).",
-                                "Compute them with knn_radii on the same real features.")
+                                f"({real_fs.n},).", "Compute them with knn_radii on the same real features.")
     missing = [k for k in need_real if k not in radii]
     if missing:
-        radii.update(_sharded_radii(real_a, missing, ctx, block, dev))
-    rf = _sharded_radii(fake_a, [k_pr], ctx, block, dev)[k_pr] if want_r else None
-
-    n, m = real_a.shape[0], fake_a.shape[0]
-    rows = ctx.shard(n)
-    with knn._fp32_exact_matmul():
-        real_fs = knn._prepare(real_a[rows.start:rows.stop], "Real", dev)
-        fake_fs = knn._prepare(fake_a, "Fake", dev)
-        el = _cross_elements(real_fs, fake_fs,
-                             radii[k_pr][rows.start:rows.stop] if want_p else None, rf,
-                             radii[k_dc][rows.start:rows.stop] if want_dc else None, block)
-        del real_fs, fake_fs
+        radii.update(_sharded_radii(real_fs, missing, ctx, int(block_size)))
+    rf = _sharded_radii(fake_fs, [k_pr], ctx, int(block_size))[k_pr] if want_r else None
+    n, m = real_fs.n, fake_fs.n
+    el = _cross_counts(real_fs, ctx.shard(n), fake_fs, radii[k_pr] if want_p else None, rf,
+                       radii[k_dc] if want_dc else None, int(block_size))
     res: dict[str, float] = {}
     if want_p:
         hits = all_reduce_sum_int(el["precision_hit"].astype(np.int64), ctx)
         res["precision"] = float(np.count_nonzero(hits)) / m
     if want_r:
-        res["recall"] = float(int(all_reduce_sum_int([np.count_nonzero(el["recall_hit"])], ctx)[0])) / n
+        res["recall"] = float(int(all_reduce_sum_int([el["recall_count"]], ctx)[0])) / n
     if want_dc:
-        count = int(all_reduce_sum_int([int(el["density_count"].sum())], ctx)[0])
-        res["density"] = (1.0 / float(k_dc)) * (float(count) / m)
-        res["coverage"] = float(int(all_reduce_sum_int([np.count_nonzero(el["covered"])], ctx)[0])) / n
+        total = all_reduce_sum_int([int(el["density_count"].sum()), el["coverage_count"]], ctx)
+        res["density"] = (1.0 / float(k_dc)) * (float(int(total[0])) / m)
+        res["coverage"] = float(int(total[1])) / n
     return {key: res[key] for key in metrics}
 
 
@@ -729,3 +784,26 @@ def shard_source(source: Any, ctx: DistContext | None = None, block: int = 1, mi
     if hasattr(source, "files"):
         return dataclasses.replace(source, files=list(source.files[mine.start:mine.stop])), True
     return dataclasses.replace(source, images=source.images[mine.start:mine.stop]), True
+
+
+def total_rows(local: Any, ctx: DistContext | None = None) -> int:
+    """Rows of the union of every rank's share (``len(local)`` summed over ranks)."""
+    return int(all_reduce_sum_int([len(local)], ctx or get_context())[0])
+
+
+def combine_shards(features: Any, logits: Any | None, gather: bool, ctx: DistContext | None = None
+                   ) -> tuple[Any | None, Any | None, Any | None]:
+    """Combine the ranks' shares of one extracted set: ``(features, logits, stats)``.
+
+    ``gather=True``: the features of every rank, concatenated in rank order (with contiguous shares, the
+    single-process feature matrix row for row) and ``stats`` None. ``gather=False``: no features travel;
+    ``stats`` are the exactly merged :class:`GaussianStats` (see :func:`merge_gaussian_stats`) and
+    ``features`` None. Logits (IS), when given, are always gathered (C = 1008 columns)."""
+    import numpy as np
+
+    ctx = ctx or get_context()
+    gathered_logits = all_gather_array(logits, ctx) if logits is not None else None
+    if gather:
+        return all_gather_array(features, ctx), gathered_logits, None
+    stats = distributed_features_stats(np.asarray(features, dtype=np.float64), ctx)
+    return None, gathered_logits, stats

@@ -10,8 +10,10 @@ run it, several commands in one launch to save start-up time.
    (the runner's fault hook), then the same command again: each rank resumes its share of what is left
    (WORK/crash.json records how many samples were finished at the crash);
 3. ``difflens metrics`` with every metric (features gathered, k-NN work shared) -> WORK/metrics-all.json;
-4. ``difflens metrics --metrics fid`` (statistics merged, no features gathered) -> WORK/metrics-fid.json
-   and WORK/fake-stats.npz.
+4. ``difflens metrics --metrics fid`` -> WORK/metrics-fid.json and WORK/fake-stats.npz (N <= 2048: FID
+   takes its trace from the features, so they are gathered);
+5. ``difflens metrics --real R --save-stats`` -> WORK/real-stats.npz (no metric needs the features: the
+   ranks' statistics are merged, no features travel).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def main() -> None:
     run(["metrics", *common, "--json", str(work / "metrics-all.json")])
     run(["metrics", *common, "--metrics", "fid", "--json", str(work / "metrics-fid.json"),
          "--save-fake-stats", str(work / "fake-stats.npz")])
+    run(["metrics", "--real", str(real), "--inception-weights", str(weights), "--device", "cpu",
+         "--batch-size", "4", "--save-stats", str(work / "real-stats.npz")])
     shutdown_distributed()
 
 

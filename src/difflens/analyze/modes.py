@@ -49,6 +49,86 @@ def _generate_samples(cfg: AnalysisConfig, out: Path, opts: dict[str, Any]) -> P
     return samples
 
 
+def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
+    """Generate samples from the prompts (resumable), then Inception metrics against --real, and the
+    embedding metrics (CLIP score, CMMD, FD-DINOv2) when listed in `embedding_metrics`."""
+    from difflens.atomic import write_json
+    from difflens.metrics.api import compute_metrics
+
+    opts = _take(cfg.options("metrics"), "metrics",
+                 {"metrics": None, "bootstrap": 0, "inception_weights": None, "protocol": "tf-legacy",
+                  "batch_size": 50, "kid_subset_size": 1000, "steps": None, "guidance": None, "height": None,
+                  "width": None, "samples_dir": None, "embedding_metrics": None, "clip_model": None,
+                  "cmmd_clip_model": None, "dinov2_model": None, "per_prompt": True})
+    if not cfg.real:
+        raise DifflensError("the metrics mode needs reference images.", "pass --real FOLDER")
+    samples = _generate_samples(cfg, out, opts)
+    result = compute_metrics(cfg.real, samples, metrics=opts["metrics"], protocol=opts["protocol"],
+                             inception_weights=opts["inception_weights"], device=cfg.device,
+                             batch_size=opts["batch_size"], seed=cfg.seed, bootstrap=opts["bootstrap"],
+                             kid_subset_size=opts["kid_subset_size"], offline=cfg.offline)
+    if opts["embedding_metrics"]:
+        from difflens.generate.manifest import read_samples
+        from difflens.metrics.clip import compute_embedding_metrics
+        from difflens.metrics.images import list_image_files
+
+        entries = read_samples(samples)
+        extra = compute_embedding_metrics(
+            opts["embedding_metrics"], fake=[samples / e.file for e in entries],
+            real=list_image_files(cfg.real), prompts=[e.prompt for e in entries],
+            clip_model=opts["clip_model"] or "openai/clip-vit-large-patch14",
+            cmmd_clip_model=opts["cmmd_clip_model"], dinov2_model=opts["dinov2_model"],
+            per_prompt=opts["per_prompt"], bootstrap=opts["bootstrap"], seed=cfg.seed, device=cfg.device,
+            dtype=cfg.dtype, offline=cfg.offline)
+        result["metrics"].update(extra["metrics"])
+        result["warnings"] = result.get("warnings", []) + extra.get("warnings", [])
+        result.setdefault("embedding_protocol", extra.get("protocol", {}))
+        if "per_prompt" in extra:
+            result["per_prompt"] = extra["per_prompt"]
+    write_json(out / "metrics.json", result)
+    notes = [w for w in result.get("warnings", []) if "random" in w.lower()]
+    return {"fingerprints": {"metrics": result.get("protocol", {})}, "notes": notes}
+
+
+def run_attention(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
+    from difflens.attention.api import AttentionConfig, run_attention, write_outputs
+
+    opts = _take(cfg.options("attention"), "attention",
+                 {"steps": 20, "height": None, "width": None, "layers": None, "stride": 1, "words": None,
+                  "guidance": None, "word_agg": "mean", "max_sequence_length": None})
+    words = tuple(w.strip() for w in opts.pop("words").split(",")) if opts.get("words") else None
+    acfg = AttentionConfig(model=cfg.model, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
+                           dtype=cfg.dtype, offline=cfg.offline, words=words,
+                           **{k: v for k, v in opts.items() if k != "words"})
+    write_outputs(run_attention(acfg), out)
+    return {}
+
+
+def run_latent(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
+    """Seed interpolation for the prompt, and OOD scoring when reference/test image folders are given."""
+    from difflens.latent.api import interpolate, ood
+
+    opts = _take(cfg.options("latent"), "latent",
+                 {"frames": 6, "method": "slerp", "steps": 20, "seeds": None, "size": None,
+                  "features": "vae", "clip_model": None, "inception_weights": None, "max_sequence_length": None,
+                  "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all"})
+    common = {"steps": opts["steps"], "size": opts["size"], "max_sequence_length": opts["max_sequence_length"],
+              "dtype": cfg.dtype, "device": cfg.device, "offline": cfg.offline}
+    seeds = opts["seeds"] or f"{cfg.seed},{cfg.seed + 1}"
+    interpolate(cfg.model, out / "interpolation", prompt=cfg.prompt, seeds=seeds, frames=opts["frames"],
+                method=opts["method"], features=opts["features"], clip_model=opts["clip_model"],
+                inception_weights=opts["inception_weights"], **common)
+    if opts["ood_reference"] and opts["ood_test"]:
+        ood(cfg.model, out / "ood", reference=[opts["ood_reference"]], test=[opts["ood_test"]],
+            ood_images=[opts["ood_images"]] if opts["ood_images"] else None, methods=opts["ood_methods"],
+            features=opts["features"], clip_model=opts["clip_model"],
+            inception_weights=opts["inception_weights"], seed=cfg.seed, **common)
+    return {}
+
+
 MODE_RUNNERS: dict[str, Callable[[AnalysisConfig, Path], dict[str, Any] | None]] = {
+    "metrics": run_metrics,
     "schedule": run_schedule,
+    "attention": run_attention,
+    "latent": run_latent,
 }

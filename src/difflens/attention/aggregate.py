@@ -147,6 +147,8 @@ class OnlineAggregator:
         if self.current_step is not None and step != self.current_step:
             self.end_step()
         self.current_step = step
+        if planes.device != self.device:        # e.g. model CPU offload moved the denoiser
+            planes = planes.to(self.device)
         grid = (int(planes.shape[-2]), int(planes.shape[-1]))
         acc = self._grid_sums.get(grid)
         if acc is None:

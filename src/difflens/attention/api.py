@@ -202,7 +202,8 @@ def plan_attention(cfg: AttentionConfig, pipe: Any) -> Plan:
     vsf = int(getattr(pipe, "vae_scale_factor", 8))
     latent_hw = (height // vsf, width // vsf)
 
-    n_img = latent_hw[0] * latent_hw[1]
+    patch = 2 if family == "flux" else int(getattr(denoiser.config, "patch_size", None) or 1)
+    n_img = -(-latent_hw[0] // patch) * -(-latent_hw[1] // patch)   # largest layer's image tokens
     budget = int(cfg.max_memory_mb * 2**20)
 
     def estimate(chunk: int) -> dict[str, int]:
@@ -461,6 +462,9 @@ def write_outputs(result: AttentionResult, out_dir: str | Path) -> list[Path]:
         arrays["per_layer"] = agg.per_layer
     labels = [w["label"] for w in rec["words"]]
     title = f"{rec['pipeline']}: {rec['prompt']!r}  ({rec['steps_run']} steps, seed {rec['seed']})"
+    if "text_mass" in rec:
+        title += (f"\njoint attention: probability on the word's tokens, softmax over image + text keys "
+                  f"(mean text mass {rec['text_mass']['mean']:.2f})")
     fig = plot_word_maps(img8, result.word_maps, result.per_step_word_maps, agg.per_step_index, labels, title,
                          entropy=[rec["entropy_all_steps"][lab] for lab in labels])
     paths = [out / "image.png", out / "attention.npz", out / "attention.json", out / "attention_maps.png"]

@@ -67,7 +67,7 @@ def plot_word_maps(image: Any, word_maps: Any, per_step_word_maps: Any, step_ind
         panels = [(per_step_word_maps[c][r], f"step {step_index[c]}") for c in cols]
         name = "all steps"
         if entropy is not None:
-            name += f"\nentropy {float(entropy[r]):.2f}"
+            name += f"\nentropy {float(entropy[r]):.3f}"
         panels.append((word_maps[r], name))
         for j, (m, name) in enumerate(panels, start=1):
             ax = axes[r][j]

@@ -476,7 +476,6 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
                             "splits")
         out["is"] = {"value": float(mean), "std": float(std)}
     knn_metrics = [k for m in ("pr", "dc") if m in chosen for k in METRIC_KEYS[m]]
-    real_radii = None
     if knn_metrics:
         from difflens.metrics import knn
 
@@ -485,19 +484,19 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
                        metrics=tuple(knn_metrics))
         for key in knn_metrics:
             out[key] = {"value": float(res[key])}
-        real_radii = res.get("real_radii")
     if cfg.bootstrap:
-        _bootstrap(cfg, chosen, r, f, real_f, fake_f, knn_metrics, real_radii, dev, out, warnings)
+        _bootstrap(cfg, chosen, r, f, real_f, fake_f, knn_metrics, dev, out, warnings)
     return out
 
 
 def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, real_f: Any,
-               fake_f: Any, knn_metrics: list[str], real_radii: Any, dev: str | None, out: dict[str, Any],
+               fake_f: Any, knn_metrics: list[str], dev: str | None, out: dict[str, Any],
                warnings: list[str]) -> None:
-    """Percentile 95% intervals from ``cfg.bootstrap`` resamples (with replacement) of the fake set."""
+    """Percentile 95% intervals from ``cfg.bootstrap`` resamples (with replacement) of the fake set, drawn
+    by :mod:`difflens.metrics.bootstrap` (the same resamples for every metric); the real set is fixed."""
     import numpy as np
 
-    from difflens.metrics.bootstrap import bootstrap_indices, percentile_interval
+    from difflens.metrics import bootstrap as bs
 
     targets = [m for m in ("fid", "kid") if m in chosen] + knn_metrics
     if not targets:
@@ -507,43 +506,23 @@ def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: 
                         "needs the fake features)")
         return
     assert r is not None and f is not None
-    values: dict[str, list[float]] = {k: [] for k in targets}
-    real_stats = _side_stats(r) if "fid" in chosen else None
-    if knn_metrics and real_radii is None:
-        from difflens.metrics import knn
-
-        real_radii = {k: knn.knn_radii(real_f, k, device=dev or "cpu")
-                      for k in sorted({cfg.k_pr if "pr" in chosen else None,
-                                       cfg.k_dc if "dc" in chosen else None} - {None})}
-    from difflens.console import progress
-
-    indices = bootstrap_indices(f.n, cfg.bootstrap, cfg.seed)
-    for idx in progress(list(indices), total=cfg.bootstrap, description="bootstrap", unit="resample"):
-        sample = fake_f[np.asarray(idx)]
-        if "fid" in targets:
-            from difflens.metrics.stats import GaussianStats
-
-            values["fid"].append(_fid_value(real_stats, GaussianStats.from_features(sample), r.features,
-                                            sample))
-        if "kid" in targets:
-            from difflens.metrics.kid import kernel_inception_distance
-
-            res = kernel_inception_distance(real_f, sample, num_subsets=cfg.kid_subsets,
-                                            subset_size=cfg.kid_subset_size, seed=cfg.seed)
-            values["kid"].append(float(res.value))
-        if knn_metrics:
-            from difflens.metrics import knn
-
-            res = knn.prdc(real_f, sample, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=dev or "cpu",
-                           metrics=tuple(knn_metrics), real_radii=real_radii)
-            for key in knn_metrics:
-                values[key].append(float(res[key]))
+    values: dict[str, Any] = {}
+    if "fid" in targets:
+        values["fid"] = bs.bootstrap_fid(_side_stats(r), fake_f, cfg.bootstrap, cfg.seed)
+    if "kid" in targets:
+        values["kid"] = bs.bootstrap_kid(real_f, fake_f, cfg.bootstrap, cfg.seed)
+    if knn_metrics:
+        values.update(bs.bootstrap_prdc(real_f, fake_f, cfg.bootstrap, cfg.seed, k_pr=cfg.k_pr, k_dc=cfg.k_dc,
+                                        device=dev or "cpu", metrics=tuple(knn_metrics)))
     for key in targets:
-        lo, hi = percentile_interval(np.asarray(values[key]), level=0.95)
+        lo, hi = bs.percentile_interval(np.asarray(values[key]), level=0.95)
         out[key]["ci95"] = [float(lo), float(hi)]
-    warnings.append(f"bootstrap: {cfg.bootstrap} resamples of the fake set (with replacement; the real set "
-                    "and its k-NN radii fixed); duplicated samples bias k-NN metrics and KID slightly, so "
-                    "read the interval as the spread due to the fake sample")
+    notes = ["the real set and its k-NN radii stay fixed"]
+    if "kid" in targets:
+        notes.append("KID's interval comes from the full-set unbiased MMD^2 of each resample")
+    warnings.append(f"bootstrap: 95% intervals from {cfg.bootstrap} resamples of the fake set with "
+                    f"replacement ({'; '.join(notes)}); duplicates in a resample shrink k-NN radii, so read "
+                    "the k-NN intervals as the spread due to the fake sample")
 
 
 def _protocol_record(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None,

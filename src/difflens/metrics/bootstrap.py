@@ -15,7 +15,8 @@ so every metric sees the same resamples for the same seed. Helpers that make res
   one blockwise pass over the kernel matrices (float32 Gram products, float64 kernel sums), via
   ``sum_{jl} w_j w_l K_jl = sum((K W) * W)``. It estimates the same population MMD^2 as the subset-averaged
   KID; its percentile interval is the KID interval. O((N^2 + M^2 + N M) D + M^2 B).
-- k-NN metrics (:func:`bootstrap_prdc`): the real radii are computed once and shared by all resamples.
+- k-NN metrics (:func:`prdc_with_bootstrap`, :func:`bootstrap_prdc`): all resamples from one pass, each
+  equal to ``prdc(real, fake[idx_b])`` exactly (see :func:`difflens.metrics.knn.prdc_bootstrap`).
   Duplicates in a resample sit at distance 0 from each other, so a point drawn more than k times gets a
   k-NN radius of 0; that is a property of resampling, accepted and documented.
 """
@@ -173,27 +174,27 @@ def bootstrap_kid(real: np.ndarray, fake: np.ndarray, num: int, seed: int, block
     return s_rr / (n * (n - 1)) + s_ff / (m * (m - 1)) - 2.0 * cross / (n * m)
 
 
+def prdc_with_bootstrap(real: np.ndarray, fake: np.ndarray, num: int, seed: int, k_pr: int = 3,
+                        k_dc: int = 5, block_size: int = 1024, device: str = "cpu",
+                        metrics: Sequence[str] = ("precision", "recall", "density", "coverage"),
+                        real_radii: dict[int, np.ndarray] | None = None
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """k-NN metrics of ``fake`` and of each of ``num`` resamples of it, from one pass over the data:
+    ``(values, {metric: (num,)})``. Resample b's values equal ``prdc(real, fake[idx_b])`` exactly, with
+    ``idx_b`` the b-th of :func:`bootstrap_indices`; the cost is about one ``prdc`` call, not ``num``."""
+    from difflens.metrics.knn import prdc_bootstrap
+
+    m = np.asarray(fake).shape[0]
+    counts = bootstrap_counts(m, num, seed).astype(np.int32)
+    return prdc_bootstrap(real, fake, counts, k_pr=k_pr, k_dc=k_dc, block_size=block_size, device=device,
+                          metrics=metrics, real_radii=real_radii)
+
+
 def bootstrap_prdc(real: np.ndarray, fake: np.ndarray, num: int, seed: int, k_pr: int = 3, k_dc: int = 5,
                    block_size: int = 1024, device: str = "cpu",
                    metrics: Sequence[str] = ("precision", "recall", "density", "coverage"),
                    real_radii: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """k-NN metrics of each of ``num`` resamples of ``fake`` against ``real``: ``{metric: (num,)}``.
-
-    The real radii are computed once (or taken from ``real_radii``) and shared by all resamples.
-    """
-    from difflens.metrics.knn import knn_radii_many, prdc
-
-    metrics = tuple(metrics)
-    xf = np.asarray(fake)
-    radii = dict(real_radii or {})
-    need = sorted({k for k, w in ((k_pr, "precision" in metrics),
-                                  (k_dc, "density" in metrics or "coverage" in metrics)) if w} - set(radii))
-    if need:
-        radii.update(knn_radii_many(real, need, block_size=block_size, device=device))
-    out = {key: np.empty(int(num)) for key in metrics}
-    for b, idx in enumerate(bootstrap_indices(xf.shape[0], num, seed)):
-        res = prdc(real, xf[idx], k_pr=k_pr, k_dc=k_dc, block_size=block_size, device=device,
-                   metrics=metrics, real_radii=radii)
-        for key in metrics:
-            out[key][b] = res[key]
-    return out
+    """k-NN metrics of each of ``num`` resamples of ``fake`` against ``real``: ``{metric: (num,)}``
+    (see :func:`prdc_with_bootstrap`; the real radii are computed once or taken from ``real_radii``)."""
+    return prdc_with_bootstrap(real, fake, num, seed, k_pr=k_pr, k_dc=k_dc, block_size=block_size,
+                               device=device, metrics=metrics, real_radii=real_radii)[1]

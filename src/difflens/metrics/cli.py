@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
                                           help="cpu or cuda (default: cuda when available)."),
         batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception forward pass."),
         seed: int = typer.Option(2020, "--seed", help="Seed for KID subsets, IS split order and bootstrap "
-                                 "(default 2020, torch-fidelity's)."),
+                                 "(torch-fidelity's default)."),
         kid_subset_size: int = typer.Option(
             1000, "--kid-subset-size", help="KID subset size (shrunk to the smaller set, with a warning)."),
         kid_subsets: int = typer.Option(100, "--kid-subsets", help="Number of KID subsets."),

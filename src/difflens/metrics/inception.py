@@ -397,12 +397,14 @@ class InceptionExtractor:
 
         with torch.inference_mode(), strict_float32():
             if self.protocol == "clean":
-                batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-                x = batch.to(self.device, non_blocking=True).contiguous()
+                batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+                x = batch.to(self.device, non_blocking=True)
             else:
                 parts = []
                 for group in _same_size_runs(images):
-                    u8 = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2)
+                    # contiguous NCHW, as torch-fidelity's loader gives: the memory layout picks the conv
+                    # kernels, so it must match for bit-identical features
+                    u8 = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).contiguous()
                     xf = u8.to(self.device, non_blocking=True).to(torch.float32)
                     parts.append(tf_resize(xf))
                 x = parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -108,6 +108,13 @@ class _NumpyOps:
         np.subtract(t, cols.astype(np.float32)[None, :], out=tmp)
         return tmp.min(axis=1).astype(np.float64)
 
+    def pairs_below_outer(self, t: Any, cols: np.ndarray, rows: np.ndarray, scratch: Any
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Entries with ``t - cols_j <= rows_i``, and their values ``t``."""
+        tmp = scratch[: t.size].reshape(t.shape)
+        np.subtract(t, cols.astype(np.float32)[None, :], out=tmp)
+        return self._pairs(t, tmp <= rows.astype(np.float32)[:, None])
+
 
 class _TorchOps:
     """GPU backend: torch tensors on ``device``; TF32 is switched off by :func:`_fp32_matmul`."""
@@ -154,6 +161,12 @@ class _TorchOps:
         tmp = scratch[: t.numel()].view(t.shape)
         self.torch.sub(t, self.put(cols.astype(np.float32))[None, :], out=tmp)
         return tmp.amin(dim=1).double().cpu().numpy()
+
+    def pairs_below_outer(self, t: Any, cols: np.ndarray, rows: np.ndarray, scratch: Any
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tmp = scratch[: t.numel()].view(t.shape)
+        self.torch.sub(t, self.put(cols.astype(np.float32))[None, :], out=tmp)
+        return self._pairs(t, tmp <= self.put(rows.astype(np.float32))[:, None])
 
 
 def _ops(device: str) -> Any:
@@ -461,14 +474,35 @@ def _candidate_pairs(ops: Any, a: _FeatureSet, rows: np.ndarray, b: _FeatureSet,
     return np.concatenate(out_r), np.concatenate(out_c)
 
 
+@dataclass
+class _CrossResult:
+    """Per-item outcome of the real x fake pass (exact)."""
+
+    tol: float
+    precise: np.ndarray | None = None        # (M,) fake j inside some real k_pr-ball
+    dens_count: np.ndarray | None = None     # (M,) number of real k_dc-balls holding fake j (strict)
+    covered: np.ndarray | None = None        # (N,) real i has a fake inside its k_dc-ball (strict)
+    cov_pairs: tuple[np.ndarray, np.ndarray] | None = None   # all (i, j) with d_ij < r_dc(i)
+    recalled: np.ndarray | None = None       # (N,) real i inside some fake k_pr-ball
+    rec_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (i, j, approx d2) candidates
+
+
 def _cross(ops: Any, real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | None,
-           rf_pr: np.ndarray | None, rr_dc: np.ndarray | None, k_dc: int, block: int) -> dict[str, float]:
-    """Precision/recall (radii ``rr_pr``, ``rf_pr``) and density/coverage (``rr_dc``), exactly."""
+           rf_pr: np.ndarray | None, rr_dc: np.ndarray | None, block: int,
+           rec_max: np.ndarray | None = None, keep_pairs: bool = False) -> _CrossResult:
+    """One real x fake pass deciding every comparison exactly.
+
+    ``rr_pr``/``rr_dc``: real radii (precision; density/coverage), ``rf_pr``: fake radii (recall).
+    With ``rec_max`` (per-fake largest radius over bootstrap resamples) recall is not decided here;
+    instead every pair within ``rec_max`` (+tol) is returned in ``rec_pairs`` with its float32 value.
+    ``keep_pairs`` also returns the pairs inside the density/coverage balls.
+    """
     n, m = real.n, fake.n
-    want_p, want_r, want_dc = rr_pr is not None, rf_pr is not None, rr_dc is not None
+    want_p, want_dc = rr_pr is not None, rr_dc is not None
+    want_r = rf_pr is not None or rec_max is not None
     p2 = None if rr_pr is None else rr_pr ** 2     # squared thresholds, for screening only
-    r2 = None if rf_pr is None else rf_pr ** 2
     q2 = None if rr_dc is None else rr_dc ** 2
+    r2 = None if not want_r else (rec_max if rec_max is not None else rf_pr) ** 2
     # tile = d2 - base_i, base_i the largest wanted real threshold: every pair that can pass a real
     # threshold has tile value <= tol, so one sparse selection serves density, coverage and precision
     base = np.maximum(q2 if want_dc else 0.0, p2 if want_p else 0.0) * np.ones(n)
@@ -477,11 +511,14 @@ def _cross(ops: Any, real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | N
     shift_p = None if not want_p else base - p2                  # d2 - P_i = tile + shift_p_i
     shift_dc = None if not want_dc else base - q2                # d2 - Q_i = tile + shift_dc_i
 
-    covered = np.zeros(n, dtype=bool)
+    res = _CrossResult(tol)
     precise = np.zeros(m, dtype=bool)
-    dens_count = 0
+    dens = np.zeros(m, dtype=np.int64)
+    covered = np.zeros(n, dtype=bool)
     unsure_dc: list[tuple[np.ndarray, np.ndarray]] = []
     unsure_p: list[tuple[np.ndarray, np.ndarray]] = []
+    sure_dc: list[tuple[np.ndarray, np.ndarray]] = []
+    rec_found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rec_margin = np.full(n, np.inf)
 
     buf = ops.empty(block * block)
@@ -497,8 +534,10 @@ def _cross(ops: Any, real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | N
                 if want_dc:
                     vd = v + shift_dc[rg]
                     sure = vd < -tol
-                    dens_count += int(np.count_nonzero(sure))
+                    dens[j0:j1] += np.bincount(c[sure], minlength=j1 - j0)
                     covered[rg[sure]] = True
+                    if keep_pairs:
+                        sure_dc.append((rg[sure], cg[sure]))
                     mid = np.abs(vd) <= tol
                     unsure_dc.append((rg[mid], cg[mid]))
                 if want_p:
@@ -506,33 +545,53 @@ def _cross(ops: Any, real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | N
                     precise[cg[vp < -tol]] = True
                     mid = np.abs(vp) <= tol
                     unsure_p.append((rg[mid], cg[mid]))
-            if want_r:
+            if want_r and rec_max is None:
                 mn = ops.rowmin_minus_cols(t, r2[j0:j1], scratch) + base[i0:i1]
                 np.minimum(rec_margin[i0:i1], mn, out=rec_margin[i0:i1])
+            elif want_r:
+                r, c, v = ops.pairs_below_outer(t, r2[j0:j1], tol - base[i0:i1], scratch)
+                rec_found.append((r + i0, c + j0, v + base[r + i0]))
 
-    out: dict[str, float] = {}
+    def cat(parts: list[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
+        return np.concatenate([u[k] for u in parts]) if parts else np.zeros(0, np.int64)
+
     if want_dc:
-        ri = np.concatenate([u[0] for u in unsure_dc]) if unsure_dc else np.zeros(0, np.int64)
-        cj = np.concatenate([u[1] for u in unsure_dc]) if unsure_dc else np.zeros(0, np.int64)
+        ri, cj = cat(unsure_dc, 0), cat(unsure_dc, 1)
         inside = np.sqrt(_exact_d2(real.src, ri, fake.src, cj)) < rr_dc[ri]
-        dens_count += int(np.count_nonzero(inside))
+        np.add.at(dens, cj[inside], 1)
         covered[ri[inside]] = True
-        out["density"] = (1.0 / float(k_dc)) * (float(dens_count) / m)
-        out["coverage"] = float(np.count_nonzero(covered)) / n
+        res.dens_count, res.covered = dens, covered
+        if keep_pairs:
+            res.cov_pairs = (np.concatenate([cat(sure_dc, 0), ri[inside]]),
+                             np.concatenate([cat(sure_dc, 1), cj[inside]]))
     if want_p:
-        ri = np.concatenate([u[0] for u in unsure_p]) if unsure_p else np.zeros(0, np.int64)
-        cj = np.concatenate([u[1] for u in unsure_p]) if unsure_p else np.zeros(0, np.int64)
+        ri, cj = cat(unsure_p, 0), cat(unsure_p, 1)
         inside = np.sqrt(_exact_d2(real.src, ri, fake.src, cj)) <= rr_pr[ri]
         precise[cj[inside]] = True
-        out["precision"] = float(np.count_nonzero(precise)) / m
-    if want_r:
+        res.precise = precise
+    if want_r and rec_max is None:
         recalled = rec_margin < -tol
         unsure = np.nonzero(np.abs(rec_margin) <= tol)[0]
         if len(unsure):
             ri, cj = _candidate_pairs(ops, real, unsure, fake, None, r2, tol, block)
             hit = np.sqrt(_exact_d2(real.src, unsure[ri], fake.src, cj)) <= rf_pr[cj]
             recalled[unsure[np.unique(ri[hit])]] = True
-        out["recall"] = float(np.count_nonzero(recalled)) / n
+        res.recalled = recalled
+    elif want_r:
+        res.rec_pairs = (cat(rec_found, 0), cat(rec_found, 1),
+                         np.concatenate([u[2] for u in rec_found]) if rec_found else np.zeros(0))
+    return res
+
+
+def _summary(res: _CrossResult, n: int, m: int, k_dc: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if res.precise is not None:
+        out["precision"] = float(np.count_nonzero(res.precise)) / m
+    if res.recalled is not None:
+        out["recall"] = float(np.count_nonzero(res.recalled)) / n
+    if res.dens_count is not None:
+        out["density"] = (1.0 / float(k_dc)) * (float(res.dens_count.sum()) / m)
+        out["coverage"] = float(np.count_nonzero(res.covered)) / n
     return out
 
 
@@ -586,5 +645,163 @@ def prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5, block
                 radii[k] = np.sqrt(v)
         rf = np.sqrt(_knn_sq_radii(ops, fake_fs, [k_pr], block)[k_pr]) if want_r else None
         res = _cross(ops, real_fs, fake_fs, radii.get(k_pr) if want_p else None, rf,
-                     radii.get(k_dc) if want_dc else None, k_dc, block)
-    return {key: res[key] for key in metrics}
+                     radii.get(k_dc) if want_dc else None, block)
+    summary = _summary(res, real_fs.n, fake_fs.n, k_dc)
+    return {key: summary[key] for key in metrics}
+
+
+# ----------------------------------------------------------------------------------------------------
+# bootstrap of the fake set: all resamples from one pass
+# ----------------------------------------------------------------------------------------------------
+
+_BOOT_DEPTH = 24  # neighbours kept per fake point beyond k, to find its radius in any resample
+
+
+def _exact_lists(ops: Any, fs: _FeatureSet, kk: int, block: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's kk nearest points (self included): exact squared distances sorted ascending (ties by
+    index), their indices, and the certified depth (the first ``depth`` entries are the true nearest)."""
+    n = fs.n
+    kk = min(kk, n)
+    tol = _tol(fs, fs)
+    top = _approx_self_lists(ops, fs, kk, block)
+    e = _exact_d2(fs.src, np.repeat(np.arange(n), kk), fs.src, top.i.ravel()).reshape(n, kk)
+    o = np.argsort(top.i, axis=1)
+    e, idx = np.take_along_axis(e, o, axis=1), np.take_along_axis(top.i, o, axis=1)
+    o = np.argsort(e, axis=1, kind="stable")
+    e, idx = np.take_along_axis(e, o, axis=1), np.take_along_axis(idx, o, axis=1)
+    if kk == n:
+        depth = np.full(n, kk)
+    else:  # anything outside the list is >= (list maximum, float32) - tol
+        depth = (e < (top.v[:, -1] - tol)[:, None]).sum(axis=1)
+    return e, idx, depth
+
+
+def _resample_sq_radii(fs: _FeatureSet, lists: tuple[np.ndarray, np.ndarray, np.ndarray],
+                       counts: np.ndarray, k: int) -> np.ndarray:
+    """Squared k-NN radius of every fake point in every resample (multiplicities ``counts``, (B, M)):
+    the k-th smallest distance to the other positions of the resample, copies of itself counting 0.
+    NaN where the point is absent from the resample."""
+    e, idx, depth = lists
+    m, kk = e.shape
+    rows = np.arange(m)
+    self_mask = idx == rows[:, None]
+    in_prefix = np.arange(kk)[None, :] < depth[:, None]
+    has_self = (self_mask & in_prefix).any(axis=1)
+    out = np.full(counts.shape, np.nan)
+    todo: dict[int, list[int]] = {}
+    for b in range(counts.shape[0]):
+        c = counts[b]
+        cum = np.cumsum(c[idx] - self_mask, axis=1)
+        reach = (cum >= k) & in_prefix
+        pos = reach.argmax(axis=1)
+        ok = reach[rows, pos] & has_self
+        present = c > 0
+        good = present & ok
+        out[b, good] = e[good, pos[good]]
+        for j in np.nonzero(present & ~ok)[0].tolist():
+            todo.setdefault(j, []).append(b)
+    for j, bs in todo.items():   # rare: the list is too short for this resample; use the whole row
+        ej = _exact_d2(fs.src, np.full(m, j), fs.src, rows)
+        o = np.lexsort((rows, ej))
+        for b in bs:
+            cum = np.cumsum(counts[b][o] - (o == j))
+            out[b, j] = ej[o][int(np.argmax(cum >= k))]
+    return out
+
+
+def prdc_bootstrap(real: np.ndarray, fake: np.ndarray, counts: np.ndarray, k_pr: int = 3, k_dc: int = 5,
+                   block_size: int = 1024, device: str = "cpu", metrics: Sequence[str] = ALL_METRICS,
+                   real_radii: dict[int, np.ndarray] | None = None
+                   ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The k-NN metrics of ``fake`` and of every resample of it, from one pass.
+
+    ``counts`` (B, M) holds the multiplicity of each fake point in each resample (rows of
+    :func:`difflens.metrics.bootstrap.bootstrap_counts`). Returns ``(point values, {metric: (B,)})``; each
+    resample's values equal ``prdc(real, fake[idx_b])`` exactly. How: precision and density are sums of
+    per-fake-point quantities weighted by the multiplicities; coverage needs only the (sparse) pairs inside
+    the real balls; recall needs each fake point's radius within the resample, read off its sorted exact
+    neighbour list (copies of a point sit at distance 0), and the pairs within the largest such radius.
+    Cost: one prdc pass plus O(B (M k + pairs)).
+    """
+    metrics = tuple(metrics)
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown or not metrics:
+        raise DifflensError(f"Unknown k-NN metrics: {', '.join(unknown) or '(none given)'}.",
+                            f"Choose from {', '.join(ALL_METRICS)}.")
+    k_pr, k_dc = int(k_pr), int(k_dc)
+    block = _check_block(block_size)
+    ops = _ops(device)
+    real_fs = _prepare(real, "Real")
+    fake_fs = _prepare(fake, "Fake")
+    if real_fs.dim != fake_fs.dim:
+        raise DifflensError(
+            f"Feature dimension mismatch: real D={real_fs.dim}, fake D={fake_fs.dim}.",
+            "Extract both sets with the same extractor and layer.")
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[1] != fake_fs.n or np.any(counts.sum(axis=1) != fake_fs.n):
+        raise DifflensError(f"Bootstrap counts must be (B, {fake_fs.n}) multiplicities summing to "
+                            f"{fake_fs.n} per row, got shape {counts.shape}.", None)
+    want_p, want_r = "precision" in metrics, "recall" in metrics
+    want_dc = "density" in metrics or "coverage" in metrics
+    need_real = sorted({k for k, w in ((k_pr, want_p), (k_dc, want_dc)) if w})
+    radii = {k: np.asarray(v, dtype=np.float64) for k, v in (real_radii or {}).items() if k in need_real}
+    for k, r in radii.items():
+        if r.shape != (real_fs.n,):
+            raise DifflensError(
+                f"Precomputed real radii for k={k} have shape {r.shape}, expected ({real_fs.n},).",
+                "Compute them with knn_radii on the same real features.")
+    if want_r and fake_fs.n < k_pr + 1:
+        raise DifflensError(f"Recall with k={k_pr} needs at least {k_pr + 1} fake samples.", "Add images.")
+    nb = counts.shape[0]
+    with _fp32_matmul(ops):
+        missing = [k for k in need_real if k not in radii]
+        if missing:
+            for k, v in _knn_sq_radii(ops, real_fs, missing, block).items():
+                radii[k] = np.sqrt(v)
+        rf = rb = None
+        if want_r:
+            lists = _exact_lists(ops, fake_fs, k_pr + 1 + _BOOT_DEPTH + _SLACK, block)
+            rf = np.sqrt(_resample_sq_radii(fake_fs, lists, np.ones((1, fake_fs.n), np.int64), k_pr)[0])
+            rb = np.sqrt(_resample_sq_radii(fake_fs, lists, counts, k_pr))
+            rec_max = np.fmax(rf, np.nanmax(rb, axis=0, initial=0.0))
+            rec_min = np.fmin(rf, np.nanmin(np.where(np.isnan(rb), np.inf, rb), axis=0))
+        res = _cross(ops, real_fs, fake_fs, radii.get(k_pr) if want_p else None, None,
+                     radii.get(k_dc) if want_dc else None, block,
+                     rec_max=rec_max if want_r else None, keep_pairs=want_dc)
+    n, m = real_fs.n, fake_fs.n
+    point: dict[str, float] = {}
+    boot: dict[str, np.ndarray] = {}
+    present = counts > 0
+    w = counts.astype(np.float64)
+    if want_p:
+        point["precision"] = float(np.count_nonzero(res.precise)) / m
+        boot["precision"] = (w @ res.precise.astype(np.float64)) / m
+    if want_dc:
+        point["density"] = (1.0 / float(k_dc)) * (float(res.dens_count.sum()) / m)
+        boot["density"] = (1.0 / float(k_dc)) * ((w @ res.dens_count.astype(np.float64)) / m)
+        point["coverage"] = float(np.count_nonzero(res.covered)) / n
+        pi, pj = res.cov_pairs
+        cov = np.empty(nb)
+        for b in range(nb):
+            hit = np.zeros(n, dtype=bool)
+            hit[pi[present[b, pj]]] = True
+            cov[b] = float(np.count_nonzero(hit)) / n
+        boot["coverage"] = cov
+    if want_r:
+        ri, cj, approx = res.rec_pairs
+        always = approx < rec_min[cj] ** 2 - res.tol      # inside every resample's ball of j
+        dist = np.full(len(ri), -np.inf)
+        need = ~always
+        dist[need] = np.sqrt(_exact_d2(real_fs.src, ri[need], fake_fs.src, cj[need]))
+        hit = np.zeros(n, dtype=bool)
+        hit[ri[dist <= rf[cj]]] = True
+        point["recall"] = float(np.count_nonzero(hit)) / n
+        rec = np.empty(nb)
+        for b in range(nb):
+            hit = np.zeros(n, dtype=bool)
+            ok = present[b, cj] & (dist <= rb[b, cj])
+            hit[ri[ok]] = True
+            rec[b] = float(np.count_nonzero(hit)) / n
+        boot["recall"] = rec
+    return {key: point[key] for key in metrics}, {key: boot[key] for key in metrics}

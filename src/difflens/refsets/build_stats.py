@@ -129,7 +129,7 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
 
     fingerprint = {**extractor.fingerprint.to_dict(), **source.preprocessing}
     dataset = {"identity": source.identity, "preprocessing": source.preprocessing, "read": source.report(),
-               "warnings": warnings, "versions": collect_versions(),
+               "warnings": warnings, "versions": {**collect_versions(), "datasets": _version("datasets")},
                "inception_weights": {"path": str(weights.path), "sha256": weights.sha256,
                                      "source": weights.source, "random_init": weights.random_init},
                "seconds": seconds}
@@ -150,6 +150,15 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     return BuildResult(out=path, n=stats.n, fingerprint=fingerprint, dataset=dataset,
                        kept_features=keep_features, clip_features=clip is not None, seconds=seconds,
                        warnings=warnings)
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def read_dataset_info(path: str | Path) -> dict[str, Any] | None:
