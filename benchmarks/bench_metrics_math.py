@@ -85,6 +85,7 @@ def child(args: argparse.Namespace) -> None:
         import prdc as prdc_lib
     else:
         from difflens.metrics import knn
+        from difflens.metrics.bootstrap import prdc_with_bootstrap
     real = make_features(args.n, args.dim, seed=1)
     fake = make_features(args.n, args.dim, seed=2, scale=1.1)
     base = rss_mb()
@@ -96,6 +97,10 @@ def child(args: argparse.Namespace) -> None:
     elif method == "prdc":
         out = prdc_lib.compute_prdc(real, fake, nearest_k=5)
         vals = {key: float(v) for key, v in out.items()}
+    elif method == "difflens-bootstrap":
+        _, boot = prdc_with_bootstrap(real, fake, args.bootstrap, seed=0, block_size=args.block)
+        vals = {f"{k}_ci95_width": float(np.percentile(v, 97.5) - np.percentile(v, 2.5))
+                for k, v in boot.items()}
     else:
         vals = knn.prdc(real, fake, block_size=args.block)
     res.update(seconds=time.perf_counter() - t0, base_mb=base, peak_mb=rss_mb(), values=vals)
@@ -117,7 +122,7 @@ def child_fid(args: argparse.Namespace, res: dict) -> None:
     mu1, s1, mu2, s2 = sr.mean, sr.covariance(), sf.mean, sf.covariance()
     timings: dict[str, tuple[float, float]] = {}
 
-    def run(name: str, fn) -> None:  # noqa: ANN001
+    def run(name: str, fn) -> None:
         t0 = time.perf_counter()
         val = float(fn())
         timings[name] = (time.perf_counter() - t0, val)
@@ -143,8 +148,9 @@ def child_fid(args: argparse.Namespace, res: dict) -> None:
 
 
 def run_child(args: argparse.Namespace, method: str, **extra: object) -> dict:
-    cmd = [sys.executable, HERE, "--child", method, "--n", str(extra.get("n", args.n)), "--dim", str(args.dim),
-           "--block", str(extra.get("block", args.block))]
+    cmd = [sys.executable, HERE, "--child", method, "--n", str(extra.get("n", args.n)),
+           "--dim", str(args.dim), "--block", str(extra.get("block", args.block)),
+           "--bootstrap", str(args.bootstrap)]
     env = dict(os.environ)
     if args.threads:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -177,6 +183,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="BLAS/OpenMP threads in children (0: default)")
     ap.add_argument("--skip-fid", action="store_true", help="skip the FID section")
     ap.add_argument("--skip-refs", action="store_true", help="skip torch-fidelity and prdc k-NN runs")
+    ap.add_argument("--bootstrap", type=int, default=100,
+                    help="resamples for the one-pass k-NN bootstrap timing (0: skip)")
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.n is None:
@@ -199,7 +207,8 @@ def main() -> None:
         print(f"## FID from two {n} x {d} feature sets (statistics: {f['stats_seconds']:.2f} s per set)")
         print(f"{'method':32s} {'seconds':>9s} {'speed-up':>9s} {'FID':>18s} {'rel. diff vs sqrtm':>19s}")
         for name, (sec, val) in tm.items():
-            print(f"{name:32s} {sec:9.3f} {ref_t / sec:8.1f}x {val:18.10f} {abs(val - ref_v) / abs(ref_v):19.2e}")
+            rel = abs(val - ref_v) / abs(ref_v)
+            print(f"{name:32s} {sec:9.3f} {ref_t / sec:8.1f}x {val:18.10f} {rel:19.2e}")
         dflops = 2 * d ** 3 / 3 * 2 + 4 * d ** 3 + 4 * d ** 3 / 3   # 2 Cholesky, L^T S L, tridiagonalization
         sec = tm["difflens"][0]
         print(f"difflens FID: ~{dflops / 1e9:.0f} GFLOP -> {dflops / sec / 1e9:.0f} GFLOP/s "
@@ -230,8 +239,17 @@ def main() -> None:
         print(f"speed-up of {best[0]}: {tf['seconds'] / best[1]['seconds']:.2f}x vs torch-fidelity prc "
               f"(which computes P/R only), {pr['seconds'] / best[1]['seconds']:.2f}x vs prdc; "
               f"P/R equal torch-fidelity: {same_pr}; D/C equal prdc: {same_dc}")
+    if args.bootstrap:
+        name = f"difflens + {args.bootstrap} bootstrap resamples"
+        rows.append((name, run_child(args, "difflens-bootstrap", block=blocks[0]), knn_flops_difflens(
+            n, n, d, blocks[0])))
+        _print_row(*rows[-1])
+        single = next(r for r in rows if r[0] == f"difflens (block {blocks[0]})")[1]["seconds"]
+        ratio = rows[-1][1]["seconds"] / single
+        print(f"point values + {args.bootstrap} resamples in one pass: {ratio:.2f}x the time of one "
+              f"evaluation (a loop of prdc calls: {args.bootstrap + 1}x)")
     for name, r, flops in rows:
-        if name.startswith("difflens"):
+        if name.startswith("difflens ("):
             floor = flops / (g["sgemm"] * 1e9)
             print(f"{name}: {flops / 1e12:.3f} TFLOP, floor at the sgemm rate {floor:.2f} s, "
                   f"time / floor = {r['seconds'] / floor:.2f}")
@@ -250,7 +268,8 @@ def main() -> None:
 
 
 def _print_row(name: str, r: dict, flops: float) -> None:
-    vals = ", ".join(f"{k[0]}={v:.4f}" for k, v in r["values"].items())
+    short = {k: k.split("_")[0][:4] + ("(ci width)" if "_" in k else "") for k in r["values"]}
+    vals = ", ".join(f"{short[k]}={v:.4f}" for k, v in r["values"].items())
     print(f"{name:34s} {r['seconds']:8.2f} {r['peak_mb']:8.0f} {r['peak_mb'] - r['base_mb']:10.0f} "
           f"{flops / 1e9:7.0f} {flops / r['seconds'] / 1e9:8.0f}  {vals}", flush=True)
 

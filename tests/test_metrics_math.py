@@ -336,7 +336,8 @@ def test_bootstrap_helpers_equal_recomputation_on_resamples() -> None:
 
 
 @pytest.mark.parametrize("shallow", [False, True])
-def test_prdc_bootstrap_in_one_pass_equals_recomputation(monkeypatch: pytest.MonkeyPatch, shallow: bool) -> None:
+def test_prdc_bootstrap_in_one_pass_equals_recomputation(monkeypatch: pytest.MonkeyPatch,
+                                                          shallow: bool) -> None:
     from difflens.metrics import knn
 
     if shallow:  # lists too short: exercises the exact full-row fallbacks

@@ -59,9 +59,17 @@ def load_pipeline(model: str | Path, dtype: str = "float32", device: str | None 
         raise DifflensError(f"{path} is not a diffusers pipeline folder (no model_index.json).",
                             "pass the folder written by save_pretrained, or a hub id")
     off = is_offline(offline)
+    import inspect
+
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    # diffusers >= 0.36 takes `dtype` (and warns on `torch_dtype`); older releases only know `torch_dtype`.
+    source = inspect.getsource(DiffusionPipeline.from_pretrained)
+    dtype_kw = "dtype" if 'kwargs.pop("dtype"' in source else "torch_dtype"
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            str(path) if local else str(model), torch_dtype=torch_dtype, local_files_only=off or local,
+            str(path) if local else str(model), local_files_only=off or local, **{dtype_kw: torch_dtype},
         )
     except (OSError, ValueError) as exc:
         where = "the local cache (offline mode)" if off else "the Hugging Face hub or the local cache"

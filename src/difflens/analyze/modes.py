@@ -110,10 +110,12 @@ def run_latent(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
 
     opts = _take(cfg.options("latent"), "latent",
                  {"frames": 6, "method": "slerp", "steps": 20, "seeds": None, "size": None,
-                  "features": "vae", "clip_model": None, "inception_weights": None, "max_sequence_length": None,
+                  "features": "vae", "clip_model": None, "inception_weights": None,
+                  "max_sequence_length": None,
                   "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all"})
-    common = {"steps": opts["steps"], "size": opts["size"], "max_sequence_length": opts["max_sequence_length"],
-              "dtype": cfg.dtype, "device": cfg.device, "offline": cfg.offline}
+    common = {"steps": opts["steps"], "size": opts["size"],
+              "max_sequence_length": opts["max_sequence_length"], "dtype": cfg.dtype,
+              "device": cfg.device, "offline": cfg.offline}
     seeds = opts["seeds"] or f"{cfg.seed},{cfg.seed + 1}"
     interpolate(cfg.model, out / "interpolation", prompt=cfg.prompt, seeds=seeds, frames=opts["frames"],
                 method=opts["method"], features=opts["features"], clip_model=opts["clip_model"],

@@ -66,7 +66,8 @@ def build_assets(assets: Path) -> dict[str, Path]:
 def demo_config(out: Path, modes: tuple[str, ...], paths: dict[str, Path]) -> AnalysisConfig:
     clip = str(paths["clip"])
     return AnalysisConfig(
-        model=str(paths["model"]), out=out, modes=modes, real=str(paths["real"]), prompts=str(paths["prompts"]),
+        model=str(paths["model"]), out=out, modes=modes, real=str(paths["real"]),
+        prompts=str(paths["prompts"]),
         num_samples=24, prompt="a photo of a cat sitting on a bench", seed=0, device="cpu", offline=True,
         label="tiny random SD-1.x (demo)",
         mode_options={

@@ -275,34 +275,11 @@ def strict_float32() -> Iterator[None]:
 
 
 def tf_resize(x: Any) -> Any:
-    """torch-fidelity's TF1-exact bilinear resize of a float (B, 3, H, W) batch to 299x299 (same values,
-    bit for bit: the same gathers and the same arithmetic, with the row gathers shared)."""
-    import torch
+    """torch-fidelity's TF1-exact bilinear resize of a float (B, 3, H, W) batch to 299x299 (its own function,
+    so the values are the same bit for bit; at 299x299 it is the identity)."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-    if x.shape[2] == INPUT_SIZE and x.shape[3] == INPUT_SIZE:
-        return x  # scale 1: every sample point is a pixel; torch-fidelity's resize is the identity here
-    out_h = out_w = INPUT_SIZE
-    scale_x = x.shape[3] / out_w
-    scale_y = x.shape[2] / out_h
-    gx = torch.arange(0, out_w, 1, dtype=x.dtype, device=x.device)
-    gx = gx * torch.tensor(scale_x, dtype=torch.float32)
-    gx_lo = gx.long()
-    gx_hi = (gx_lo + 1).clamp_max(x.shape[3] - 1)
-    dx = (gx - gx_lo.float()).view(1, 1, 1, out_w)
-    gy = torch.arange(0, out_h, 1, dtype=x.dtype, device=x.device)
-    gy = gy * torch.tensor(scale_y, dtype=torch.float32)
-    gy_lo = gy.long()
-    gy_hi = (gy_lo + 1).clamp_max(x.shape[2] - 1)
-    dy = (gy - gy_lo.float()).view(1, 1, out_h, 1)
-    rows_lo = x.index_select(2, gy_lo)
-    rows_hi = x.index_select(2, gy_hi)
-    in_00 = rows_lo.index_select(3, gx_lo)
-    in_01 = rows_lo.index_select(3, gx_hi)
-    in_10 = rows_hi.index_select(3, gx_lo)
-    in_11 = rows_hi.index_select(3, gx_hi)
-    in_0 = in_00 + (in_01 - in_00) * dx
-    in_1 = in_10 + (in_11 - in_10) * dx
-    return in_0 + (in_1 - in_0) * dy
+    return interpolate_bilinear_2d_like_tensorflow1x(x, size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
 
 
 def clean_resize(image: Any) -> Any:

@@ -124,6 +124,10 @@ class _TorchOps:
 
         self.torch = torch
         self.device = torch.device(device)
+        available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+        if self.device.type in available and not available[self.device.type]():
+            raise DifflensError(f"Device {device!r} requested but {self.device.type} is not available.",
+                                "Use --device cpu.")
 
     def put(self, a: np.ndarray) -> Any:
         return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
@@ -260,6 +264,19 @@ def _prepare(feats: Any, name: str) -> _FeatureSet:
                             "Check the extractor input.")
     norm_max = float(np.sqrt(sq.max())) * (1 + 1e-6) if src.shape[0] else 0.0
     return _FeatureSet(src, x32, sq, norm_max, x32 is not src)
+
+
+def _prepare_pair(real: Any, fake: Any) -> tuple[_FeatureSet, _FeatureSet]:
+    real_fs = _prepare(real, "Real")
+    fake_fs = _prepare(fake, "Fake")
+    if real_fs.dim != fake_fs.dim:
+        raise DifflensError(
+            f"Feature dimension mismatch: real D={real_fs.dim}, fake D={fake_fs.dim}.",
+            "Extract both sets with the same extractor and layer.")
+    if real_fs.n == 0 or fake_fs.n == 0:
+        raise DifflensError(f"k-NN metrics need samples in both sets (real {real_fs.n}, fake {fake_fs.n}).",
+                            "Add images.")
+    return real_fs, fake_fs
 
 
 def _exact_d2(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
@@ -616,12 +633,7 @@ def prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5, block
     ops = _ops(device)
     want_p, want_r = "precision" in metrics, "recall" in metrics
     want_dc = "density" in metrics or "coverage" in metrics
-    real_fs = _prepare(real, "Real")
-    fake_fs = _prepare(fake, "Fake")
-    if real_fs.dim != fake_fs.dim:
-        raise DifflensError(
-            f"Feature dimension mismatch: real D={real_fs.dim}, fake D={fake_fs.dim}.",
-            "Extract both sets with the same extractor and layer.")
+    real_fs, fake_fs = _prepare_pair(real, fake)
     need_real = sorted({k for k, w in ((k_pr, want_p), (k_dc, want_dc)) if w})
     radii: dict[int, np.ndarray] = {}
     for k in need_real:
@@ -732,12 +744,7 @@ def prdc_bootstrap(real: np.ndarray, fake: np.ndarray, counts: np.ndarray, k_pr:
     k_pr, k_dc = int(k_pr), int(k_dc)
     block = _check_block(block_size)
     ops = _ops(device)
-    real_fs = _prepare(real, "Real")
-    fake_fs = _prepare(fake, "Fake")
-    if real_fs.dim != fake_fs.dim:
-        raise DifflensError(
-            f"Feature dimension mismatch: real D={real_fs.dim}, fake D={fake_fs.dim}.",
-            "Extract both sets with the same extractor and layer.")
+    real_fs, fake_fs = _prepare_pair(real, fake)
     counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[1] != fake_fs.n or np.any(counts.sum(axis=1) != fake_fs.n):
         raise DifflensError(f"Bootstrap counts must be (B, {fake_fs.n}) multiplicities summing to "
