@@ -1,4 +1,4 @@
-"""End to end, folder to FID: difflens vs torch-fidelity vs clean-fid on the same images and weights (by hand).
+"""End to end, folder to FID: difflens vs torch-fidelity vs clean-fid, same images and weights (by hand).
 
 Two folders of PNG crops of the photographs bundled with scikit-image / scikit-learn
 (``difflens.demo.sample_images.natural_crops``, seeds 0 and 1) and one Inception weights file: random-init
@@ -82,9 +82,9 @@ def run_clean_fid(real: Path, fake: Path, weights: Path, device: str, batch: int
             return net(x.to(device).round().to(torch.uint8))[0]
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        value = cfid.compute_fid(str(real), str(fake), mode="legacy_tensorflow", custom_feat_extractor=extractor,
-                                 device=torch.device(device), batch_size=batch, num_workers=0, verbose=False,
-                                 use_dataparallel=False)
+        value = cfid.compute_fid(str(real), str(fake), mode="legacy_tensorflow",
+                                 custom_feat_extractor=extractor, device=torch.device(device),
+                                 batch_size=batch, num_workers=0, verbose=False, use_dataparallel=False)
     return float(value)
 
 
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
             weights = make_random_inception_weights(root / "inception-random.pth")
             kind = "random-init weights (timing and agreement only; not a published FID)"
-        print(f"folder to FID: {args.num} + {args.num} PNG images of {args.size} px, batch {args.batch_size}, "
-              f"device {device}, {torch.get_num_threads()} torch threads, {kind}")
+        print(f"folder to FID: {args.num} + {args.num} PNG images of {args.size} px, batch "
+              f"{args.batch_size}, device {device}, {torch.get_num_threads()} torch threads, {kind}")
         best: dict[str, float] = {}
         cpu: dict[str, float] = {}
         values: dict[str, float] = {}

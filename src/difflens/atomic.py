@@ -25,6 +25,9 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; results should get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, dest)

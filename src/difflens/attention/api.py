@@ -316,9 +316,13 @@ def run_attention(cfg: AttentionConfig, pipe: Any | None = None) -> AttentionRes
     sum_err = max((i.sum_error or 0.0) for i in captured) if captured else float("nan")
     out_errs = {i.name: i.out_error for i in captured}
     out_err = max((e for e in out_errs.values() if e is not None), default=float("nan"))
+    route_err = max((i.route_error for i in captured if i.route_error is not None), default=float("nan"))
     checks.append(_check("probabilities_sum_to_one", bool(captured) and sum_err <= sum_tol,
-                         f"max |sum over all keys - 1| = {sum_err:.2e} over {len(captured)} layers "
-                         f"(tolerance {sum_tol:g})", value=sum_err, tolerance=sum_tol))
+                         f"max |sum over all keys - 1| = {sum_err:.2e} over {len(captured)} layers and "
+                         f"every captured call (tolerance {sum_tol:g})", value=sum_err, tolerance=sum_tol))
+    checks.append(_check("fast_route_matches_softmax", bool(captured) and route_err <= sum_tol,
+                         f"max |p(token) via one-hot values in SDPA - explicit softmax| = {route_err:.2e} "
+                         f"(tolerance {sum_tol:g}; first captured step)", value=route_err, tolerance=sum_tol))
     checks.append(_check("output_reproduced", bool(captured) and out_err <= out_tol,
                          f"max relative error of probabilities x V (+ out projection) against each layer's "
                          f"real output: {out_err:.2e} (tolerance {out_tol:g}, {dtype_name}; first captured "
@@ -371,7 +375,8 @@ def _record(cfg: AttentionConfig, plan: Plan, capture: Any, res: AggregateResult
     for la, info in zip(plan.layers, capture.info, strict=True):
         layer_rows.append({"name": la.name, "kind": la.kind, "processor": la.processor, "heads": la.heads,
                            "grid": list(info.grid) if info.grid else None, "calls": info.calls,
-                           "sum_error": info.sum_error, "output_relative_error": info.out_error})
+                           "sum_error": info.sum_error, "route_error": info.route_error,
+                           "output_relative_error": info.out_error})
     steps = res.steps_seen
     entropy = {"steps": steps,
                "words": {w.label: res.word_entropy[:, j].tolist() for j, w in enumerate(plan.words)},

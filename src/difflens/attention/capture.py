@@ -90,6 +90,7 @@ class LayerInfo:
     grid: tuple[int, int] | None = None
     calls: int = 0
     sum_error: float | None = None
+    route_error: float | None = None
     out_error: float | None = None
 
 
@@ -229,9 +230,10 @@ class AttentionCapture:
         h, w = grid_for(res.n_queries, self.latent_hw)
         info.grid = (h, w)
         info.calls += 1
+        info.sum_error = max(info.sum_error or 0.0, res.sum_error)
         if first:
-            info.sum_error = res.sum_error
             info.out_error = res.out_error
+            info.route_error = res.route_error
         self.stats.captured_calls += 1
         self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, res.transient_bytes)
         cols = res.columns                                   # (Nq, T) or (Nq, 2T + 1) for joint

@@ -9,9 +9,10 @@ and takes the softmax over **all** keys (Vaswani et al. 2017, eq. 1: softmax(q k
   text keys is below 1. We report that text mass and also the text-renormalized probabilities
   p(t | q) / sum_text p(. | q), per head, then averaged.
 
-The same probabilities times V, through the output projection, give back the layer's real output (the
-image part for MMDiT); :func:`replay` can check that on demand. Scores and softmax run in float32.
-Heads are processed in chunks so the transient memory stays under ``chunk_bytes``.
+The probabilities of the kept tokens come out of ``scaled_dot_product_attention`` run on one-hot value
+columns (exact: the output is sum_k p_k v_k), so no query x key matrix is materialized; the explicit
+softmax runs on check calls only, where the same probabilities times V, through the output projection,
+must give back the layer's real output (the image part for MMDiT). Everything runs in float32.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class ReplayResult:
     n_tokens: int
     head_entropy: Any | None    # (heads, T) spatial entropy per head (native grid), when asked
     n_queries: int
-    sum_error: float | None     # max |sum over all keys - 1|, when checked
+    sum_error: float            # max |sum over all keys - 1|
+    route_error: float | None   # max |fast route - explicit softmax| on the kept tokens, when checked
     out_error: float | None     # max |recomputed - real| / max |real| (image part), when checked
     transient_bytes: int        # largest score/probability chunk held at once (x2 for scores+probs)
 
@@ -63,6 +65,24 @@ def _heads_view(x: Any, heads: int, head_dim: int) -> Any:
     return x.view(b, n, heads, head_dim).transpose(1, 2)
 
 
+def _onehot_values(n_keys: int, width: int, keys: Any, text_start: int, text_len: int, joint: bool,
+                   device: Any) -> tuple[Any, int]:
+    """Value columns whose attention output is a probability: one column per kept token (one-hot on its
+    key), for joint attention one column over the text keys (text mass), and one over all keys (the sum,
+    which must be 1). Padded to a multiple of ``width`` (the head dim, so SDPA keeps its fused kernel)."""
+    import torch
+
+    T = int(keys.numel())
+    C = T + (1 if joint else 0) + 1
+    padded = -(-C // width) * width
+    vals = torch.zeros(n_keys, padded, dtype=torch.float32, device=device)
+    vals[keys, torch.arange(T, device=device)] = 1.0
+    if joint:
+        vals[text_start:text_start + text_len, T] = 1.0
+    vals[:, C - 1] = 1.0
+    return vals, C
+
+
 def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_start: int, text_len: int,
             token_keys: Any, *, joint: bool, head_entropy: bool, chunk_bytes: int) -> dict[str, Any]:
     """Probabilities of image queries ``q`` (B, H, Nq, d) over keys ``k`` (B, H, Nk, d), reduced per token.
@@ -71,53 +91,69 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
     kept tokens' indices in the text sequence, which starts at key ``text_start``. Returns ``columns``
     (Nq, C), the mean over heads and rows of [p(token) for kept tokens] (C = T), followed for joint
     attention by the text mass and the text-renormalized p(token) / mass (C = 2T + 1).
+
+    Route: softmax(q k^T * scale + mask) times one-hot value columns (:func:`_onehot_values`) gives the
+    probabilities of the kept tokens exactly, through ``scaled_dot_product_attention``: no (Nq x Nk)
+    matrix is materialized, and it costs about one attention pass per ``head_dim`` columns. When ``v``
+    (the layer's values) is given, the explicit route (scores, softmax, in head chunks under
+    ``chunk_bytes``) runs too: it checks the sum over all keys, agrees with the fast route, and gives
+    probabilities x V for the output check.
     """
     import torch
+    import torch.nn.functional as F
 
     from difflens.attention.measures import spatial_entropy
 
-    B, H, Nq, _ = q.shape
+    B, H, Nq, d = q.shape
     Nk = k.shape[2]
-    per_head = B * Nq * Nk * 4
-    hc = max(1, min(H, chunk_bytes // max(per_head, 1)))
     keys = token_keys + text_start
-    cols = None
+    T = int(keys.numel())
+    qf, kf = q.float(), k.float()
+    mf = None
+    if mask is not None:
+        mf = mask if mask.dtype == torch.bool else mask.float()
+    vals, C = _onehot_values(Nk, d, keys, text_start, text_len, joint, q.device)
     outs = []
-    ents = []
-    sum_err = 0.0
+    for c0 in range(0, vals.shape[1], d):
+        vj = vals[:, c0:c0 + d].expand(B, H, Nk, d)
+        outs.append(F.scaled_dot_product_attention(qf, kf, vj, attn_mask=mf, dropout_p=0.0, scale=scale))
+    probs = torch.cat(outs, dim=-1)[..., :C] if len(outs) > 1 else outs[0][..., :C]   # (B, H, Nq, C)
+    pt = probs[..., :T]
+    sum_err = float((probs[..., C - 1] - 1.0).abs().max())
+    if joint:
+        mass = probs[..., T:T + 1]
+        per_head = torch.cat([pt, mass, pt / mass.clamp_min(1e-30)], dim=-1)
+    else:
+        per_head = pt
+    res: dict[str, Any] = {
+        "columns": per_head.sum(dim=(0, 1)).div_(B * H),
+        "head_entropy": (spatial_entropy(pt.permute(0, 1, 3, 2).unsqueeze(-1)).float().mean(0)
+                         if head_entropy else None),
+        "sum_error": sum_err, "route_error": None, "pv": None,
+        "transient_bytes": 4 * B * H * Nq * vals.shape[1] + 4 * Nk * vals.shape[1],
+    }
+    if v is None:
+        return res
+    # Explicit route (checks): scores and softmax in head chunks.
+    per_head_bytes = B * Nq * Nk * 4
+    hc = max(1, min(H, chunk_bytes // max(per_head_bytes, 1)))
+    pv = []
+    route_err = 0.0
     for h0 in range(0, H, hc):
         h1 = min(H, h0 + hc)
-        qh, kh = (q, k) if hc == H else (q[:, h0:h1], k[:, h0:h1])
-        s = torch.matmul(qh.float(), kh.float().transpose(-1, -2)).mul_(scale)
-        if mask is not None:
-            m = mask[:, h0:h1] if mask.shape[1] == H and hc != H else mask
-            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m.float())
+        s = torch.matmul(qf[:, h0:h1], kf[:, h0:h1].transpose(-1, -2)).mul_(scale)
+        if mf is not None:
+            m = mf[:, h0:h1] if mf.shape[1] == H else mf
+            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m)
         p = s.softmax(dim=-1)
         del s
-        if v is not None:
-            sum_err = max(sum_err, float((p.sum(-1) - 1.0).abs().max()))
-        pt = p.index_select(-1, keys)                                  # (B, hc, Nq, T)
-        if joint:
-            mass = p[..., text_start:text_start + text_len].sum(-1, keepdim=True)   # (B, hc, Nq, 1)
-            pt_all = torch.cat([pt, mass, pt / mass.clamp_min(1e-30)], dim=-1)
-        else:
-            pt_all = pt
-        part = pt_all.sum(dim=(0, 1))                                  # (Nq, C)
-        cols = part if cols is None else cols.add_(part)
-        if head_entropy:
-            # (B, hc, Nq, T) -> spatial distribution over Nq per (head, token)
-            ents.append(spatial_entropy(pt.permute(0, 1, 3, 2).unsqueeze(-1)).float().mean(0))
-        if v is not None:
-            vh = v if hc == H else v[:, h0:h1]
-            outs.append(torch.matmul(p, vh.float()))
-        del p, pt, pt_all
-    return {
-        "columns": cols.div_(B * H),
-        "head_entropy": torch.cat(ents, 0) if head_entropy else None,
-        "sum_error": sum_err if v is not None else None,
-        "pv": torch.cat(outs, 1) if v is not None else None,             # (B, H, Nq, d) float32
-        "transient_bytes": 2 * hc * per_head,
-    }
+        sum_err = max(sum_err, float((p.sum(-1) - 1.0).abs().max()))
+        route_err = max(route_err, float((p.index_select(-1, keys) - pt[:, h0:h1]).abs().max()))
+        pv.append(torch.matmul(p, v[:, h0:h1].float()))
+        del p
+    res.update(sum_error=sum_err, route_error=route_err, pv=torch.cat(pv, 1),
+               transient_bytes=max(res["transient_bytes"], 2 * hc * per_head_bytes))
+    return res
 
 
 def _rel_err(recomputed: Any, real: Any) -> float:
@@ -167,8 +203,8 @@ def replay(kind: str, processor: str, attn: Any, call: dict[str, Any], output: A
 
 def _finish(res: dict[str, Any], n_queries: int, n_tokens: int, out_error: float | None) -> ReplayResult:
     return ReplayResult(columns=res["columns"], n_tokens=n_tokens, head_entropy=res["head_entropy"],
-                        n_queries=n_queries, sum_error=res["sum_error"], out_error=out_error,
-                        transient_bytes=res["transient_bytes"])
+                        n_queries=n_queries, sum_error=res["sum_error"], route_error=res["route_error"],
+                        out_error=out_error, transient_bytes=res["transient_bytes"])
 
 
 def _replay_cross(processor: str, attn: Any, call: dict[str, Any], output: Any, rows: slice, token_keys: Any,

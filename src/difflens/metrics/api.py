@@ -446,15 +446,14 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
     out: dict[str, Any] = {}
     if "fid" in chosen:
         assert r is not None and f is not None
-        for side in (r, f):
-            if side.n < 0:
-                continue
-            if side.n < FID_MIN_N:
-                warnings.append(f"FID: {side.name} set has {side.n} samples (< {FID_MIN_N}): FID is biased "
-                                "upward at small N; compare FIDs only at equal N")
-            if side.n <= _dim(side):
-                warnings.append(f"FID: {side.name} set has {side.n} samples, not more than the feature "
-                                f"dimension {_dim(side)}: its covariance is singular")
+        small = [f"n_{s.name}={s.n}" for s in (r, f) if 0 <= s.n < FID_MIN_N]
+        if small:
+            warnings.append(f"FID: {', '.join(small)} < {FID_MIN_N}: FID is biased upward at small N; "
+                            "compare FIDs only at equal N")
+        singular = [f"n_{s.name}={s.n}" for s in (r, f) if 0 <= s.n <= _dim(s)]
+        if singular:
+            warnings.append(f"FID: {', '.join(singular)} <= feature dimension {_dim(r)}: the covariance is "
+                            "singular (FID is defined but especially noisy)")
         out["fid"] = {"value": _fid(r, f)}
     real_f = np.asarray(r.features, dtype=np.float32) if r is not None and r.features is not None else None
     fake_f = np.asarray(f.features, dtype=np.float32) if f is not None and f.features is not None else None
@@ -465,7 +464,7 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
                                         subset_size=cfg.kid_subset_size, seed=cfg.seed)
         out["kid"] = {"value": float(res.value), "std": float(res.std), "subset_size": int(res.subset_size),
                       "num_subsets": int(res.num_subsets)}
-        warnings.extend(f"KID: {w}" for w in res.warnings)
+        warnings.extend(w if w.startswith("KID") else f"KID: {w}" for w in res.warnings)
     if "is" in chosen:
         from difflens.metrics.inception_score import inception_score
 

@@ -70,7 +70,7 @@ class ClipEncoder:
     @property
     def image_size(self) -> int:
         crop = getattr(self.processor.image_processor, "crop_size", None) or {}
-        if isinstance(crop, dict) and crop.get("height"):
+        if not isinstance(crop, int) and crop.get("height"):  # dict, or transformers 5's SizeDict
             return int(crop["height"])
         return int(self.model.config.vision_config.image_size)
 
@@ -84,7 +84,8 @@ class ClipEncoder:
                                 "mean": list(ip.image_mean), "std": list(ip.image_std),
                                 "crop": self.image_size}
         if protocol == PROTOCOL_PROCESSOR:
-            spec["size"] = dict(ip.size) if isinstance(ip.size, dict) else ip.size
+            # transformers 5 stores sizes as SizeDict (iterable of (key, value) pairs, not a dict)
+            spec["size"] = ip.size if isinstance(ip.size, (int, type(None))) else dict(ip.size)
             spec["resample"] = int(getattr(ip, "resample", 3) or 3)
         else:
             spec["resize"] = "torch.nn.functional.interpolate bicubic, align_corners=False, float [0,1]"

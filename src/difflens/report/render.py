@@ -12,6 +12,7 @@ from typing import Any
 from difflens.atomic import write_text
 from difflens.report.collect import RunData, load_run
 from difflens.report.summarize import (
+    check_matrix,
     collect_checks,
     failed_checks,
     fmt_number,
@@ -93,6 +94,7 @@ def build_context(runs: list[RunData]) -> dict[str, Any]:
                 "seconds": fmt_number(mode.seconds, 3) if mode.seconds is not None else None,
                 "metrics": metric_rows(mode) if name == "metrics" else [],
                 "checks": collect_checks(mode),
+                "matrix": check_matrix(collect_checks(mode)),
                 "ood": ood_rows(mode) if name == "latent" else [],
                 "smoothness": smoothness_rows(mode) if name == "latent" else [],
                 "images": [{"uri": data_uri(p), "caption": str(p.relative_to(run.path / name))}

@@ -72,13 +72,16 @@ def collect_checks(mode: ModeData) -> list[Check]:
                             found.append(Check(source, str(item.get("name", "?")), bool(item["ok"]),
                                                str(item.get("message", ""))))
                 else:
-                    walk(value, f"{source} / {key}" if key not in ("schedules",) else source)
+                    walk(value, source if key == "schedules" else (f"{source} / {key}" if source else key))
         elif isinstance(node, list):
             for item in node:
                 walk(item, source)
 
     for path, content in mode.results.items():
-        walk(content, path.rsplit(".", 1)[0])
+        stem = path.rsplit(".", 1)[0]
+        # a mode's main result file (schedule/schedule.json) needs no prefix; others name their file
+        walk(content, "" if stem == mode.name else stem)
+    found = [Check(c.source or mode.name, c.name, c.ok, c.message) for c in found]
     return found
 
 
@@ -115,3 +118,21 @@ def headlines(run: RunData) -> list[Headline]:
 
 def failed_checks(run: RunData) -> list[Check]:
     return [c for mode in run.modes.values() for c in collect_checks(mode) if not c.ok]
+
+
+@dataclass(frozen=True)
+class CheckMatrix:
+    """Checks as a table: one row per check name, one column per source (e.g. per schedule)."""
+
+    names: list[str]
+    sources: list[str]
+    cells: dict[tuple[str, str], Check]
+
+
+def check_matrix(checks: list[Check]) -> CheckMatrix | None:
+    """A compact matrix when several sources share check names; None when a plain list reads better."""
+    sources = list(dict.fromkeys(c.source for c in checks))
+    if len(sources) < 2:
+        return None
+    names = list(dict.fromkeys(c.name for c in checks))
+    return CheckMatrix(names, sources, {(c.name, c.source): c for c in checks})
