@@ -239,6 +239,8 @@ def test_metrics_under_torchrun_equal_single_process(dist_cli: dict) -> None:
     dist, single = dist_cli["dist"], dist_cli["single"]
     got = json.loads((dist / "metrics-all.json").read_text("utf-8"))
     want = json.loads((single / "metrics-all.json").read_text("utf-8"))
+    assert got["distributed"] == {"world_size": 2, "backend": "gloo", "sharding": "contiguous"}
+    assert "distributed" not in want
     assert set(got["metrics"]) == {"fid", "kid", "is", "precision", "recall", "density", "coverage"}
     # features extracted in whole batches per rank and gathered in file order: the single-process
     # features, so every value is the single-process value; the k-NN work was shared out, exactly

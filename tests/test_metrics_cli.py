@@ -180,6 +180,8 @@ def test_bad_inputs(feats: dict[str, Path], tmp_path: Path, two_images: Path, ca
         (["--real", str(stats), "--fake-features", f, "--metrics", "kid"], ["--metrics kid", "statistics"]),
         (["--real-features", r, "--fake-features", str(wide)], ["feature dimensions differ", "16", "17"]),
         (["--real-features", r, "--fake-features", str(one)], ["at least 2"]),
+        (["--real", str(stats), "--fake", str(two_images)], ["feature dimensions differ", "2048"]),
+        (["--real-features", r, "--fake", str(two_images / "0.png")], ["1 sample", "at least 2"]),
         (["--real-features", r, "--fake-features", f, "--save-stats", str(tmp_path / "s2.npz")],
          ["--save-stats is ambiguous", "--save-real-stats"]),
         (["--real-features", r, "--save-stats", str(tmp_path / "s2.txt")], ["must end in .npz"]),

@@ -24,9 +24,14 @@ What is exact, and why:
   gathered and merged with Chan et al.'s pairwise update (1979) in rank order, the same folds on every rank,
   so all ranks hold bit-identical statistics, equal to a single pass to float64 rounding.
 * **k-NN metrics** (:func:`distributed_prdc`): precision/recall/density/coverage are counts of comparisons.
-  Each rank computes the rows of its shard with the same row blocks and the same distance code as the
-  single-process run; the per-row results (radii, booleans, counts) are gathered or summed as integers, so
-  the metrics are *exactly* the single-process values, not merely close.
+  Each rank takes the rows of its shard (radii of its rows against the whole set, then its real rows
+  against every fake sample). Every comparison is decided as in exact arithmetic (a float32 GEMM screens
+  with a rigorous error bound, near-ties are decided on the float64 distance computed as
+  :mod:`difflens.metrics.knn` computes it), so per-row results do not depend on the split; radii are
+  gathered, booleans and counts summed as int64: the metrics are *exactly* the single-process values.
+* **Sharded extraction** (:func:`shard_source`, :func:`combine_shards`): whole batches per rank, so each
+  image is processed in the batch it is processed in by a single process; features are gathered only
+  where a metric needs them, else the statistics are merged.
 """
 
 from __future__ import annotations

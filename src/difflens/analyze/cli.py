@@ -24,7 +24,10 @@ def analyze(
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16 or bfloat16."),
     offline: bool = typer.Option(False, "--offline", help="Never touch the network."),
 ) -> None:
-    """Run the chosen analysis modes on a model and write RUN_DIR/report.html."""
+    """Run the chosen analysis modes on a model and write RUN_DIR/report.html.
+
+    A mode that fails is shown as an error section in the report while the others still run; the exit
+    code is then 1 (0 when every mode succeeded, 2 for bad input)."""
     from difflens.analyze.config import AnalysisConfig, parse_modes, read_config_file
     from difflens.analyze.runner import run_analysis
 
@@ -44,7 +47,31 @@ def analyze(
     cfg = AnalysisConfig(model=model, out=out, modes=parse_modes(modes),
                          offline=offline or bool(top.get("offline", False)), mode_options=mode_options,
                          **{k: v for k, v in merged.items() if k in allowed})
-    run_analysis(cfg)
+    _check_model(model)
+    report_path = run_analysis(cfg)
+    failed = _failed_modes(report_path.parent)
+    if failed:
+        from difflens.console import console
+
+        console.print(f"[bold red]{len(failed)} mode(s) failed:[/] {', '.join(failed)} (see the report)")
+        raise typer.Exit(1)
+
+
+def _check_model(model: str) -> None:
+    """A local model must be a pipeline folder; checked before any mode runs or anything is written."""
+    from difflens.errors import DifflensError
+
+    path = Path(model).expanduser()
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise DifflensError(f"--model {path} is not a diffusers pipeline folder (no model_index.json).",
+                            "pass a folder written by save_pretrained, or a hub id")
+
+
+def _failed_modes(run_dir: Path) -> list[str]:
+    import json
+
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    return [name for name, entry in info["modes"].items() if entry.get("status") == "error"]
 
 
 def report(

@@ -45,7 +45,13 @@ def generate(model: str | Path, prompts: str | Path | Sequence[str], num_samples
     if out.is_dir() and read_settings(out) is None and any(out.iterdir()):  # before a slow model load
         raise DifflensError(f"--out {out} is not empty and was not made by difflens generate.",
                             "pass a new or empty folder")
+    from difflens.distributed import get_context
+
+    ctx = get_context()  # torchrun / accelerate launch: one rank per device; else a single process
+    ctx.barrier()  # every rank has looked at the folder before rank 0 writes to it
     if pipe is None:
+        if ctx.is_distributed and device in (None, "auto", "cuda"):
+            device = ctx.device  # each rank on the GPU of its LOCAL_RANK
         pipe = load_pipeline(model, dtype=dtype, device=device, offline=offline)
     return run_generation(pipe, model, prompt_list, out, options, dtype=dtype)
 

@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
         report = generate(model, prompts, num_samples, out, steps=steps, guidance=guidance, seed=seed,
                           batch_size=batch_size, height=height, width=width,
                           negative_prompt=negative_prompt, dtype=dtype, device=device, offline=offline)
+        from difflens.distributed import is_main
+
+        if not is_main():  # under torchrun rank 0 reports for all ranks
+            return
         console.print(f"{report.finished}/{report.num_samples} samples in {report.out_dir} "
                       f"({report.generated} new, {report.resumed} already finished; "
                       f"{report.images_per_s:.2f} img/s at batch size {report.batch_size})")

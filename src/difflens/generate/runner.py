@@ -33,6 +33,7 @@ from difflens.generate.manifest import (
     RunSettings,
     append_entry,
     check_folder,
+    finished_entries,
     image_file,
     read_manifest,
     rewrite_manifest,
@@ -509,35 +510,47 @@ def run_generation(pipe: Any, model: str | Path, prompts: Sequence[str], out_dir
     out-of-memory error at batch size 1.
     """
     from difflens.atomic import write_json
+    from difflens.distributed import all_gather_json, get_context, main_first, shard_list
     from difflens.generate.prompts import cycle_prompts
     from difflens.versions import collect_versions
 
+    ctx = get_context()  # torchrun / accelerate launch: one rank per device; else a single process
     options.validate()
     out_dir = Path(out_dir).expanduser()
     settings = resolve_settings(pipe, model, prompts, options, dtype)
-    resuming = check_folder(out_dir, settings)
     run_prompts = cycle_prompts(list(prompts), options.num_samples)
     truncation = count_truncated(pipe, run_prompts)
 
-    # ---- first write: the settings file; then tidy up what a kill may have left
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        write_settings(out_dir, settings, collect_versions())
-    _clean_temp_files(out_dir)
-    entries, bad_lines = read_manifest(out_dir)
-    finished = {i: e for i, e in entries.items() if (out_dir / e.file).is_file()
-                and (out_dir / e.file).stat().st_size > 0}
-    if bad_lines or len(finished) != len(entries) or (
-            (out_dir / MANIFEST_NAME).exists() and _manifest_lines(out_dir) != len(entries)):
-        rewrite_manifest(out_dir, finished)
-    todo = [i for i in range(options.num_samples) if i not in finished]
-    resumed = options.num_samples - len(todo)
+    # ---- first write: the settings file; then tidy up what a kill may have left. Rank 0 alone, before
+    # the other ranks look at the folder (they then find it resuming, with rank 0's settings)
+    with main_first(ctx):
+        resuming = check_folder(out_dir, settings)
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if not resuming:
+                write_settings(out_dir, settings, collect_versions())
+            _clean_temp_files(out_dir)
+            entries, bad_lines = read_manifest(out_dir)
+            finished = {i: e for i, e in entries.items() if (out_dir / e.file).is_file()
+                        and (out_dir / e.file).stat().st_size > 0}
+            if bad_lines or len(finished) != len(entries) or (
+                    (out_dir / MANIFEST_NAME).exists() and _manifest_lines(out_dir) != len(entries)):
+                rewrite_manifest(out_dir, finished)
+    if ctx.is_distributed:
+        finished = finished_entries(out_dir)
+        ctx.barrier()  # every rank has read the same manifest before any rank appends to it
+    todo_all = [i for i in range(options.num_samples) if i not in finished]
+    resumed = options.num_samples - len(todo_all)
+    # contiguous shares of whole batches: with a fixed --batch-size every sample is made in the same
+    # batch as in a single-process run, so the union of the ranks' images is that run pixel for pixel
+    todo = shard_list(todo_all, ctx.rank, ctx.world_size, block=options.batch_size or 1)
 
     from difflens.console import console
 
-    if resuming and todo:
-        console.print(f"resuming: {resumed} of {options.num_samples} samples are finished, {len(todo)} to go")
-    if truncation.prompts:
+    if resuming and todo_all and ctx.is_main:
+        console.print(f"resuming: {resumed} of {options.num_samples} samples are finished, "
+                      f"{len(todo_all)} to go")
+    if truncation.prompts and ctx.is_main:
         console.print(f"[yellow]warning:[/] {truncation.prompts} prompt(s) ({truncation.samples} samples) "
                       f"are longer than the text encoder limit {truncation.limits} and are truncated.")
 
@@ -545,7 +558,8 @@ def run_generation(pipe: Any, model: str | Path, prompts: Sequence[str], out_dir
 
     cap = options.max_batch_size if str(getattr(pipe, "device", "cpu")).startswith("cuda") else 16
     sizer = BatchSizer(options.batch_size, cap)
-    bar = _Progress(options.num_samples, resumed)
+    # a distributed rank shows its own share
+    bar = _Progress(len(todo), 0) if ctx.is_distributed else _Progress(options.num_samples, resumed)
     generated = 0
     t_start = time.perf_counter()
     pos = 0
@@ -598,6 +612,9 @@ def run_generation(pipe: Any, model: str | Path, prompts: Sequence[str], out_dir
     finally:
         bar.close()
     seconds = time.perf_counter() - t_start
+    if ctx.is_distributed:  # every rank learns the others' new samples; rank 0 rewrites the manifest
+        finished, generated = _gather_new_entries(ctx, out_dir, finished, todo, generated)
+        seconds = max(all_gather_json(seconds, ctx))
     flagged: dict[str, list[int]] = {FLAG_NAN: [], FLAG_BLACK: [], FLAG_NSFW: []}
     for i in sorted(finished):
         if i >= options.num_samples:
@@ -610,9 +627,29 @@ def run_generation(pipe: Any, model: str | Path, prompts: Sequence[str], out_dir
         flagged=flagged, truncation=truncation, batch_size=sizer.size, seconds=seconds,
         images_per_s=generated / seconds if seconds > 0 and generated else 0.0, settings=settings,
     )
-    with contextlib.suppress(OSError):  # a summary is a convenience; a full disk must not hide the result
-        write_json(out_dir / SUMMARY_NAME, {**report.to_dict(), "versions": collect_versions()})
+    if ctx.is_main:
+        with contextlib.suppress(OSError):  # a summary is a convenience; a full disk must not hide the result
+            write_json(out_dir / SUMMARY_NAME, {**report.to_dict(), "versions": collect_versions(),
+                                                "distributed": ctx.describe()})
+    ctx.barrier()  # the folder is complete on every rank's return
     return report
+
+
+def _gather_new_entries(ctx: Any, out_dir: Path, finished: dict[int, ManifestEntry], todo: Sequence[int],
+                        generated: int) -> tuple[dict[int, ManifestEntry], int]:
+    """Share the samples each rank made this run; rank 0 rewrites the manifest sorted by index from
+    them (which also repairs lines lost to non-atomic appends on network file systems)."""
+    from difflens.distributed import all_gather_json, all_reduce_sum_int
+
+    mine = [finished[i].to_json() for i in todo if i in finished]
+    for lines in all_gather_json(mine, ctx):
+        for line in lines:
+            entry = ManifestEntry.from_dict(json.loads(line))
+            finished[entry.index] = entry
+    total = int(all_reduce_sum_int([generated], ctx)[0])
+    if ctx.is_main:
+        rewrite_manifest(out_dir, finished)
+    return finished, total
 
 
 def _manifest_lines(out_dir: Path) -> int:

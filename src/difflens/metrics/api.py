@@ -25,9 +25,7 @@ from typing import Any
 from difflens.errors import DifflensError
 from difflens.metrics.fingerprint import PROTOCOL_TEXT, PROTOCOLS, check_compatible
 from difflens.metrics.sources import (
-    ArraySource,
     FeaturesSource,
-    FolderSource,
     Source,
     StatsSource,
     resolve_source,
@@ -38,6 +36,7 @@ METRICS: tuple[str, ...] = ("fid", "kid", "is", "pr", "dc")
 METRIC_KEYS = {"fid": ("fid",), "kid": ("kid",), "is": ("is",), "pr": ("precision", "recall"),
                "dc": ("density", "coverage")}
 FID_MIN_N = 5000
+INCEPTION_DIM = 2048
 DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
 
 
@@ -284,6 +283,20 @@ def compute_metrics(
     warnings: list[str] = []
     chosen = _choose_metrics(cfg, r, f, bool(targets), warnings)
 
+    # Cheap checks on every side (counts, dimensions) before weights or images are read.
+    for side in (r, f):
+        if side is None:
+            continue
+        src = side.source
+        if isinstance(src, FeaturesSource):
+            side.features, side.logits = src.features, src.logits
+        elif isinstance(src, StatsSource):
+            side.stats = src.stats
+        if 0 <= side.n < 2:
+            raise DifflensError(f"{side.flag}: {side.n} sample(s); at least 2 are needed.", "add samples")
+        if side.n < 0:
+            warnings.append(f"{side.flag} {_where(side)}: the statistics do not record their sample count")
+    _check_dims(r, f)
     # Fingerprints of the inputs that carry one; extraction's own is known once the weights are resolved.
     image_sides = [s for s in (r, f) if s is not None and s.source.kind in ("folder", "images")]
     extractor = None
@@ -307,9 +320,10 @@ def compute_metrics(
         elif side.source.kind in ("stats", "features"):
             side.fingerprint = side.source.fingerprint
             if side.fingerprint is None and side.source.path is not None:
-                warnings.append(f"{side.flag} {side.source.path} carries no protocol fingerprint (e.g. a "
-                                "pytorch-fid statistics file): difflens assumes it was made with the same "
-                                "Inception, weights and resize protocol")
+                what = "a pytorch-fid statistics file?" if side.source.kind == "stats" else "plain features"
+                warnings.append(f"{side.flag} {side.source.path} carries no protocol fingerprint ({what}): "
+                                "difflens assumes it was made with the same Inception, weights and resize "
+                                "protocol")
     if r is not None and f is not None:
         check_compatible(r.fingerprint, f.fingerprint, f"{r.flag} {_where(r)}", f"{f.flag} {_where(f)}",
                          cfg.allow_protocol_mismatch, warnings)
@@ -317,29 +331,14 @@ def compute_metrics(
         extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
 
     # Features: one Inception pass per image source.
-    for side in (r, f):
-        if side is None:
-            continue
-        src = side.source
-        if isinstance(src, (FolderSource, ArraySource)):
-            from difflens.metrics.extract import extract_features
+    for side in image_sides:
+        from difflens.metrics.extract import extract_features
 
-            if src.n < 2:
-                raise DifflensError(f"{side.flag}: {src.n} image(s); at least 2 are needed.", "add images")
-            ext = extract_features(src, extractor, batch_size=cfg.batch_size, strict=cfg.strict,
-                                   label=side.name, keep_logits=(side.name == "fake" and "is" in chosen),
-                                   show_progress=show_progress)
-            side.features, side.logits = ext.pool3, ext.logits
-            warnings.extend(ext.log.warnings(f"{side.flag} {_where(side)}"))
-        elif isinstance(src, FeaturesSource):
-            side.features, side.logits = src.features, src.logits
-        elif isinstance(src, StatsSource):
-            side.stats = src.stats
-        if 0 <= side.n < 2:
-            raise DifflensError(f"{side.flag}: {side.n} sample(s); at least 2 are needed.", "add samples")
-        if side.n < 0:
-            warnings.append(f"{side.flag} {_where(side)}: the statistics do not record their sample count")
-
+        ext = extract_features(side.source, extractor, batch_size=cfg.batch_size, strict=cfg.strict,
+                               label=side.name, keep_logits=(side.name == "fake" and "is" in chosen),
+                               show_progress=show_progress)
+        side.features, side.logits = ext.pool3, ext.logits
+        warnings.extend(ext.log.warnings(f"{side.flag} {_where(side)}"))
     _check_dims(r, f)
     result_metrics = _compute(cfg, chosen, r, f, dev, warnings)
 
@@ -397,7 +396,9 @@ def _choose_metrics(cfg: MetricsConfig, r: _Side | None, f: _Side | None, saving
 def _dim(side: _Side) -> int:
     if side.features is not None:
         return int(side.features.shape[1])
-    return int(side.stats.dim)
+    if side.stats is not None:
+        return int(side.stats.dim)
+    return INCEPTION_DIM  # images, before extraction
 
 
 def _check_dims(r: _Side | None, f: _Side | None) -> None:
@@ -516,12 +517,14 @@ def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: 
     for key in targets:
         lo, hi = bs.percentile_interval(np.asarray(values[key]), level=0.95)
         out[key]["ci95"] = [float(lo), float(hi)]
-    notes = ["the real set and its k-NN radii stay fixed"]
+    notes = ["the real set" + (" and its k-NN radii" if knn_metrics else "") + " stay fixed"]
     if "kid" in targets:
         notes.append("KID's interval comes from the full-set unbiased MMD^2 of each resample")
+    if knn_metrics:
+        notes.append("duplicates in a resample shrink k-NN radii, so read the k-NN intervals as the spread "
+                     "due to the fake sample")
     warnings.append(f"bootstrap: 95% intervals from {cfg.bootstrap} resamples of the fake set with "
-                    f"replacement ({'; '.join(notes)}); duplicates in a resample shrink k-NN radii, so read "
-                    "the k-NN intervals as the spread due to the fake sample")
+                    f"replacement ({'; '.join(notes)})")
 
 
 def _protocol_record(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None,
