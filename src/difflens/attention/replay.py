@@ -83,6 +83,13 @@ def _onehot_values(n_keys: int, width: int, keys: Any, text_start: int, text_len
     return vals, C
 
 
+def _use_onehot_route(n_columns: int, head_dim: int) -> bool:
+    """SDPA on one-hot values costs one attention pass per ``head_dim`` columns; the explicit softmax
+    costs about one pass at tiny head dims and 2-3 at real ones (it materializes the probabilities)."""
+    passes = -(-n_columns // head_dim)
+    return passes == 1 or (passes == 2 and head_dim >= 32)
+
+
 def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_start: int, text_len: int,
             token_keys: Any, *, joint: bool, head_entropy: bool, chunk_bytes: int) -> dict[str, Any]:
     """Probabilities of image queries ``q`` (B, H, Nq, d) over keys ``k`` (B, H, Nk, d), reduced per token.
@@ -92,12 +99,13 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
     (Nq, C), the mean over heads and rows of [p(token) for kept tokens] (C = T), followed for joint
     attention by the text mass and the text-renormalized p(token) / mass (C = 2T + 1).
 
-    Route: softmax(q k^T * scale + mask) times one-hot value columns (:func:`_onehot_values`) gives the
-    probabilities of the kept tokens exactly, through ``scaled_dot_product_attention``: no (Nq x Nk)
-    matrix is materialized, and it costs about one attention pass per ``head_dim`` columns. When ``v``
-    (the layer's values) is given, the explicit route (scores, softmax, in head chunks under
-    ``chunk_bytes``) runs too: it checks the sum over all keys, agrees with the fast route, and gives
-    probabilities x V for the output check.
+    Two routes give the same probabilities. One-hot route: softmax(q k^T * scale + mask) times one-hot
+    value columns (:func:`_onehot_values`) is exactly the probability of each kept token, computed by
+    ``scaled_dot_product_attention`` without materializing the (Nq x Nk) matrix, one attention pass per
+    ``head_dim`` columns. Explicit route: scores and softmax in head chunks under ``chunk_bytes``. The
+    one-hot route is used when it is cheaper (few columns for the head dim). When ``v`` (the layer's
+    values) is given (check calls), the explicit route always runs: it checks the sum over all keys,
+    compares with the one-hot route, and gives probabilities x V for the output check.
     """
     import torch
     import torch.nn.functional as F
@@ -112,48 +120,61 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
     mf = None
     if mask is not None:
         mf = mask if mask.dtype == torch.bool else mask.float()
-    vals, C = _onehot_values(Nk, d, keys, text_start, text_len, joint, q.device)
-    outs = []
-    for c0 in range(0, vals.shape[1], d):
-        vj = vals[:, c0:c0 + d].expand(B, H, Nk, d)
-        outs.append(F.scaled_dot_product_attention(qf, kf, vj, attn_mask=mf, dropout_p=0.0, scale=scale))
-    probs = torch.cat(outs, dim=-1)[..., :C] if len(outs) > 1 else outs[0][..., :C]   # (B, H, Nq, C)
-    pt = probs[..., :T]
-    sum_err = float((probs[..., C - 1] - 1.0).abs().max())
+    n_cols = T + (1 if joint else 0) + 1
+    pt = None
+    sum_err = 0.0
+    transient = 0
+    if _use_onehot_route(n_cols, d) or v is not None:
+        vals, C = _onehot_values(Nk, d, keys, text_start, text_len, joint, q.device)
+        outs = []
+        for c0 in range(0, vals.shape[1], d):
+            vj = vals[:, c0:c0 + d].expand(B, H, Nk, d)
+            outs.append(F.scaled_dot_product_attention(qf, kf, vj, attn_mask=mf, dropout_p=0.0, scale=scale))
+        probs = torch.cat(outs, dim=-1)[..., :C] if len(outs) > 1 else outs[0][..., :C]   # (B, H, Nq, C)
+        pt = probs[..., :T]
+        mass = probs[..., T:T + 1] if joint else None
+        sum_err = float((probs[..., C - 1] - 1.0).abs().max())
+        transient = 4 * B * H * Nq * vals.shape[1] + 4 * Nk * vals.shape[1]
+    route_err = None
+    pv = None
+    if pt is None or v is not None:
+        per_head_bytes = B * Nq * Nk * 4
+        hc = max(1, min(H, chunk_bytes // max(per_head_bytes, 1)))
+        pts, masses, pvs = [], [], []
+        for h0 in range(0, H, hc):
+            h1 = min(H, h0 + hc)
+            s = torch.matmul(qf[:, h0:h1], kf[:, h0:h1].transpose(-1, -2)).mul_(scale)
+            if mf is not None:
+                m = mf[:, h0:h1] if mf.shape[1] == H and hc != H else mf
+                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m)
+            p = s.softmax(dim=-1)
+            del s
+            sum_err = max(sum_err, float((p.sum(-1) - 1.0).abs().max()))
+            pts.append(p.index_select(-1, keys))
+            if joint:
+                masses.append(p[..., text_start:text_start + text_len].sum(-1, keepdim=True))
+            if v is not None:
+                pvs.append(torch.matmul(p, v[:, h0:h1].float()))
+            del p
+        transient = max(transient, 2 * hc * per_head_bytes)
+        explicit_pt = torch.cat(pts, 1) if len(pts) > 1 else pts[0]
+        if pt is None:
+            pt = explicit_pt
+            mass = (torch.cat(masses, 1) if len(masses) > 1 else masses[0]) if joint else None
+        else:
+            route_err = float((explicit_pt - pt).abs().max())
+        if v is not None:
+            pv = torch.cat(pvs, 1)
     if joint:
-        mass = probs[..., T:T + 1]
         per_head = torch.cat([pt, mass, pt / mass.clamp_min(1e-30)], dim=-1)
     else:
         per_head = pt
-    res: dict[str, Any] = {
+    return {
         "columns": per_head.sum(dim=(0, 1)).div_(B * H),
         "head_entropy": (spatial_entropy(pt.permute(0, 1, 3, 2).unsqueeze(-1)).float().mean(0)
                          if head_entropy else None),
-        "sum_error": sum_err, "route_error": None, "pv": None,
-        "transient_bytes": 4 * B * H * Nq * vals.shape[1] + 4 * Nk * vals.shape[1],
+        "sum_error": sum_err, "route_error": route_err, "pv": pv, "transient_bytes": transient,
     }
-    if v is None:
-        return res
-    # Explicit route (checks): scores and softmax in head chunks.
-    per_head_bytes = B * Nq * Nk * 4
-    hc = max(1, min(H, chunk_bytes // max(per_head_bytes, 1)))
-    pv = []
-    route_err = 0.0
-    for h0 in range(0, H, hc):
-        h1 = min(H, h0 + hc)
-        s = torch.matmul(qf[:, h0:h1], kf[:, h0:h1].transpose(-1, -2)).mul_(scale)
-        if mf is not None:
-            m = mf[:, h0:h1] if mf.shape[1] == H else mf
-            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s.add_(m)
-        p = s.softmax(dim=-1)
-        del s
-        sum_err = max(sum_err, float((p.sum(-1) - 1.0).abs().max()))
-        route_err = max(route_err, float((p.index_select(-1, keys) - pt[:, h0:h1]).abs().max()))
-        pv.append(torch.matmul(p, v[:, h0:h1].float()))
-        del p
-    res.update(sum_error=sum_err, route_error=route_err, pv=torch.cat(pv, 1),
-               transient_bytes=max(res["transient_bytes"], 2 * hc * per_head_bytes))
-    return res
 
 
 def _rel_err(recomputed: Any, real: Any) -> float:
