@@ -42,7 +42,8 @@ def test_cli_writes_all_outputs(tiny_pipeline_dir: Callable[[str], Path], tmp_pa
     assert len(rec["entropy_per_step"]["words"]["car"]) == steps_run
     assert "softmax" in rec["normalization"]
     names = {c["name"]: c["ok"] for c in rec["checks"]}
-    assert names == {"probabilities_sum_to_one": True, "output_reproduced": True,
+    assert names == {"probabilities_sum_to_one": True, "fast_route_matches_softmax": True,
+                     "output_reproduced": True,
                      "image_unchanged_by_capture": True, "token_ids_match": True,
                      "map_shape_is_latent_grid": True, "step_alignment": True}
     assert rec["generator"] == 'torch.Generator("cpu").manual_seed(1)'

@@ -56,7 +56,8 @@ def test_invariants(family: str, size: tuple[int, int], pipes: Callable[[str], t
     cfg = _cfg(family, path, height=h, width=w, all_tokens=True)
     result = run_attention(cfg, pipe)
     checks = {c["name"]: c for c in result.checks}
-    names = ("probabilities_sum_to_one", "output_reproduced", "token_ids_match", "map_shape_is_latent_grid")
+    names = ("probabilities_sum_to_one", "fast_route_matches_softmax", "output_reproduced", "token_ids_match",
+             "map_shape_is_latent_grid")
     for name in names:
         assert checks[name]["ok"], checks[name]["message"]
     assert checks["output_reproduced"]["value"] < 1e-4

@@ -157,19 +157,18 @@ def test_features_exactly_torch_fidelitys_and_batch_size_invariant(extractor: An
     from difflens.metrics.extract import extract_features
     from difflens.metrics.sources import resolve_source
 
-    rng = np.random.default_rng(5)
-    same = natural_crops(2, 40, seed=21)
-    mixed = [same[0], same[1], rng.integers(0, 256, (57, 31, 3), dtype=np.uint8),
-             rng.integers(0, 256, (299, 299, 3), dtype=np.uint8)]
-    with torch.no_grad():  # torch-fidelity's own forward, one image at a time
-        ref = torch.cat([extractor.model(torch.from_numpy(img[None]).permute(0, 3, 1, 2).contiguous())[0]
-                         for img in mixed]).numpy()
-    src = resolve_source(mixed, "images")
-    one = extract_features(src, extractor, batch_size=1, show_progress=False)
-    np.testing.assert_array_equal(one.pool3, ref)  # bit for bit: same layers, same resize
-    four = extract_features(src, extractor, batch_size=4, show_progress=False)
-    np.testing.assert_allclose(four.pool3, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
-    np.testing.assert_allclose(four.logits, one.logits, rtol=2e-5, atol=2e-5 * np.abs(one.logits).max())
+    pair = natural_crops(2, 40, seed=21)
+    odd = np.random.default_rng(5).integers(0, 256, (57, 31, 3), dtype=np.uint8)
+    with torch.no_grad():  # torch-fidelity's own forward: the equal-size pair as one batch, then the odd one
+        ref = torch.cat([extractor.model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())[0]
+                         for x in (pair, odd[None])]).numpy()
+    src = resolve_source([pair[0], pair[1], odd], "images")
+    two = extract_features(src, extractor, batch_size=2, show_progress=False)
+    np.testing.assert_array_equal(two.pool3, ref)  # bit for bit: same layers, same resize, same batches
+    three = extract_features(src, extractor, batch_size=3, show_progress=False)
+    np.testing.assert_allclose(three.pool3, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(three.logits, two.logits, rtol=2e-5, atol=2e-5 * np.abs(two.logits).max())
+    assert two.pool3.shape == (3, 2048) and two.logits.shape == (3, 1008)
 
 
 def test_clean_protocol_is_clean_fid_resize_into_the_same_network(extractor: Any) -> None:

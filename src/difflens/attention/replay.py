@@ -122,9 +122,12 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
         mf = mask if mask.dtype == torch.bool else mask.float()
     n_cols = T + (1 if joint else 0) + 1
     pt = None
+    mass = None
     sum_err = 0.0
     transient = 0
-    if _use_onehot_route(n_cols, d) or v is not None:
+    onehot = _use_onehot_route(n_cols, d)
+    probe = None
+    if onehot:
         vals, C = _onehot_values(Nk, d, keys, text_start, text_len, joint, q.device)
         outs = []
         for c0 in range(0, vals.shape[1], d):
@@ -135,6 +138,13 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
         mass = probs[..., T:T + 1] if joint else None
         sum_err = float((probs[..., C - 1] - 1.0).abs().max())
         transient = 4 * B * H * Nq * vals.shape[1] + 4 * Nk * vals.shape[1]
+    elif v is not None:
+        # Check call on the explicit route: probe the one-hot route on its first head_dim tokens.
+        n_probe = min(T, d)
+        vals = torch.zeros(Nk, d, dtype=torch.float32, device=q.device)
+        vals[keys[:n_probe], torch.arange(n_probe, device=q.device)] = 1.0
+        probe = F.scaled_dot_product_attention(qf, kf, vals.expand(B, H, Nk, d), attn_mask=mf, dropout_p=0.0,
+                                               scale=scale)[..., :n_probe]
     route_err = None
     pv = None
     if pt is None or v is not None:
@@ -161,6 +171,8 @@ def _attend(q: Any, k: Any, v: Any | None, scale: float, mask: Any | None, text_
         if pt is None:
             pt = explicit_pt
             mass = (torch.cat(masses, 1) if len(masses) > 1 else masses[0]) if joint else None
+            if probe is not None:
+                route_err = float((explicit_pt[..., :probe.shape[-1]] - probe).abs().max())
         else:
             route_err = float((explicit_pt - pt).abs().max())
         if v is not None:

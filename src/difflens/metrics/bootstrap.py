@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from difflens.errors import DifflensError
-from difflens.metrics.fid import psd_factor
+from difflens.metrics.fid import lapack_single_thread, psd_factor
 from difflens.metrics.stats import GaussianStats
 
 
@@ -114,7 +114,8 @@ def bootstrap_fid(real: GaussianStats, fake: np.ndarray, num: int, seed: int) ->
         else:
             yw = y * np.sqrt(w)[:, None]
             mat = (yw.T @ yw - m_count * np.outer(my, my)) / n1
-        eig = np.linalg.eigvalsh(0.5 * (mat + mat.T))
+        with lapack_single_thread():
+            eig = np.linalg.eigvalsh(0.5 * (mat + mat.T))
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
         dmu = dmu0 - mc
         out[b] = max(float(dmu @ dmu + tr_real + tr_fake - 2.0 * trace_sqrt), 0.0)

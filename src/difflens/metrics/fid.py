@@ -17,10 +17,31 @@ centered feature matrices (see :func:`trace_sqrt_product_from_features`), O(N^2 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
 from difflens.errors import DifflensError
 from difflens.metrics.stats import GaussianStats
+
+
+@contextlib.contextmanager
+def lapack_single_thread() -> Iterator[None]:
+    """Run LAPACK factorizations on one BLAS thread.
+
+    Multi-threaded OpenBLAS LAPACK (Cholesky, eigvalsh) synchronizes its threads thousands of times; on a
+    busy machine each synchronization waits for a descheduled thread, and a 2048 x 2048 ``eigvalsh`` was
+    measured 15x slower on 2 threads than on 1 (Cholesky 18x) on the shared 2-core box. On an idle
+    machine one thread costs little here (these routines scale poorly anyway). No-op without threadpoolctl.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _check_square(sigma: np.ndarray, name: str) -> np.ndarray:
@@ -50,8 +71,9 @@ def psd_factor(sigma: np.ndarray) -> np.ndarray:
     """A matrix ``F`` with ``F @ F.T == sigma``: Cholesky, or a rank-truncated eigh factor if not PD."""
     sym = _check_square(sigma, "sigma")
     sym = 0.5 * (sym + sym.T)
-    chol = _cholesky(sym)
-    return chol if chol is not None else _eigh_factor(sym)
+    with lapack_single_thread():
+        chol = _cholesky(sym)
+        return chol if chol is not None else _eigh_factor(sym)
 
 
 def trace_sqrt_from_factor(factor: np.ndarray, sigma2: np.ndarray) -> float:
@@ -77,14 +99,15 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
             "Compare statistics of the same extractor and layer.")
     s1 = 0.5 * (s1 + s1.T)
     s2 = 0.5 * (s2 + s2.T)
-    l1, l2 = _cholesky(s1), _cholesky(s2)
-    if l1 is not None and l2 is not None:
-        return trace_sqrt_from_factor(l1, s2)
-    f1 = l1 if l1 is not None else _eigh_factor(s1)
-    f2 = l2 if l2 is not None else _eigh_factor(s2)
-    if f1.shape[1] == 0 or f2.shape[1] == 0:
-        return 0.0
-    return float(np.linalg.svd(f1.T @ f2, compute_uv=False).sum())
+    with lapack_single_thread():
+        l1, l2 = _cholesky(s1), _cholesky(s2)
+        if l1 is not None and l2 is not None:
+            return trace_sqrt_from_factor(l1, s2)
+        f1 = l1 if l1 is not None else _eigh_factor(s1)
+        f2 = l2 if l2 is not None else _eigh_factor(s2)
+        if f1.shape[1] == 0 or f2.shape[1] == 0:
+            return 0.0
+        return float(np.linalg.svd(f1.T @ f2, compute_uv=False).sum())
 
 
 def trace_sqrt_product_from_features(a: np.ndarray, b: np.ndarray) -> float:
@@ -101,7 +124,9 @@ def trace_sqrt_product_from_features(a: np.ndarray, b: np.ndarray) -> float:
         raise DifflensError("A covariance needs at least 2 samples per set.", None)
     ac = a - a.mean(axis=0)
     bc = b - b.mean(axis=0)
-    sv = np.linalg.svd(bc @ ac.T, compute_uv=False)
+    prod = bc @ ac.T
+    with lapack_single_thread():
+        sv = np.linalg.svd(prod, compute_uv=False)
     return float(sv.sum() / np.sqrt((a.shape[0] - 1) * (b.shape[0] - 1)))
 
 

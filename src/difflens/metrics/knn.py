@@ -669,23 +669,41 @@ def prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5, block
 _BOOT_DEPTH = 24  # neighbours kept per fake point beyond k, to find its radius in any resample
 
 
-def _exact_lists(ops: Any, fs: _FeatureSet, kk: int, block: int
+def _exact_lists(ops: Any, fs: _FeatureSet, kk: int, block: int, counts: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's kk nearest points (self included): exact squared distances sorted ascending (ties by
-    index), their indices, and the certified depth (the first ``depth`` entries are the true nearest)."""
+    """Each row's nearest points (self included) as far as the resamples ``counts`` need them: exact
+    squared distances sorted ascending (ties by index; ``inf`` past the computed prefix), their indices,
+    and the certified depth (the first ``depth`` entries are the true nearest points, in order)."""
     n = fs.n
     kk = min(kk, n)
     tol = _tol(fs, fs)
     top = _approx_self_lists(ops, fs, kk, block)
-    e = _exact_d2(fs.src, np.repeat(np.arange(n), kk), fs.src, top.i.ravel()).reshape(n, kk)
-    o = np.argsort(top.i, axis=1)
-    e, idx = np.take_along_axis(e, o, axis=1), np.take_along_axis(top.i, o, axis=1)
+    v, idx = top.v, top.i
+    rows = np.arange(n)
+    self_mask = idx == rows[:, None]
+    # how deep each row's list is needed: the position where any resample's count reaches k (in the
+    # approximate order), then past every entry tied with it within 2 tol
+    need = np.full(n, min(k + 1, kk))
+    for c in counts:
+        reach = np.cumsum(c[idx] - self_mask, axis=1) >= k
+        pos = np.where(reach.any(axis=1), reach.argmax(axis=1), kk - 1)
+        np.maximum(need, pos + 1, out=need)
+    for c in range(1, kk):
+        grow = (need == c) & (v[:, c] <= v[:, c - 1] + 2 * tol)
+        need[grow] = c + 1
+    r_pairs = np.repeat(rows, need)
+    c_pos = np.arange(len(r_pairs)) - np.repeat(np.cumsum(need) - need, need)
+    e = np.full((n, kk), np.inf)
+    e[r_pairs, c_pos] = _exact_d2(fs.src, r_pairs, fs.src, idx[r_pairs, c_pos])
+    o = np.argsort(idx, axis=1, kind="stable")             # ties in distance: by index
+    e, idx = np.take_along_axis(e, o, axis=1), np.take_along_axis(idx, o, axis=1)
     o = np.argsort(e, axis=1, kind="stable")
     e, idx = np.take_along_axis(e, o, axis=1), np.take_along_axis(idx, o, axis=1)
     if kk == n:
-        depth = np.full(n, kk)
-    else:  # anything outside the list is >= (list maximum, float32) - tol
-        depth = (e < (top.v[:, -1] - tol)[:, None]).sum(axis=1)
+        bound = np.where(need < kk, v[rows, np.minimum(need, kk - 1)] - tol, np.inf)
+    else:  # everything not computed has a float32 value >= this, so an exact value >= it - tol
+        bound = v[rows, np.minimum(need, kk - 1)] - tol
+    depth = (e < bound[:, None]).sum(axis=1)
     return e, idx, depth
 
 
@@ -768,7 +786,7 @@ def prdc_bootstrap(real: np.ndarray, fake: np.ndarray, counts: np.ndarray, k_pr:
                 radii[k] = np.sqrt(v)
         rf = rb = None
         if want_r:
-            lists = _exact_lists(ops, fake_fs, k_pr + 1 + _BOOT_DEPTH + _SLACK, block)
+            lists = _exact_lists(ops, fake_fs, k_pr + 1 + _BOOT_DEPTH + _SLACK, block, counts, k_pr)
             rf = np.sqrt(_resample_sq_radii(fake_fs, lists, np.ones((1, fake_fs.n), np.int64), k_pr)[0])
             rb = np.sqrt(_resample_sq_radii(fake_fs, lists, counts, k_pr))
             rec_max = np.fmax(rf, np.nanmax(rb, axis=0, initial=0.0))
