@@ -136,3 +136,14 @@ def test_replay_cross_matches_diffusers_attention_scores() -> None:
     assert res.token_probs[:, 4].abs().max() < 1e-12
     assert res.sum_error < 1e-6
     assert res.out_error < 1e-5
+
+
+def test_plot_rows_prefer_content_words() -> None:
+    from difflens.attention.plots import MAX_WORDS, pick_rows
+
+    labels = ["a#1", "photo", "of", "a#2", "cat", "on", "the", "red", "bench", "at", "night"]
+    rows = pick_rows(labels)
+    assert len(rows) == MAX_WORDS and rows == sorted(rows)
+    shown = {labels[i] for i in rows}
+    assert {"photo", "cat", "red", "bench", "night"} <= shown
+    assert pick_rows(labels[:3]) == [0, 1, 2]

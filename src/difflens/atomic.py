@@ -38,11 +38,10 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 def write_bytes(dest: str | Path, data: bytes) -> None:
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(dest: str | Path, text: str) -> None:

@@ -46,7 +46,8 @@ def _register_modes() -> None:
     from difflens.refsets import cli as refsets_cli
     from difflens.schedule import cli as schedule_cli
 
-    for module in (metrics_cli, generate_cli, refsets_cli, schedule_cli, attention_cli, latent_cli, analyze_cli):
+    modes = (metrics_cli, generate_cli, refsets_cli, schedule_cli, attention_cli, latent_cli, analyze_cli)
+    for module in modes:
         module.register(app)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-_PACKAGES = ("difflens", "numpy", "scipy", "torch", "torchvision", "diffusers", "transformers", "torch-fidelity")
+_PACKAGES = ("difflens", "numpy", "scipy", "torch", "torchvision", "diffusers", "transformers",
+             "torch-fidelity")
 
 
 def collect_versions() -> dict[str, str | None]:

@@ -36,55 +36,37 @@ def run_schedule(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     return {}
 
 
-def _generate_samples(cfg: AnalysisConfig, out: Path, opts: dict[str, Any]) -> Path:
-    from difflens.generate.api import generate
-
-    if not cfg.prompts:
-        raise DifflensError("the metrics mode of analyze needs prompts to generate samples.",
-                            "pass --prompts FILE (one prompt a line)")
-    samples = Path(opts["samples_dir"]) if opts.get("samples_dir") else out / "samples"
-    generate(cfg.model, cfg.prompts, cfg.num_samples, samples, steps=opts["steps"],
-             guidance=opts["guidance"], seed=cfg.seed, height=opts["height"], width=opts["width"],
-             dtype=cfg.dtype, device=cfg.device, offline=cfg.offline)
-    return samples
-
-
 def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
-    """Generate samples from the prompts (resumable), then Inception metrics against --real, and the
-    embedding metrics (CLIP score, CMMD, FD-DINOv2) when listed in `embedding_metrics`."""
+    """Generate samples from the prompts (resumable, into RUN_DIR/metrics/samples), then the Inception
+    metrics against --real and the embedding metrics (CLIP score, CMMD, FD-DINOv2) listed in
+    `embedding_metrics`, through the same function as `difflens metrics`."""
     from difflens.atomic import write_json
-    from difflens.metrics.api import compute_metrics
+    from difflens.metrics.evaluate import GenerationRequest, evaluate
 
     opts = _take(cfg.options("metrics"), "metrics",
-                 {"metrics": None, "bootstrap": 0, "inception_weights": None, "protocol": "tf-legacy",
-                  "batch_size": 50, "kid_subset_size": 1000, "steps": None, "guidance": None, "height": None,
-                  "width": None, "samples_dir": None, "embedding_metrics": None, "clip_model": None,
+                 {"metrics": "fid,kid,is,pr,dc", "bootstrap": 0, "inception_weights": None,
+                  "protocol": "tf-legacy", "batch_size": 50, "kid_subset_size": 1000, "steps": None,
+                  "guidance": None, "height": None, "width": None, "samples_dir": None,
+                  "embedding_metrics": None, "clip_model": "openai/clip-vit-large-patch14",
                   "cmmd_clip_model": None, "dinov2_model": None, "per_prompt": True})
     if not cfg.real:
         raise DifflensError("the metrics mode needs reference images.", "pass --real FOLDER")
-    samples = _generate_samples(cfg, out, opts)
-    result = compute_metrics(cfg.real, samples, metrics=opts["metrics"], protocol=opts["protocol"],
-                             inception_weights=opts["inception_weights"], device=cfg.device,
-                             batch_size=opts["batch_size"], seed=cfg.seed, bootstrap=opts["bootstrap"],
-                             kid_subset_size=opts["kid_subset_size"], offline=cfg.offline)
-    if opts["embedding_metrics"]:
-        from difflens.generate.manifest import read_samples
-        from difflens.metrics.clip import compute_embedding_metrics
-        from difflens.metrics.images import list_image_files
-
-        entries = read_samples(samples)
-        extra = compute_embedding_metrics(
-            opts["embedding_metrics"], fake=[samples / e.file for e in entries],
-            real=list_image_files(cfg.real), prompts=[e.prompt for e in entries],
-            clip_model=opts["clip_model"] or "openai/clip-vit-large-patch14",
-            cmmd_clip_model=opts["cmmd_clip_model"], dinov2_model=opts["dinov2_model"],
-            per_prompt=opts["per_prompt"], bootstrap=opts["bootstrap"], seed=cfg.seed, device=cfg.device,
-            dtype=cfg.dtype, offline=cfg.offline)
-        result["metrics"].update(extra["metrics"])
-        result["warnings"] = result.get("warnings", []) + extra.get("warnings", [])
-        result.setdefault("embedding_protocol", extra.get("protocol", {}))
-        if "per_prompt" in extra:
-            result["per_prompt"] = extra["per_prompt"]
+    if not cfg.prompts:
+        raise DifflensError("the metrics mode of analyze needs prompts to generate samples.",
+                            "pass --prompts FILE (one prompt a line)")
+    names = ",".join(filter(None, [opts["metrics"], opts["embedding_metrics"]]))
+    generation = GenerationRequest(model=cfg.model, num_samples=cfg.num_samples,
+                                   samples_dir=opts["samples_dir"] or str(out / "samples"),
+                                   steps=opts["steps"], guidance=opts["guidance"], seed=cfg.seed,
+                                   height=opts["height"], width=opts["width"], dtype=cfg.dtype)
+    result = evaluate(cfg.real, None, names, prompts=cfg.prompts, generation=generation,
+                      clip_model=opts["clip_model"], cmmd_clip_model=opts["cmmd_clip_model"],
+                      dinov2_model=opts["dinov2_model"],
+                      per_prompt=bool(opts["per_prompt"] and opts["embedding_metrics"]
+                                      and "clip" in opts["embedding_metrics"]),
+                      offline=cfg.offline, device=cfg.device, protocol=opts["protocol"],
+                      inception_weights=opts["inception_weights"], batch_size=opts["batch_size"],
+                      seed=cfg.seed, bootstrap=opts["bootstrap"], kid_subset_size=opts["kid_subset_size"])
     write_json(out / "metrics.json", result)
     notes = [w for w in result.get("warnings", []) if "random" in w.lower()]
     return {"fingerprints": {"metrics": result.get("protocol", {})}, "notes": notes}

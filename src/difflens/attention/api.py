@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,8 @@ def run_attention(cfg: AttentionConfig, pipe: Any | None = None) -> AttentionRes
     from difflens.attention.words import aggregate_words
     from difflens.models import load_pipeline, resolve_device
 
+    if cfg.seed is None:        # callers that leave the seed open get seed 0, recorded as such
+        cfg = replace(cfg, seed=0)
     _validate_config(cfg)
     if pipe is None:
         pipe = load_pipeline(cfg.model, cfg.dtype, resolve_device(cfg.device), cfg.offline)

@@ -10,6 +10,18 @@ from typing import Any
 
 MAX_WORDS = 8
 MAX_STEP_COLUMNS = 4
+#: Function words shown last when a prompt has more than MAX_WORDS words (the data keeps every word).
+STOP_WORDS = frozenset({"a", "an", "the", "of", "on", "in", "at", "and", "with", "to", "by", "is", "for",
+                        "from", "as", "or", "its", "it", "this", "that", "into", "onto", "under", "over"})
+
+
+def pick_rows(labels: list[str], max_rows: int = MAX_WORDS) -> list[int]:
+    """Indices of the words to draw, in prompt order: all of them, or content words first."""
+    if len(labels) <= max_rows:
+        return list(range(len(labels)))
+    base = [lab.split("#")[0].lower() for lab in labels]
+    ranked = sorted(range(len(labels)), key=lambda i: (base[i] in STOP_WORDS, i))
+    return sorted(ranked[:max_rows])
 
 
 def pick_columns(step_index: list[int], max_columns: int = MAX_STEP_COLUMNS) -> list[int]:
@@ -40,7 +52,8 @@ def plot_word_maps(image: Any, word_maps: Any, per_step_word_maps: Any, step_ind
     if img.dtype != np.uint8:
         img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     hi, wi = img.shape[:2]
-    n_words = min(len(labels), MAX_WORDS)
+    rows = pick_rows(labels)
+    n_words = len(rows)
     cols = pick_columns(step_index)
     n_cols = 1 + len(cols) + 1
     aspect = wi / hi
@@ -63,12 +76,13 @@ def plot_word_maps(image: Any, word_maps: Any, per_step_word_maps: Any, step_ind
             for ax2 in axes[r][1:]:
                 ax2.axis("off")
             continue
-        ax.set_ylabel(labels[r], fontsize=11, rotation=0, ha="right", va="center", labelpad=8)
-        panels = [(per_step_word_maps[c][r], f"step {step_index[c]}") for c in cols]
+        wi = rows[r]
+        ax.set_ylabel(labels[wi], fontsize=11, rotation=0, ha="right", va="center", labelpad=8)
+        panels = [(per_step_word_maps[c][wi], f"step {step_index[c]}") for c in cols]
         name = "all steps"
         if entropy is not None:
-            name += f"\nentropy {float(entropy[r]):.3f}"
-        panels.append((word_maps[r], name))
+            name += f"\nentropy {float(entropy[wi]):.3f}"
+        panels.append((word_maps[wi], name))
         for j, (m, name) in enumerate(panels, start=1):
             ax = axes[r][j]
             ax.imshow(gray, cmap="gray", extent=extent, vmin=0, vmax=255)
@@ -88,7 +102,7 @@ def plot_word_maps(image: Any, word_maps: Any, per_step_word_maps: Any, step_ind
             cb.formatter = FuncFormatter(_tick)
             cb.update_ticks()
     if len(labels) > MAX_WORDS:
-        title += f"  (first {MAX_WORDS} of {len(labels)} words; pass --words to choose)"
+        title += f"  ({MAX_WORDS} of {len(labels)} words, content words first; pass --words to choose)"
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

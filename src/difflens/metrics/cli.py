@@ -62,22 +62,74 @@ def register(app: typer.Typer) -> None:
         allow_protocol_mismatch: bool = typer.Option(
             False, "--allow-protocol-mismatch",
             help="Compare statistics made under different fingerprints (protocol, weights, dtype) anyway."),
+        model: str | None = typer.Option(
+            None, "--model", help="Generate the fake set from this diffusers pipeline (hub id or folder), "
+                                  "resumably, then evaluate it. Needs --prompts and --num-samples."),
+        prompts: str | None = typer.Option(
+            None, "--prompts", help="Prompts: .txt (one a line), .jsonl/.csv with a prompt column, or a "
+                                    "dataset spec (hf:NAME, parquet, arrow) with --caption-column."),
+        num_samples: int | None = typer.Option(None, "--num-samples", min=2,
+                                               help="Samples to generate with --model."),
+        samples_dir: str | None = typer.Option(
+            None, "--samples-dir", help="Where --model writes its samples (default: a cache folder keyed "
+                                        "by the settings; rerunning resumes)."),
+        steps: int | None = typer.Option(None, "--steps", help="Inference steps for --model."),
+        guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale for --model."),
+        gen_seed: int = typer.Option(0, "--gen-seed", help="Base seed of generated samples (--model)."),
+        gen_batch_size: int | None = typer.Option(None, "--gen-batch-size",
+                                                  help="Generation batch size (default: measured)."),
+        height: int | None = typer.Option(None, "--height", help="Image height for --model."),
+        width: int | None = typer.Option(None, "--width", help="Image width for --model."),
+        negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="For --model."),
+        dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16 (for --model)."),
+        clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model",
+                                       help="CLIP model (hub id or folder) for --metrics clip."),
+        cmmd_clip_model: str | None = typer.Option(
+            None, "--cmmd-clip-model",
+            help="CLIP model for cmmd (default openai/clip-vit-large-patch14-336)."),
+        dinov2_model: str | None = typer.Option(
+            None, "--dinov2-model", help="DINOv2 model for fd-dinov2 (default facebook/dinov2-large)."),
+        per_prompt: bool = typer.Option(False, "--per-prompt",
+                                        help="CLIP score per prompt and the worst-aligned prompts."),
+        image_column: str = typer.Option("image", "--image-column", help="Image column of dataset specs."),
+        caption_column: str = typer.Option("caption", "--caption-column",
+                                           help="Caption column for --prompts from a dataset."),
+        num_real: int | None = typer.Option(None, "--num-real",
+                                            help="Reproducible subset of N dataset rows."),
+        subset_seed: int = typer.Option(0, "--subset-seed", help="Seed of the --num-real subset."),
+        reference_size: int | None = typer.Option(
+            None, "--reference-size", help="Resize (shorter side, bicubic) and center-crop dataset images."),
+        streaming: bool = typer.Option(False, "--streaming", help="Stream hf: datasets instead of caching."),
     ) -> None:
-        """FID, KID, IS, precision/recall and density/coverage between a real and a generated image set."""
+        """FID, KID, IS, precision/recall, density/coverage (Inception), CLIP score, CMMD and FD-DINOv2
+        between a reference set and generated images (a folder, or samples generated from --model)."""
         from difflens.atomic import write_json
         from difflens.errors import DifflensError
-        from difflens.metrics.api import compute_metrics
+        from difflens.metrics.evaluate import DatasetOptions, GenerationRequest, evaluate
         from difflens.metrics.table import render
 
         if json_out is not None and json_out.is_dir():
             raise DifflensError(f"--json {json_out} is a folder.",
                                 "pass a file name, e.g. --json metrics.json")
-        result = compute_metrics(
-            real, fake, metrics, real_features=real_features, fake_features=fake_features, protocol=protocol,
-            inception_weights=inception_weights, device=device, batch_size=batch_size, seed=seed,
+        if model is None and num_samples is not None:
+            raise DifflensError("--num-samples only applies with --model.", "add --model M, or drop it")
+        if model is not None and num_samples is None:
+            raise DifflensError("--model needs --num-samples.", "pass --num-samples N")
+        generation = None if model is None else GenerationRequest(
+            model=model, num_samples=num_samples or 0, samples_dir=samples_dir, steps=steps,
+            guidance=guidance,
+            seed=gen_seed, batch_size=gen_batch_size, height=height, width=width,
+            negative_prompt=negative_prompt, dtype=dtype)
+        datasets = DatasetOptions(image_column=image_column, caption_column=caption_column, num_real=num_real,
+                                  subset_seed=subset_seed, reference_size=reference_size, streaming=streaming)
+        result = evaluate(
+            real, fake, metrics, prompts=prompts, generation=generation, datasets=datasets,
+            clip_model=clip_model, cmmd_clip_model=cmmd_clip_model, dinov2_model=dinov2_model,
+            per_prompt=per_prompt, offline=offline, strict=strict, device=device,
+            real_features=real_features, fake_features=fake_features, protocol=protocol,
+            inception_weights=inception_weights, batch_size=batch_size, seed=seed,
             kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, is_splits=is_splits,
-            bootstrap=bootstrap, offline=offline, strict=strict,
-            allow_protocol_mismatch=allow_protocol_mismatch,
+            bootstrap=bootstrap, allow_protocol_mismatch=allow_protocol_mismatch,
             save_stats=save_stats, save_real_stats=save_real_stats, save_fake_stats=save_fake_stats)
         if json_out is not None:
             write_json(json_out, result)

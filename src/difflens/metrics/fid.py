@@ -84,12 +84,24 @@ def trace_sqrt_from_factor(factor: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(w, 0.0, None)).sum())
 
 
+def _trace_sqrt_two_cholesky(l1: np.ndarray, l2: np.ndarray) -> float:
+    """``sum sqrt(eigvalsh(Z Z^T))`` with ``Z = L1^T L2``: ``Z Z^T = L1^T S2 L1`` in 2 D^3 flops
+    (a triangular product and a symmetric rank-k update) instead of two general products (4 D^3)."""
+    from scipy.linalg.blas import dsyrk, dtrmm
+
+    z = dtrmm(1.0, l1, l2, side=0, lower=1, trans_a=1)
+    m = dsyrk(1.0, z, trans=0, lower=0)            # upper triangle of Z Z^T
+    w = np.linalg.eigvalsh(m, UPLO="U")
+    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+
+
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """``Tr((S1 S2)^(1/2))`` for symmetric PSD S1, S2 (float64).
 
-    Both positive definite (the usual case, N > D): ``sum sqrt(eigvalsh(L1^T S2 L1))`` with ``L1`` the
-    Cholesky factor of S1. Otherwise (a rank-deficient covariance, e.g. N <= D): the nuclear norm of
-    ``F1^T F2`` with rank-truncated factors, which avoids square roots of rounding noise in the null space.
+    Both positive definite (the usual case, N > D): ``sum sqrt(eigvalsh(L1^T S2 L1))`` with ``L1``, ``L2``
+    the Cholesky factors, ``L1^T S2 L1`` formed as ``Z Z^T``, ``Z = L1^T L2``. Otherwise (a rank-deficient
+    covariance, e.g. N <= D): the nuclear norm of ``F1^T F2`` with rank-truncated factors, which avoids
+    square roots of rounding noise in the null space.
     """
     s1 = _check_square(sigma1, "sigma1")
     s2 = _check_square(sigma2, "sigma2")
@@ -102,7 +114,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     with lapack_single_thread():
         l1, l2 = _cholesky(s1), _cholesky(s2)
         if l1 is not None and l2 is not None:
-            return trace_sqrt_from_factor(l1, s2)
+            return _trace_sqrt_two_cholesky(l1, l2)
         f1 = l1 if l1 is not None else _eigh_factor(s1)
         f2 = l2 if l2 is not None else _eigh_factor(s2)
         if f1.shape[1] == 0 or f2.shape[1] == 0:

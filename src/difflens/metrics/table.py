@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 LABELS = {"fid": "FID", "kid": "KID", "is": "IS", "precision": "precision", "recall": "recall",
-          "density": "density", "coverage": "coverage"}
-ORDER = ("fid", "kid", "is", "precision", "recall", "density", "coverage")
+          "density": "density", "coverage": "coverage", "clip_score": "CLIP score", "cmmd": "CMMD",
+          "fd_dinov2": "FD-DINOv2"}
+ORDER = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "clip_score", "cmmd", "fd_dinov2")
 
 
 def _fmt(v: Any) -> str:
@@ -63,6 +64,10 @@ def render(result: dict[str, Any], console: Any | None = None) -> None:
     if "weights_standard" in proto:
         line += " (published TF 2015-12-05)" if proto["weights_standard"] else " (NOT the published file)"
     out.print(escape(line), highlight=False)
+    if result.get("per_prompt"):
+        from difflens.metrics.clip import render_per_prompt
+
+        render_per_prompt(result["per_prompt"], console=out)
     for w in warnings:
         if not is_weights_warning(w):
             out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)

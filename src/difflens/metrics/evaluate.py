@@ -1,0 +1,215 @@
+"""One entry point for `difflens metrics`: resolve named datasets and published statistics, generate
+samples from a model when asked (resumable), then run the Inception metrics and the embedding metrics
+(CLIP score, CMMD, FD-DINOv2) and merge them into one result.
+
+The pieces live elsewhere (generate.api, refsets, metrics.api, metrics.clip); this module only decides
+which of them a request needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+
+INCEPTION_METRICS = ("fid", "kid", "is", "pr", "dc")
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read `hf:`/parquet/arrow specs (see difflens.refsets)."""
+
+    image_column: str = "image"
+    caption_column: str = "caption"
+    num_real: int | None = None
+    subset_seed: int = 0
+    reference_size: int | None = None
+    streaming: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Generate-then-evaluate: samples of `model` for `prompts`."""
+
+    model: str
+    num_samples: int
+    samples_dir: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+    dtype: str = "float32"
+
+
+def split_metrics(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """(Inception metrics or None for "all the inputs allow", embedding metrics)."""
+    from difflens.metrics.clip import EMBEDDING_METRICS
+
+    if spec is None:
+        return None, ()
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    aliases = {v: k for k, v in EMBEDDING_METRICS.items()}
+    embedding = tuple(aliases.get(n, n) for n in names if n in EMBEDDING_METRICS or n in aliases)
+    inception = tuple(n for n in names if n not in EMBEDDING_METRICS and n not in aliases)
+    unknown = [n for n in inception if n not in INCEPTION_METRICS]
+    if unknown:
+        raise DifflensError(f"unknown metric(s) {', '.join(unknown)}.",
+                            f"choose from {', '.join(INCEPTION_METRICS + tuple(EMBEDDING_METRICS))}")
+    return inception, embedding
+
+
+def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
+                      strict: bool) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    """A `stats:NAME` or dataset spec becomes statistics or a uint8 image array; anything else is passed
+    through to compute_metrics. Returns (input, dataset identity or None, warnings)."""
+    if not isinstance(spec, str):
+        return spec, None, []
+    from difflens.refsets.dataset_source import is_dataset_spec
+    from difflens.refsets.registry import is_stats_spec
+
+    if is_stats_spec(spec):
+        from difflens.refsets.registry import load_registry_stats
+
+        stats, fingerprint, extra = load_registry_stats(spec, offline=offline)
+        warnings = [str(w) for w in extra.get("warnings", [])] if isinstance(extra, dict) else []
+        record = {"mu": stats.mean, "sigma": stats.covariance(), "n": stats.n}
+        if fingerprint is not None:
+            record["fingerprint"] = fingerprint
+        return record, {"registry": spec}, warnings
+    if is_dataset_spec(spec):
+        import numpy as np
+
+        from difflens.refsets.dataset_source import open_image_source
+
+        source = open_image_source(spec, image_column=options.image_column, num=options.num_real,
+                                   subset_seed=options.subset_seed, reference_size=options.reference_size,
+                                   offline=offline, streaming=options.streaming, strict=strict)
+        batches = list(source.iter_batches(64))
+        shapes = {b.shape[1:] for b in batches}
+        if len(shapes) > 1:
+            raise DifflensError(f"the images of {spec} have different sizes {sorted(shapes)}.",
+                                "pass --reference-size N to resize and center-crop them to one size")
+        if not batches:
+            raise DifflensError(f"{spec} holds no decodable images.", "check --image-column and the data")
+        identity = {"identity": source.identity, "preprocessing": source.preprocessing}
+        return np.concatenate(batches), identity, list(source.warnings)
+    return spec, None, []
+
+
+def load_prompt_list(prompts: str | None, options: DatasetOptions, offline: bool) -> list[str] | None:
+    if prompts is None:
+        return None
+    from difflens.refsets.dataset_source import is_dataset_spec
+
+    if is_dataset_spec(prompts):
+        from difflens.refsets.dataset_source import load_prompts_from_dataset
+
+        return load_prompts_from_dataset(prompts, options.caption_column, options.num_real,
+                                         options.subset_seed, offline)
+    from difflens.generate.prompts import load_prompts
+
+    return load_prompts(prompts)
+
+
+def _image_items(source: Any) -> Any:
+    """Images for the embedding metrics: file lists, folders (listed) or uint8 arrays."""
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        from difflens.metrics.images import list_image_files
+
+        return list_image_files(source)
+    if isinstance(source, (str, Path)) and str(source).endswith((".npy", ".npz")):
+        import numpy as np
+
+        data = np.load(source)
+        return data if not hasattr(data, "files") else data[data.files[0]]
+    return source
+
+
+def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | None = None, *,
+             prompts: str | None = None, generation: GenerationRequest | None = None,
+             datasets: DatasetOptions | None = None, clip_model: str = "openai/clip-vit-large-patch14",
+             cmmd_clip_model: str | None = None, dinov2_model: str | None = None, per_prompt: bool = False,
+             offline: bool = False, strict: bool = False, device: str | None = None,
+             **inception_kwargs: Any) -> dict[str, Any]:
+    """Everything `difflens metrics` can do, as a function. `inception_kwargs` go to compute_metrics."""
+    from difflens.metrics.api import compute_metrics
+
+    datasets = datasets or DatasetOptions()
+    inception, embedding = split_metrics(metrics)
+    if per_prompt and "clip" not in embedding:
+        raise DifflensError("--per-prompt breaks down the CLIP score, which is not among --metrics.",
+                            "add clip to --metrics")
+    warnings: list[str] = []
+    real_input, real_identity, w = resolve_reference(real, datasets, offline, strict)
+    warnings += w
+    fake_input, fake_identity, w = resolve_reference(fake, datasets, offline, strict)
+    warnings += w
+    prompt_list = load_prompt_list(prompts, datasets, offline)
+    fake_prompts: list[str] | None = None
+    samples_folder: Path | None = None
+    if generation is not None:
+        from difflens.generate.api import generate_for_metrics
+
+        if fake is not None:
+            raise DifflensError("--model and --fake were both given.",
+                                "use --model (generate, then evaluate) or --fake (evaluate a folder)")
+        if not prompt_list:
+            raise DifflensError("--model needs prompts to generate from.", "pass --prompts FILE")
+        gen = generate_for_metrics(generation.model, prompt_list, generation.num_samples,
+                                   generation.samples_dir, steps=generation.steps,
+                                   guidance=generation.guidance, seed=generation.seed,
+                                   batch_size=generation.batch_size, height=generation.height,
+                                   width=generation.width, negative_prompt=generation.negative_prompt,
+                                   dtype=generation.dtype, device=device, offline=offline)
+        fake_input, fake_prompts, samples_folder = gen.files, gen.prompts, gen.folder
+        warnings += gen.warnings()
+    elif isinstance(fake_input, (str, Path)) and Path(fake_input).is_dir():
+        from difflens.generate.api import is_generation_folder, load_generated
+
+        if is_generation_folder(fake_input):
+            gen = load_generated(fake_input)
+            fake_input, fake_prompts = gen.files, gen.prompts
+            warnings += gen.warnings()
+        elif prompt_list:
+            from difflens.generate.prompts import cycle_prompts
+            from difflens.metrics.images import list_image_files
+
+            fake_input = list_image_files(fake_input)
+            fake_prompts = cycle_prompts(prompt_list, len(fake_input))
+
+    if inception is None or inception:
+        result = compute_metrics(real_input, fake_input, inception, offline=offline, strict=strict,
+                                 device=device, **inception_kwargs)
+    else:
+        from difflens.versions import collect_versions
+
+        result = {"metrics": {}, "n_real": None, "n_fake": len(_image_items(fake_input) or []),
+                  "protocol": {}, "versions": collect_versions(), "warnings": []}
+    if embedding:
+        from difflens.metrics.clip import compute_embedding_metrics
+        from difflens.metrics.feature_cache import FeatureCache
+
+        extra = compute_embedding_metrics(
+            embedding, fake=_image_items(fake_input), real=_image_items(real_input) if real_input is not None
+            else None, prompts=fake_prompts, clip_model=clip_model, cmmd_clip_model=cmmd_clip_model,
+            dinov2_model=dinov2_model, per_prompt=per_prompt,
+            bootstrap=int(inception_kwargs.get("bootstrap", 0)), seed=int(inception_kwargs.get("seed", 0)),
+            device=device, offline=offline, cache=FeatureCache())
+        result["metrics"].update(extra["metrics"])
+        result.setdefault("protocol", {})["embedding"] = extra.get("protocol", {})
+        warnings += extra.get("warnings", [])
+        if "per_prompt" in extra:
+            result["per_prompt"] = extra["per_prompt"]
+    result["warnings"] = list(result.get("warnings", [])) + warnings
+    if real_identity or fake_identity:
+        result["datasets"] = {"real": real_identity, "fake": fake_identity}
+    if generation is not None:
+        result["generation"] = {"model": generation.model, "num_samples": generation.num_samples,
+                                "samples_dir": str(samples_folder)}
+    return result
