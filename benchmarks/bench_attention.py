@@ -8,6 +8,10 @@
    peak allocated memory during the captured generation minus the plain one is printed too.
 
     .venv/bin/python benchmarks/bench_attention.py --families sd15,sdxl,sd3,flux,pixart --steps 20 --size 64
+    .venv/bin/python benchmarks/bench_attention.py --families sd3,flux --wide --size 128 --steps 10
+
+``--wide`` swaps in wider SD3/Flux transformers (4 heads x 64, more blocks): attention is a smaller share of
+the work there than in the tiny ones, as in real models.
 """
 
 from __future__ import annotations
@@ -16,6 +20,25 @@ import argparse
 import statistics
 import time
 from typing import Any
+
+
+def _widen(family: str, pipe: Any) -> Any:
+    """Replace the tiny SD3/Flux transformer by a wider random one (same text widths)."""
+    import torch
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    if family == "sd3":
+        pipe.transformer = SD3Transformer2DModel(
+            sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=4,
+            attention_head_dim=64, num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=256,
+            pooled_projection_dim=64, pos_embed_max_size=64).eval()
+    elif family == "flux":
+        pipe.transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=64,
+            num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+            axes_dims_rope=(16, 24, 24)).eval()
+    return pipe
 
 
 def _plan(family: str, pipe: Any, steps: int, size: int, stride: int) -> Any:
@@ -95,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier timings)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--wide", action="store_true", help="wider SD3/Flux transformers (see above)")
     args = parser.parse_args()
 
     import torch
@@ -107,7 +131,8 @@ def main() -> None:
     print(f"{'family':8s} {'steps':>5s} {'plain wall':>10s} {'capture wall':>12s} {'ratio':>6s}   "
           f"{'plain cpu':>9s} {'capture cpu':>11s} {'ratio':>6s}")
     for family in args.families.split(","):
-        pipe = build_tiny_pipeline(family).to(args.device)
+        pipe = build_tiny_pipeline(family)
+        pipe = (_widen(family, pipe) if args.wide else pipe).to(args.device)
         plan = _plan(family, pipe, args.steps, args.size, 1)
         _plain(plan)
         _captured(plan, 1)                                        # warm-up
@@ -125,7 +150,8 @@ def main() -> None:
     print(f"{'family':8s} {'stride':>6s} {'steps':>5s} {'stored':>10s} {'transient':>10s} {'tokens':>6s} "
           f"{'cuda extra':>10s}")
     for family in args.families.split(","):
-        pipe = build_tiny_pipeline(family).to(args.device)
+        pipe = build_tiny_pipeline(family)
+        pipe = (_widen(family, pipe) if args.wide else pipe).to(args.device)
         for stride_name in ("steps", "1"):
             for steps in (s1, s2):
                 stride = steps if stride_name == "steps" else 1
