@@ -23,3 +23,17 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
         return cache[family]
 
     return get
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process: the suite runs as two xdist workers on two cores, and tiny
+    models gain nothing from intra-op threads (OpenMP spinning only slows them down)."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.set_num_threads(1)

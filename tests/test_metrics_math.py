@@ -86,6 +86,8 @@ def test_stats_bad_input_is_a_clear_error() -> None:
     one = GaussianStats.from_features(feats(1, 0))
     with pytest.raises(DifflensError, match="at least 2 samples"):
         one.covariance()
+    with pytest.raises(DifflensError, match="at least 2 samples"):
+        fid_from_stats(one, GaussianStats.from_features(feats(10, 0)))
     with pytest.raises(DifflensError, match="dimension mismatch"):
         GaussianStats.empty(64).merge(GaussianStats.empty(32))
     with pytest.raises(DifflensError, match="dimension mismatch"):

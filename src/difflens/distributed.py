@@ -40,6 +40,7 @@ import contextlib
 import datetime
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -106,10 +107,11 @@ class DistContext:
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
         """Read the launcher's variables and join the process group (once per process).
 
-        Single process when ``WORLD_SIZE`` is absent or 1. Reuses a process group someone else (a user's
-        script, ``accelerate.Accelerator``) already initialised. ``device``: ``cpu``, ``cuda`` (this
-        rank's local GPU) or None (cuda when available). ``backend``: ``nccl``/``gloo``/None (nccl on
-        cuda, else gloo).
+        Single process when ``WORLD_SIZE`` is absent or 1: then torch is not even imported and
+        ``device`` is the one asked for (default ``cpu``; callers pick their own default device). Reuses a
+        process group someone else (a user's script, ``accelerate.Accelerator``) already initialised.
+        Distributed: ``device`` ``cpu``, ``cuda`` (this rank's local GPU) or None (cuda when available);
+        ``backend`` ``nccl``/``gloo``/None (nccl on cuda, else gloo).
         """
         return init_distributed(device=device, backend=backend, timeout_s=timeout_s)
 
@@ -171,12 +173,17 @@ def init_distributed(device: str | None = None, backend: str | None = None,
     if _CONTEXT is not None:
         return _CONTEXT
     world = env_world_size()
-    import torch.distributed as dist
+    already = False
+    if "torch" in sys.modules:  # a group someone else opened; torch is not imported just to ask
+        import torch.distributed as dist
 
-    already = dist.is_available() and dist.is_initialized()
+        already = dist.is_available() and dist.is_initialized()
     if world <= 1 and not already:
-        _CONTEXT = DistContext(device=_resolve_device(device, 0))
+        # one process: no torch import (FID from two statistics files stays light); device as asked
+        _CONTEXT = DistContext(device="cpu" if device in (None, "", "auto", "cpu") else
+                               _resolve_device(device, 0))
         return _CONTEXT
+    import torch.distributed as dist
     if not dist.is_available():
         raise DifflensError("this torch build has no torch.distributed.", "install a standard torch wheel")
     if already:
@@ -258,8 +265,6 @@ def is_main() -> bool:
     if _CONTEXT is not None:
         return _CONTEXT.is_main
     with contextlib.suppress(ImportError):
-        import sys
-
         if "torch" in sys.modules:
             import torch.distributed as dist
 

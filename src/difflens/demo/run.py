@@ -42,6 +42,7 @@ def build_assets(assets: Path) -> dict[str, Path]:
         "inception": assets / "inception-random.pth",
         "clip": assets / "tiny-clip",
         "real": assets / "real",
+        "ood_reference": assets / "ood-reference",
         "held_out": assets / "held-out",
         "ood": assets / "grayscale",
         "prompts": assets / "prompts.txt",
@@ -54,10 +55,12 @@ def build_assets(assets: Path) -> dict[str, Path]:
         save_tiny_clip(paths["clip"], seed=0)
     if not paths["real"].is_dir():
         write_folder(natural_crops(64, 64, seed=0), paths["real"], "real")
+    if not paths["ood_reference"].is_dir():
+        write_folder(natural_crops(32, 64, seed=5), paths["ood_reference"], "ref")
     if not paths["held_out"].is_dir():
-        write_folder(natural_crops(24, 64, seed=7), paths["held_out"], "held")
+        write_folder(natural_crops(16, 64, seed=7), paths["held_out"], "held")
     if not paths["ood"].is_dir():
-        write_folder(grayscale_crops(24, 64, seed=1), paths["ood"], "gray")
+        write_folder(grayscale_crops(16, 64, seed=1), paths["ood"], "gray")
     if not paths["prompts"].is_file():
         write_text(paths["prompts"], "\n".join(DEMO_PROMPTS) + "\n")
     return paths
@@ -76,7 +79,7 @@ def demo_config(out: Path, modes: tuple[str, ...], paths: dict[str, Path]) -> An
                         "cmmd_clip_model": clip},
             "schedule": {"steps": 30, "compare": ["sd15", "sdxl", "sd3", "flux", "zero-snr"]},
             "attention": {"steps": 8, "stride": 2},
-            "latent": {"frames": 5, "steps": 4, "ood_reference": str(paths["real"]),
+            "latent": {"frames": 5, "steps": 4, "ood_reference": str(paths["ood_reference"]),
                        "ood_test": str(paths["held_out"]), "ood_images": str(paths["ood"]),
                        "ood_methods": "all"},
         },

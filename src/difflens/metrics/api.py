@@ -133,6 +133,8 @@ class _Side:
         """Sample count; -1 when unknown (pytorch-fid statistics files do not record it)."""
         if self.features is not None:
             return int(self.features.shape[0])
+        if self.stats is not None:  # merged across ranks (features not gathered)
+            return int(self.stats.n)
         return int(self.source.n)
 
     @property
@@ -301,6 +303,11 @@ def compute_metrics(
     image_sides = [s for s in (r, f) if s is not None and s.source.kind in ("folder", "images")]
     extractor = None
     dev = None
+    from difflens import distributed as dist
+
+    ctx = dist.get_context()  # torchrun / accelerate launch: one rank per device; else a single process
+    if ctx.is_distributed and device in (None, "auto", "cuda"):
+        device = ctx.device  # each rank on the GPU of its LOCAL_RANK
     if image_sides:
         from difflens.metrics.fingerprint import Fingerprint
         from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
@@ -330,15 +337,31 @@ def compute_metrics(
     if image_sides:  # built only once every cheap check has passed
         extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
 
-    # Features: one Inception pass per image source.
+    # Features: one Inception pass per image source (under torchrun: each rank its share, whole batches).
+    sharded_sides: list[_Side] = []
     for side in image_sides:
         from difflens.metrics.extract import extract_features
 
-        ext = extract_features(side.source, extractor, batch_size=cfg.batch_size, strict=cfg.strict,
+        part, sharded = dist.shard_source(side.source, ctx, block=cfg.batch_size)
+        ext = extract_features(part, extractor, batch_size=cfg.batch_size, strict=cfg.strict,
                                label=side.name, keep_logits=(side.name == "fake" and "is" in chosen),
-                               show_progress=show_progress)
+                               show_progress=show_progress and ctx.is_main)
         side.features, side.logits = ext.pool3, ext.logits
-        warnings.extend(ext.log.warnings(f"{side.flag} {_where(side)}"))
+        side_warnings = ext.log.warnings(f"{side.flag} {_where(side)}")
+        if sharded:
+            sharded_sides.append(side)
+            side_warnings = [w for ws in dist.all_gather_json(side_warnings, ctx) for w in ws]
+        warnings.extend(side_warnings)
+    if sharded_sides:  # combine the ranks' shares: features only where a metric needs them
+        counts = {s.name: dist.total_rows(s.features, ctx) if any(s is t for t in sharded_sides) else s.n
+                  for s in (r, f) if s is not None and s.features is not None}
+        dim = int(sharded_sides[0].features.shape[1])
+        gather = (any(m in chosen for m in ("kid", "pr", "dc")) or cfg.bootstrap > 0
+                  or ("fid" in chosen and len(counts) == 2
+                      and _fid_from_features(counts["real"], counts["fake"], dim)))
+        for side in sharded_sides:
+            side.features, side.logits, side.stats = dist.combine_shards(side.features, side.logits,
+                                                                         gather, ctx)
     _check_dims(r, f)
     result_metrics = _compute(cfg, chosen, r, f, dev, warnings)
 
@@ -351,7 +374,8 @@ def compute_metrics(
     for path, stats, fp, extra in to_save:
         from difflens.metrics.stats import save_stats as _save
 
-        _save(path, stats, fp, extra)
+        if ctx.is_main:  # rank 0 writes; every rank returns the same result
+            _save(path, stats, fp, extra)
 
     return {
         "metrics": result_metrics,
@@ -360,6 +384,7 @@ def compute_metrics(
         "protocol": _protocol_record(cfg, chosen, r, f, extractor),
         "versions": collect_versions(),
         "warnings": warnings,
+        **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
     }
 
 
@@ -426,14 +451,19 @@ def _fid_value(real_stats: Any, fake_stats: Any, real_f: Any | None, fake_f: Any
 
     from difflens.metrics import fid as fid_mod
 
-    dim = real_stats.dim
-    if (real_f is not None and fake_f is not None and min(len(real_f), len(fake_f)) <= dim
-            and len(real_f) * len(fake_f) <= 4 * dim * dim):
+    if real_f is not None and fake_f is not None and _fid_from_features(len(real_f), len(fake_f),
+                                                                         real_stats.dim):
         diff = real_stats.mean - fake_stats.mean
         tr = (float(diff @ diff) + float(np.trace(real_stats.covariance()))
               + float(np.trace(fake_stats.covariance())))
         return max(tr - 2.0 * fid_mod.trace_sqrt_product_from_features(real_f, fake_f), 0.0)
     return float(fid_mod.fid_from_stats(real_stats, fake_stats))
+
+
+def _fid_from_features(n_real: int, n_fake: int, dim: int) -> bool:
+    """Whether FID takes its trace term from the features (a covariance is singular and the product is
+    small); under torchrun the features are then gathered rather than the statistics merged."""
+    return min(n_real, n_fake) <= dim and n_real * n_fake <= 4 * dim * dim
 
 
 def _fid(r: _Side, f: _Side) -> float:
@@ -477,11 +507,12 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
         out["is"] = {"value": float(mean), "std": float(std)}
     knn_metrics = [k for m in ("pr", "dc") if m in chosen for k in METRIC_KEYS[m]]
     if knn_metrics:
-        from difflens.metrics import knn
+        from difflens.distributed import distributed_prdc
 
         knn_dev = dev or "cpu"
-        res = knn.prdc(real_f, fake_f, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=knn_dev,
-                       metrics=tuple(knn_metrics))
+        # exact; under torchrun each rank takes the rows of its share (one process: knn.prdc itself)
+        res = distributed_prdc(real_f, fake_f, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=knn_dev,
+                               metrics=tuple(knn_metrics))
         for key in knn_metrics:
             out[key] = {"value": float(res[key])}
     if cfg.bootstrap:

@@ -14,7 +14,8 @@ so every metric sees the same resamples for the same seed. Helpers that make res
 - KID (:func:`bootstrap_kid`): the full-set unbiased MMD^2 of (real, resample) for all B resamples from
   one blockwise pass over the kernel matrices (float32 Gram products, float64 kernel sums), via
   ``sum_{jl} w_j w_l K_jl = sum((K W) * W)``. It estimates the same population MMD^2 as the subset-averaged
-  KID; its percentile interval is the KID interval. O((N^2 + M^2 + N M) D + M^2 B).
+  KID (both are unbiased), so its percentile interval serves as the KID interval, at the cost of one
+  pass instead of B subset-KIDs. O((N^2 + M^2 + N M) D + M^2 B).
 - k-NN metrics (:func:`prdc_with_bootstrap`, :func:`bootstrap_prdc`): all resamples from one pass, each
   equal to ``prdc(real, fake[idx_b])`` exactly (see :func:`difflens.metrics.knn.prdc_bootstrap`).
   Duplicates in a resample sit at distance 0 from each other, so a point drawn more than k times gets a
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from difflens.errors import DifflensError
-from difflens.metrics.fid import lapack_single_thread, psd_factor
+from difflens.metrics.fid import blas_single_thread, psd_factor
 from difflens.metrics.stats import GaussianStats
 
 
@@ -114,7 +115,7 @@ def bootstrap_fid(real: GaussianStats, fake: np.ndarray, num: int, seed: int) ->
         else:
             yw = y * np.sqrt(w)[:, None]
             mat = (yw.T @ yw - m_count * np.outer(my, my)) / n1
-        with lapack_single_thread():
+        with blas_single_thread():
             eig = np.linalg.eigvalsh(0.5 * (mat + mat.T))
         trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
         dmu = dmu0 - mc

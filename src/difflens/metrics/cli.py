@@ -131,6 +131,10 @@ def register(app: typer.Typer) -> None:
             kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, is_splits=is_splits,
             bootstrap=bootstrap, allow_protocol_mismatch=allow_protocol_mismatch,
             save_stats=save_stats, save_real_stats=save_real_stats, save_fake_stats=save_fake_stats)
+        from difflens.distributed import is_main
+
+        if not is_main():  # under torchrun every rank holds the result; rank 0 writes and prints it
+            return
         if json_out is not None:
             write_json(json_out, result)
         render(result)

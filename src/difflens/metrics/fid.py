@@ -27,8 +27,8 @@ from difflens.metrics.stats import GaussianStats
 
 
 @contextlib.contextmanager
-def lapack_single_thread() -> Iterator[None]:
-    """Run LAPACK factorizations on one BLAS thread.
+def blas_single_thread() -> Iterator[None]:
+    """Run BLAS and LAPACK calls on one thread (threadpoolctl; a no-op without it).
 
     Multi-threaded OpenBLAS LAPACK (Cholesky, eigvalsh) synchronizes its threads thousands of times; on a
     busy machine each synchronization waits for a descheduled thread, and a 2048 x 2048 ``eigvalsh`` was
@@ -70,8 +70,7 @@ def _eigh_factor(sym: np.ndarray) -> np.ndarray:
 def psd_factor(sigma: np.ndarray) -> np.ndarray:
     """A matrix ``F`` with ``F @ F.T == sigma``: Cholesky, or a rank-truncated eigh factor if not PD."""
     sym = _check_square(sigma, "sigma")
-    sym = 0.5 * (sym + sym.T)
-    with lapack_single_thread():
+    with blas_single_thread():
         chol = _cholesky(sym)
         return chol if chol is not None else _eigh_factor(sym)
 
@@ -109,9 +108,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
         raise DifflensError(
             f"Feature dimension mismatch: covariances are {s1.shape} and {s2.shape}.",
             "Compare statistics of the same extractor and layer.")
-    s1 = 0.5 * (s1 + s1.T)
-    s2 = 0.5 * (s2 + s2.T)
-    with lapack_single_thread():
+    # symmetric by construction: Cholesky and eigh read the lower triangle only, so no symmetrizing copy
+    with blas_single_thread():
         l1, l2 = _cholesky(s1), _cholesky(s2)
         if l1 is not None and l2 is not None:
             return _trace_sqrt_two_cholesky(l1, l2)
@@ -137,7 +135,7 @@ def trace_sqrt_product_from_features(a: np.ndarray, b: np.ndarray) -> float:
     ac = a - a.mean(axis=0)
     bc = b - b.mean(axis=0)
     prod = bc @ ac.T
-    with lapack_single_thread():
+    with blas_single_thread():
         sv = np.linalg.svd(prod, compute_uv=False)
     return float(sv.sum() / np.sqrt((a.shape[0] - 1) * (b.shape[0] - 1)))
 
@@ -157,10 +155,31 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return max(value, 0.0)
 
 
+def _moment_and_scale(st: GaussianStats) -> tuple[np.ndarray, float]:
+    """(matrix, c) with covariance = c * matrix, without allocating the covariance."""
+    if not st.known_n:
+        return st.m2, 1.0
+    if st.n < 2:
+        raise DifflensError(
+            f"A covariance needs at least 2 samples, these statistics have {st.n}.",
+            "Use a set of at least 2 images (FID needs thousands to be meaningful).")
+    return st.m2, 1.0 / (st.n - 1)
+
+
 def fid_from_stats(a: GaussianStats, b: GaussianStats) -> float:
-    """FID between two :class:`GaussianStats` (unbiased covariances)."""
+    """FID between two :class:`GaussianStats` (unbiased covariances ``m2 / (n - 1)``).
+
+    Works on ``m2`` directly: ``Tr((c1 M1 c2 M2)^(1/2)) = sqrt(c1 c2) Tr((M1 M2)^(1/2))``.
+    """
     if a.dim != b.dim:
         raise DifflensError(
             f"Feature dimension mismatch: statistics have D={a.dim} and D={b.dim}.",
             "Compare statistics of the same extractor and layer.")
-    return frechet_distance(a.mean, a.covariance(), b.mean, b.covariance())
+    m1, c1 = _moment_and_scale(a)
+    m2, c2 = _moment_and_scale(b)
+    mu1 = np.asarray(a.mean, dtype=np.float64)
+    mu2 = np.asarray(b.mean, dtype=np.float64)
+    diff = mu1 - mu2
+    tr = c1 * float(np.trace(m1)) + c2 * float(np.trace(m2))
+    value = float(diff @ diff) + tr - 2.0 * np.sqrt(c1 * c2) * trace_sqrt_product(m1, m2)
+    return max(value, 0.0)
