@@ -94,7 +94,8 @@ def run_latent(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
                  {"frames": 6, "method": "slerp", "steps": 20, "seeds": None, "size": None,
                   "features": "vae", "clip_model": None, "inception_weights": None,
                   "max_sequence_length": None,
-                  "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all"})
+                  "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all",
+                  "ood_noise_levels": "0.25,0.5,0.75"})
     common = {"steps": opts["steps"], "size": opts["size"],
               "max_sequence_length": opts["max_sequence_length"], "dtype": cfg.dtype,
               "device": cfg.device, "offline": cfg.offline}
@@ -105,6 +106,7 @@ def run_latent(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     if opts["ood_reference"] and opts["ood_test"]:
         ood(cfg.model, out / "ood", reference=[opts["ood_reference"]], test=[opts["ood_test"]],
             ood_images=[opts["ood_images"]] if opts["ood_images"] else None, methods=opts["ood_methods"],
+            noise_levels=opts["ood_noise_levels"],
             features=opts["features"], clip_model=opts["clip_model"],
             inception_weights=opts["inception_weights"], seed=cfg.seed, **common)
     return {}

@@ -54,13 +54,13 @@ def build_assets(assets: Path) -> dict[str, Path]:
     if not (paths["clip"] / "config.json").is_file():
         save_tiny_clip(paths["clip"], seed=0)
     if not paths["real"].is_dir():
-        write_folder(natural_crops(64, 64, seed=0), paths["real"], "real")
+        write_folder(natural_crops(48, 64, seed=0), paths["real"], "real")
     if not paths["ood_reference"].is_dir():
-        write_folder(natural_crops(32, 64, seed=5), paths["ood_reference"], "ref")
+        write_folder(natural_crops(20, 64, seed=5), paths["ood_reference"], "ref")
     if not paths["held_out"].is_dir():
-        write_folder(natural_crops(16, 64, seed=7), paths["held_out"], "held")
+        write_folder(natural_crops(10, 64, seed=7), paths["held_out"], "held")
     if not paths["ood"].is_dir():
-        write_folder(grayscale_crops(16, 64, seed=1), paths["ood"], "gray")
+        write_folder(grayscale_crops(10, 64, seed=1), paths["ood"], "gray")
     if not paths["prompts"].is_file():
         write_text(paths["prompts"], "\n".join(DEMO_PROMPTS) + "\n")
     return paths
@@ -71,7 +71,7 @@ def demo_config(out: Path, modes: tuple[str, ...], paths: dict[str, Path]) -> An
     return AnalysisConfig(
         model=str(paths["model"]), out=out, modes=modes, real=str(paths["real"]),
         prompts=str(paths["prompts"]),
-        num_samples=24, prompt="a photo of a cat sitting on a bench", seed=0, device="cpu", offline=True,
+        num_samples=16, prompt="a photo of a cat sitting on a bench", seed=0, device="cpu", offline=True,
         label="tiny random SD-1.x (demo)",
         mode_options={
             "metrics": {"inception_weights": str(paths["inception"]), "bootstrap": 10, "steps": 4,
@@ -81,7 +81,7 @@ def demo_config(out: Path, modes: tuple[str, ...], paths: dict[str, Path]) -> An
             "attention": {"steps": 8, "stride": 2},
             "latent": {"frames": 5, "steps": 4, "ood_reference": str(paths["ood_reference"]),
                        "ood_test": str(paths["held_out"]), "ood_images": str(paths["ood"]),
-                       "ood_methods": "all"},
+                       "ood_methods": "all", "ood_noise_levels": "0.3,0.6"},
         },
     )
 
