@@ -573,23 +573,6 @@ def _exact_d2(a: Any, ia: Any, b: Any, ib: Any) -> Any:
     return out
 
 
-@contextlib.contextmanager
-def _strict_fp32() -> Iterator[None]:
-    """Full float32 matmul (no TF32) inside, restored after."""
-    import torch
-
-    old = torch.get_float32_matmul_precision()
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_float32_matmul_precision(old)
-        torch.backends.cuda.matmul.allow_tf32 = old_tf32
-
-
 def _chunks(rows: range, width: int, block: int) -> list[range]:
     size = max(1, min(block, _TILE_ELEMS // max(width, 1)))
     return [range(s, min(s + size, rows.stop)) for s in range(rows.start, rows.stop, size)]
@@ -599,6 +582,9 @@ def _sharded_radii(fs: _KnnSet, ks: Sequence[int], ctx: DistContext, block: int)
     """Exact k-th neighbour distances (self excluded) of every row, each rank computing its block of rows
     against the whole set, gathered in rank order: ``{k: (N,) float64}``."""
     import numpy as np
+    import torch
+
+    from difflens.numerics import strict_float32
 
     ks = sorted({int(k) for k in ks})
     q = ks[-1] + 1
@@ -608,7 +594,7 @@ def _sharded_radii(fs: _KnnSet, ks: Sequence[int], ctx: DistContext, block: int)
     tol = _knn_tol(fs, fs)
     mine = ctx.shard(fs.n)
     local = np.empty((len(mine), q), dtype=np.float64)
-    with _strict_fp32():
+    with strict_float32(), torch.inference_mode():
         for rows in _chunks(mine, fs.n, block):
             t = fs.tile(rows, fs)
             vq = t.kthvalue(q, dim=1).values.double()
@@ -632,6 +618,8 @@ def _cross_counts(real: _KnnSet, rows: range, fake: _KnnSet, rr_pr: Any, rf_pr: 
     import numpy as np
     import torch
 
+    from difflens.numerics import strict_float32
+
     m = fake.n
     want_p, want_r, want_dc = rr_pr is not None, rf_pr is not None, rr_dc is not None
     thr = [x[rows.start:rows.stop] ** 2 for x in (rr_pr, rr_dc) if x is not None]
@@ -650,7 +638,7 @@ def _cross_counts(real: _KnnSet, rows: range, fake: _KnnSet, rr_pr: Any, rf_pr: 
     c_hit = torch.zeros(len(rows), dtype=torch.bool, device=dev)
     rf2 = dev64(rf_pr ** 2) if want_r else None
     bands: dict[str, list[tuple[Any, Any]]] = {"p": [], "d": [], "r": []}
-    with _strict_fp32():
+    with strict_float32(), torch.inference_mode():
         for ch in _chunks(rows, m, block):
             t = real.tile(ch, fake).double()
             lo, hi = ch.start - rows.start, ch.stop - rows.start

@@ -41,6 +41,7 @@ from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.metrics.fingerprint import PROTOCOLS, Fingerprint
+from difflens.numerics import strict_float32
 
 WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity
 PT_FID_FILENAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid
@@ -255,23 +256,6 @@ def make_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
             "format": "torch-fidelity FeatureExtractorInceptionV3 state dict"}
     write_text(path.with_name(path.name + RANDOM_SIDECAR_SUFFIX), json.dumps(meta, indent=2) + "\n")
     return path
-
-
-@contextlib.contextmanager
-def strict_float32() -> Iterator[None]:
-    """TF32 off (cuBLAS and cuDNN) and 'highest' float32 matmul precision, restored afterwards."""
-    import torch
-
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision())
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev[0], prev[1]
-        torch.set_float32_matmul_precision(prev[2])
 
 
 def tf_resize(x: Any) -> Any:
