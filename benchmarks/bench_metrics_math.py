@@ -165,10 +165,10 @@ def run_child(args: argparse.Namespace, method: str, **extra: object) -> dict:
 # ------------------------------------------------------------------------------------------ flop counts
 
 def knn_flops_difflens(n: int, m: int, d: int, block: int) -> float:
-    """Upper-triangle tiles of each set (diagonal tiles in full) plus the real x fake product."""
+    """Upper triangle of each set in strips of block/2 rows (diagonal squares in full) plus real x fake."""
     def tri(count: int) -> float:
-        sizes = [min(block, count - s) for s in range(0, count, block)]
-        return sum(sizes[i] * sum(sizes[i:]) for i in range(len(sizes)))
+        half = max(1, block // 2)
+        return sum(min(half, count - s) * (count - s) for s in range(0, count, half))
     return 2.0 * (d + 2) * (tri(n) + tri(m) + n * m)
 
 

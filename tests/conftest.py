@@ -37,3 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:  # pragma: no cover - torch is a dependency
         return
     torch.set_num_threads(1)
+    # transformers/diffusers bind their log handler to whatever sys.stderr is when they first log; under
+    # pytest's capture that stream is closed after the test, and a later log line prints a "Logging error"
+    # traceback. Route their records through the root logger (pytest's log capture) instead.
+    for name in ("transformers", "diffusers"):
+        module = __import__(f"{name}.utils.logging", fromlist=["logging"])
+        module.disable_default_handler()
+        module.enable_propagation()

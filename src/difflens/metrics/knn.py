@@ -373,14 +373,20 @@ class _TopList:
 
 
 def _approx_self_lists(ops: Any, fs: _FeatureSet, kk: int, block: int) -> _TopList:
-    """Approximate (float32 tile values) ``kk`` smallest squared distances of every row, self included."""
+    """Approximate (float32 tile values) ``kk`` smallest squared distances of every row, self included.
+
+    Row strips of ``block // 2`` rows: the diagonal squares first (they fill every row's list), then the
+    part of each strip right of its square in tiles of ``block // 2 x 2 block`` (the same memory as a
+    ``block x block`` tile); the wasted lower half of the diagonal squares is ``N block / 4`` entries.
+    """
     n = fs.n
     top = _TopList(n, kk)
-    blocks = _blocks(n, block)
+    half = max(1, block // 2)
+    strips = _blocks(n, half)
     right = ops.put(fs.right())
     lock = threading.Lock()
 
-    def diagonal(b: tuple[int, int]) -> None:   # diagonal tiles first: they fill every row's list
+    def diagonal(b: tuple[int, int]) -> None:
         i0, i1 = b
         t = ops.tile(ops.empty((i1 - i0) ** 2), ops.put(fs.left(slice(i0, i1))), right[i0:i1])
         v, c = ops.topk_rows(t, kk)
@@ -388,11 +394,13 @@ def _approx_self_lists(ops: Any, fs: _FeatureSet, kk: int, block: int) -> _TopLi
         with lock:
             top.merge(r, c.ravel() + i0, v.ravel())
 
-    def row_block(bi: int) -> None:
-        i0, i1 = blocks[bi]
+    def strip(b: tuple[int, int]) -> None:
+        i0, i1 = b
         left = ops.put(fs.left(slice(i0, i1)))
-        buf = ops.empty(block * block)
-        for j0, j1 in blocks[bi + 1:]:
+        width = max(1, (block * block) // max(1, i1 - i0))
+        buf = ops.empty((i1 - i0) * width)
+        for j0 in range(i1, n, width):
+            j1 = min(j0 + width, n)
             t = ops.tile(buf, left, right[j0:j1])
             # rows i0:i1 take the entries below their current list maximum, and columns j0:j1 (rows of
             # the transposed tile) likewise: one sparse selection, then split. A threshold read while
@@ -405,8 +413,8 @@ def _approx_self_lists(ops: Any, fs: _FeatureSet, kk: int, block: int) -> _TopLi
                 top.merge(r[sel_r] + i0, c[sel_r] + j0, v[sel_r])
                 top.merge(c[sel_c] + j0, r[sel_c] + i0, v[sel_c])
 
-    _for_each(ops, blocks, diagonal)
-    _for_each(ops, list(range(len(blocks) - 1)), row_block)
+    _for_each(ops, strips, diagonal)
+    _for_each(ops, strips[:-1], strip)
     return top
 
 
