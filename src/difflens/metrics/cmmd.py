@@ -16,11 +16,11 @@ sum_rows((K @ W) * W)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.metrics.feature_cache import FeatureCache, percentile_ci95, resample_indices
+from difflens.metrics.results import TwoSetResult
 
 DEFAULT_CMMD_CLIP_MODEL = "openai/clip-vit-large-patch14-336"
 SIGMA = 10.0
@@ -92,18 +92,7 @@ def _as_tensor(x: Any, device: str) -> Any:
     return t / torch.linalg.norm(t, dim=1, keepdim=True)
 
 
-@dataclass
-class CmmdResult:
-    value: float
-    n_real: int
-    n_fake: int
-    ci95: tuple[float, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"value": self.value, "n_real": self.n_real, "n_fake": self.n_fake}
-        if self.ci95 is not None:
-            out["ci95"] = list(self.ci95)
-        return out
+CmmdResult = TwoSetResult
 
 
 def cmmd_from_embeddings(real: Any, fake: Any, *, sigma: float = SIGMA, scale: float = SCALE,

@@ -11,7 +11,6 @@ the CLS token after the final layer norm (torch hub's ``x_norm_clstoken``), 1024
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from difflens.errors import DifflensError
@@ -27,6 +26,7 @@ from difflens.metrics.feature_cache import (
     resample_indices,
     weights_digest_for,
 )
+from difflens.metrics.results import TwoSetResult
 
 DEFAULT_DINOV2_MODEL = "facebook/dinov2-large"
 IMAGE_SIZE = 224
@@ -140,18 +140,7 @@ def fd_from_features(real: Any, fake: Any) -> float:
     return float(fid_from_stats(gaussian(real), gaussian(fake)))
 
 
-@dataclass
-class FdResult:
-    value: float
-    n_real: int
-    n_fake: int
-    ci95: tuple[float, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"value": self.value, "n_real": self.n_real, "n_fake": self.n_fake}
-        if self.ci95 is not None:
-            out["ci95"] = list(self.ci95)
-        return out
+FdResult = TwoSetResult
 
 
 def fd_with_bootstrap(real: Any, fake: Any, bootstrap: int = 0, seed: int = 0) -> FdResult:
