@@ -88,3 +88,26 @@ def model_family(pipe: Any) -> str:
         if name.startswith(key):
             return family
     return name
+
+
+def size_multiple(pipe: Any) -> int:
+    """Height and width must be multiples of this: VAE downsampling x transformer patch size, or x 2 for
+    Flux's 2x2 latent packing."""
+    vsf = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    if model_family(pipe) == "flux":
+        return vsf * 2
+    transformer = getattr(pipe, "transformer", None)
+    patch = getattr(getattr(transformer, "config", None), "patch_size", None) if transformer else None
+    return vsf * int(patch or 1)
+
+
+def default_size(pipe: Any) -> int | None:
+    """The height/width in pixels `__call__` uses when none is given, or None when it cannot be told."""
+    vsf = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    sample = getattr(pipe, "default_sample_size", None)
+    if not sample:
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int(sample) * vsf if sample else None

@@ -127,22 +127,6 @@ def _validate_config(cfg: AttentionConfig) -> None:
             raise DifflensError(f"{name} must be positive (got {v}).", "pass a size in pixels")
 
 
-def _size_multiple(pipe: Any, family: str, denoiser: Any) -> int:
-    vsf = int(getattr(pipe, "vae_scale_factor", 8))
-    if family == "flux":
-        return vsf * 2
-    patch = getattr(getattr(denoiser, "config", None), "patch_size", None)
-    return vsf * int(patch) if patch else vsf
-
-
-def _default_size(pipe: Any, denoiser: Any) -> int:
-    vsf = int(getattr(pipe, "vae_scale_factor", 8))
-    base = getattr(pipe, "default_sample_size", None) or getattr(denoiser.config, "sample_size", 64)
-    if isinstance(base, (list, tuple)):
-        base = base[0]
-    return int(base) * vsf
-
-
 def _call_kwargs(pipe: Any, family: str, cfg: AttentionConfig, height: int, width: int,
                  max_seq: int | None) -> dict[str, Any]:
     params = inspect.signature(pipe.__call__).parameters
@@ -191,8 +175,10 @@ def plan_attention(cfg: AttentionConfig, pipe: Any) -> Plan:
         raise DifflensError("the prompt has no token to map.", "pass a prompt with words")
     groups = word_groups(words, tokens)
 
-    mult = _size_multiple(pipe, family, denoiser)
-    default = _default_size(pipe, denoiser)
+    from difflens.models import default_size, size_multiple
+
+    mult = size_multiple(pipe)
+    default = default_size(pipe) or 64 * int(getattr(pipe, "vae_scale_factor", 8))
     height = cfg.height or default
     width = cfg.width or default
     for name, v in (("--height", height), ("--width", width)):

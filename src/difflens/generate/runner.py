@@ -163,30 +163,20 @@ def _default(params: dict[str, inspect.Parameter], name: str, fallback: Any) -> 
 
 
 def _size_multiple(pipe: Any) -> int:
-    """Height and width must be multiples of this (VAE downsampling x transformer patch / latent packing)."""
-    vsf = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    from difflens.models import model_family
+    from difflens.models import size_multiple
 
-    if model_family(pipe) == "flux":
-        return vsf * 2  # 2x2 latent packing
-    transformer = getattr(pipe, "transformer", None)
-    patch = int(getattr(getattr(transformer, "config", None), "patch_size", 1) or 1) if transformer else 1
-    return vsf * patch
+    return size_multiple(pipe)
 
 
 def default_size(pipe: Any) -> int:
     """The pipeline's default height/width in pixels."""
-    vsf = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    sample = getattr(pipe, "default_sample_size", None)
-    if not sample:
-        unet = getattr(pipe, "unet", None)
-        sample = getattr(getattr(unet, "config", None), "sample_size", None)
-        if isinstance(sample, (list, tuple)):
-            sample = sample[0]
-    if not sample:
+    from difflens.models import default_size as pipeline_default_size
+
+    size = pipeline_default_size(pipe)
+    if size is None:
         raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.",
                             "pass --height and --width")
-    return int(sample) * vsf
+    return size
 
 
 def resolve_settings(pipe: Any, model: str | Path, prompts: Sequence[str], options: GenerateOptions,

@@ -53,16 +53,12 @@ class TextCond:
 
 def default_size(pipe: Any) -> int:
     """The pipeline's default image size in pixels (the size ``__call__`` uses without height/width)."""
-    vsf = int(getattr(pipe, "vae_scale_factor", 8))
-    sample = getattr(pipe, "default_sample_size", None)
-    if sample is None:
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
-    if isinstance(sample, (tuple, list)):
-        sample = sample[0]
-    if sample is None:
+    from difflens.models import default_size as pipeline_default_size
+
+    size = pipeline_default_size(pipe)
+    if size is None:
         raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.", "pass --size")
-    return int(sample) * vsf
+    return size
 
 
 def size_multiple(pipe: Any) -> int:
