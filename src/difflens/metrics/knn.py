@@ -285,10 +285,7 @@ def _prepare(feats: Any, name: str) -> _FeatureSet:
     else:
         src = np.ascontiguousarray(arr, dtype=np.float64)
         x32 = src.astype(np.float32)
-    sq = np.empty(src.shape[0], dtype=np.float64)
-    for s in range(0, src.shape[0], 4096):
-        blk = x32[s:s + 4096].astype(np.float64)
-        sq[s:s + 4096] = np.einsum("ij,ij->i", blk, blk)
+    sq = np.einsum("ij,ij->i", x32, x32, dtype=np.float64)   # products and sums in float64
     if not np.all(np.isfinite(sq)):
         raise DifflensError(f"{name} features contain NaN or infinite values (or overflow float32).",
                             "Check the extractor input.")
