@@ -509,26 +509,23 @@ def knn_radii(feats: np.ndarray, k: int, block_size: int = 1024, device: str = "
 # real x fake pass
 # ----------------------------------------------------------------------------------------------------
 
-def _candidate_pairs(ops: Any, a: _FeatureSet, rows: np.ndarray, b: _FeatureSet,
-                     row_thr: np.ndarray | None, col_thr: np.ndarray | None, tol: float, block: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _candidate_pairs(ops: Any, a: _FeatureSet, rows: np.ndarray, b_right: Any, b_n: int,
+                     col_thr: np.ndarray, tol: float, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (position in ``rows``, column of b) whose float32 squared distance is within ``tol`` above
-    ``row_thr + col_thr``: a superset of the pairs whose exact squared distance is <= the threshold."""
+    ``col_thr``: a superset of the pairs whose exact squared distance is <= ``col_thr``.
+    ``b_right`` is b's augmented matrix already on the device."""
     out_r, out_c = [], []
     chunk = max(1, min(block, 1024))
-    buf = ops.empty(chunk * max(chunk, 1024))
+    width = max(chunk, 1024)
+    buf = ops.empty(chunk * width)
+    scratch = ops.empty(chunk * width)
     for s in range(0, len(rows), chunk):
         rr = rows[s:s + chunk]
         left = ops.put(a.left(rr))
-        for j0, j1 in _blocks(b.n, max(chunk, 1024)):
-            t = ops.tile(buf, left, ops.put(b.right(slice(j0, j1))))
-            lim = np.full((len(rr), j1 - j0), tol)
-            if row_thr is not None:
-                lim += row_thr[s:s + chunk, None]
-            if col_thr is not None:
-                lim += col_thr[None, j0:j1]
-            tt = t if isinstance(ops, _NumpyOps) else t.cpu().numpy()
-            ri, cj = np.nonzero(tt.astype(np.float64) <= lim)
+        lim = np.full(len(rr), tol)
+        for j0, j1 in _blocks(b_n, width):
+            t = ops.tile(buf, left, b_right[j0:j1])
+            ri, cj, _ = ops.pairs_below_outer(t, col_thr[j0:j1], lim, scratch)
             out_r.append(ri + s)
             out_c.append(cj + j0)
     if not out_r:
@@ -643,7 +640,7 @@ def _cross(ops: Any, real: _FeatureSet, fake: _FeatureSet, rr_pr: np.ndarray | N
         recalled = rec_margin < -tol
         unsure = np.nonzero(np.abs(rec_margin) <= tol)[0]
         if len(unsure):
-            ri, cj = _candidate_pairs(ops, real, unsure, fake, None, r2, tol, block)
+            ri, cj = _candidate_pairs(ops, real, unsure, right, m, r2, tol, block)
             hit = np.sqrt(_exact_d2(real.src, unsure[ri], fake.src, cj)) <= rf_pr[cj]
             recalled[unsure[np.unique(ri[hit])]] = True
         res.recalled = recalled
