@@ -15,8 +15,6 @@ from typing import Any
 
 from difflens.errors import DifflensError
 
-INCEPTION_METRICS = ("fid", "kid", "is", "pr", "dc")
-
 
 @dataclass(frozen=True)
 class DatasetOptions:
@@ -48,20 +46,28 @@ class GenerationRequest:
 
 
 def split_metrics(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
-    """(Inception metrics or None for "all the inputs allow", embedding metrics)."""
-    from difflens.metrics.clip import EMBEDDING_METRICS
+    """(Inception metrics or None for "all the inputs allow", embedding metrics), each name (and alias)
+    recognised by the parser of its own family: `api.parse_metrics` and `clip.parse_embedding_metrics`."""
+    from difflens.metrics.api import METRICS, parse_metrics
+    from difflens.metrics.clip import EMBEDDING_METRICS, parse_embedding_metrics
 
     if spec is None:
         return None, ()
-    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    aliases = {v: k for k, v in EMBEDDING_METRICS.items()}
-    embedding = tuple(aliases.get(n, n) for n in names if n in EMBEDDING_METRICS or n in aliases)
-    inception = tuple(n for n in names if n not in EMBEDDING_METRICS and n not in aliases)
-    unknown = [n for n in inception if n not in INCEPTION_METRICS]
-    if unknown:
-        raise DifflensError(f"unknown metric(s) {', '.join(unknown)}.",
-                            f"choose from {', '.join(INCEPTION_METRICS + tuple(EMBEDDING_METRICS))}")
-    return inception, embedding
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    inception: list[str] = []
+    embedding: list[str] = []
+    for name in names:
+        try:
+            embedding += parse_embedding_metrics(name)
+        except DifflensError:
+            inception.append(name)
+    try:
+        chosen = parse_metrics(inception) if inception else ()
+    except DifflensError:
+        unknown = ", ".join(inception)
+        raise DifflensError(f"unknown metric(s) among {unknown}.",
+                            f"choose from {', '.join((*METRICS, *EMBEDDING_METRICS))}") from None
+    return chosen, tuple(dict.fromkeys(embedding))
 
 
 def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
