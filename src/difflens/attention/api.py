@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.attention.aggregate import AggregateResult, OnlineAggregator, estimate_bytes, mib
+from difflens.attention.checks import capture_checks, check
 from difflens.attention.layout import AttnLayer, denoiser_of, detect_layers, select_layers
 from difflens.attention.replay import DEFAULT_CHUNK_BYTES
 from difflens.attention.words import (
@@ -22,7 +23,6 @@ from difflens.attention.words import (
     PromptTokens,
     Token,
     Word,
-    check_ids,
     select_tokens,
     select_words,
     text_segments,
@@ -30,10 +30,6 @@ from difflens.attention.words import (
     word_groups,
 )
 from difflens.errors import DifflensError
-
-#: Relative tolerance of "probabilities x V reproduce the layer output" per model dtype.
-OUTPUT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
-SUM_TOLERANCE = {"float32": 1e-5, "float16": 1e-5, "bfloat16": 1e-5}
 
 NORMALIZATION = {
     "cross": "softmax over all keys (the text sequence): for each image query the probabilities over text "
@@ -238,10 +234,6 @@ def _generate(plan: Plan, seed: int, callback: Any | None = None) -> Any:
     return out.images[0]
 
 
-def _check(name: str, ok: bool, message: str, **values: Any) -> dict[str, Any]:
-    return {"name": name, "ok": bool(ok), "message": message, **values}
-
-
 def run_attention(cfg: AttentionConfig, pipe: Any | None = None) -> AttentionResult:
     """Generate one image for ``cfg.prompt`` and capture its image->text attention (see module docs)."""
     import numpy as np
@@ -296,46 +288,15 @@ def run_attention(cfg: AttentionConfig, pipe: Any | None = None) -> AttentionRes
     word_entropy_total = spatial_entropy(word_maps).numpy() if len(plan.words) else np.zeros(0)
 
     # -- checks ------------------------------------------------------------------------------------
-    checks: list[dict[str, Any]] = []
-    sum_tol = SUM_TOLERANCE.get(dtype_name, 1e-5)
-    out_tol = OUTPUT_TOLERANCE.get(dtype_name, 1e-2)
-    captured = [i for i in capture.info if i.calls]
-    missing = [i.name for i in capture.info if not i.calls]
-    sum_err = max((i.sum_error or 0.0) for i in captured) if captured else float("nan")
-    out_errs = {i.name: i.out_error for i in captured}
-    out_err = max((e for e in out_errs.values() if e is not None), default=float("nan"))
-    route_err = max((i.route_error for i in captured if i.route_error is not None), default=float("nan"))
-    checks.append(_check("probabilities_sum_to_one", bool(captured) and sum_err <= sum_tol,
-                         f"max |sum over all keys - 1| = {sum_err:.2e} over {len(captured)} layers and "
-                         f"every captured call (tolerance {sum_tol:g})", value=sum_err, tolerance=sum_tol))
-    checks.append(_check("fast_route_matches_softmax", bool(captured) and route_err <= sum_tol,
-                         f"max |p(token) via one-hot values in SDPA - explicit softmax| = {route_err:.2e} "
-                         f"(tolerance {sum_tol:g}; first captured step)", value=route_err, tolerance=sum_tol))
-    checks.append(_check("output_reproduced", bool(captured) and out_err <= out_tol,
-                         f"max relative error of probabilities x V (+ out projection) against each layer's "
-                         f"real output: {out_err:.2e} (tolerance {out_tol:g}, {dtype_name}; first captured "
-                         "step)",
-                         value=out_err, tolerance=out_tol, per_layer=out_errs))
-    if missing:
-        checks.append(_check("layers_captured", False, f"{len(missing)} selected layer(s) were never called: "
-                             f"{', '.join(missing[:4])}"))
+    checks = capture_checks(plan, capture, result, dtype_name)
     if plain is not None:
         same = bool(np.array_equal(plain, image))
         diff = float(np.abs(plain.astype(np.float64) - image.astype(np.float64)).max())
-        checks.append(_check("image_unchanged_by_capture", same,
-                             "image with capture equals the image without capture for the same seed "
-                             f"(max abs difference {diff:g})", value=diff))
-    ids = check_ids(plan.prompt_tokens.expected_ids, capture.recorded_ids)
-    checks.append(_check("token_ids_match", ids["ok"],
-                         "token ids difflens mapped equal the ids the pipeline's text encoders received "
-                         f"({', '.join(ids['encoders'])})", encoders=ids["encoders"]))
-    shape_ok = tuple(result.maps.shape[-2:]) == tuple(plan.latent_hw) and (
-        result.per_step.shape[0] == 0 or tuple(result.per_step.shape[-2:]) == tuple(plan.latent_hw))
-    checks.append(_check("map_shape_is_latent_grid", shape_ok,
-                         f"maps {list(result.maps.shape[-2:])} vs latent grid {list(plan.latent_hw)} "
-                         f"for {plan.height}x{plan.width} pixels"))
+        checks.append(check("image_unchanged_by_capture", same,
+                            "image with capture equals the image without capture for the same seed "
+                            f"(max abs difference {diff:g})", value=diff))
     if callback_steps:
-        checks.append(_check("step_alignment", not mismatched and len(callback_steps) == capture.stats.steps,
+        checks.append(check("step_alignment", not mismatched and len(callback_steps) == capture.stats.steps,
                              f"the capture's step counter matched the pipeline's step callback on "
                              f"{len(callback_steps) - len(mismatched)}/{len(callback_steps)} steps"))
     if cfg.image_check:
