@@ -13,6 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+#: Files completed by :func:`atomic_path` in this process: the count and the last one (for the Ctrl-C line).
+_written: dict[str, Any] = {"count": 0, "last": None}
+
+
+def written() -> tuple[int, Path | None]:
+    """How many files this process has completed atomically so far, and the last of them."""
+    return _written["count"], _written["last"]
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
@@ -31,6 +39,8 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
+        _written["count"] += 1
+        _written["last"] = dest
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -48,9 +58,14 @@ def write_text(dest: str | Path, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON text :func:`write_json` writes (NaN/inf become null), newline-ended."""
+    return json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(dest: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON (NaN/inf become null)."""
-    write_text(dest, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    write_text(dest, json_text(obj))
 
 
 def save_npz(dest: str | Path, **arrays: Any) -> None:
