@@ -109,14 +109,15 @@ def is_generation_folder(path: str | Path) -> bool:
 
 
 def load_generated(folder: str | Path, num_samples: int | None = None) -> GeneratedSamples:
-    """Valid samples of a generation folder (indices below ``num_samples`` when given), by index."""
+    """Valid samples of a generation folder (indices below ``num_samples`` when given), by index, read as
+    the metrics read any ``--fake`` folder with a manifest (:mod:`difflens.generate.pairs`)."""
+    from difflens.generate.pairs import read_paired_folder
+
     folder = Path(folder)
-    entries = read_samples(folder, include_flagged=True)
-    if num_samples is not None:
-        entries = [e for e in entries if e.index < num_samples]
-    valid = [e for e in entries if e.valid]
-    return GeneratedSamples(folder=folder, files=[folder / e.file for e in valid],
-                            prompts=[e.prompt for e in valid], flagged=len(entries) - len(valid))
+    if not (folder / MANIFEST_NAME).is_file():
+        raise DifflensError(f"{folder} has no {MANIFEST_NAME}.", "pass a folder written by difflens generate")
+    paired = read_paired_folder(folder, "prompt", num_samples)
+    return GeneratedSamples(folder=folder, files=paired.files, prompts=paired.prompts, flagged=paired.flagged)
 
 
 def default_samples_dir(model: str | Path, prompts: Sequence[str], *, steps: int | None,

@@ -9,24 +9,25 @@ from pathlib import Path
 
 import typer
 
-_METRICS_HELP = ("Comma list of fid,kid,is,pr,dc (pr = precision+recall, dc = density+coverage). "
-                 "Default: all that the inputs allow (statistics inputs: FID only; IS needs fake images).")
-
 
 def register(app: typer.Typer) -> None:
     """Add this mode's commands to the main app."""
+    from difflens.metrics.catalog import inputs_help, metrics_help  # light: lists from the registries
 
     @app.command("metrics")
     def metrics_command(
-        real: str | None = typer.Option(None, "--real",
-                                        help="Real/reference set: image folder (recursive), .npy/.npz of "
-                                             "uint8 images (N,H,W,3), or statistics .npz (mu, sigma)."),
-        fake: str | None = typer.Option(None, "--fake", help="Generated set: same kinds as --real."),
+        real: str | None = typer.Option(None, "--real", help=f"Real/reference set. Kinds: {inputs_help()}."),
+        fake: str | None = typer.Option(
+            None, "--fake", help="Generated set: same kinds as --real. A folder with manifest.jsonl, "
+                                 "metadata.jsonl or metadata.csv pairs each image with its prompt (clip)."),
         real_features: str | None = typer.Option(
-            None, "--real-features", help="Precomputed (N, D) real features (.npy); no extraction."),
+            None, "--real-features",
+            help="Precomputed (N, D) real features: .npy, or .npz with 'features' (e.g. from stats build "
+                 "--keep-features); no extraction, so KID and precision/recall work without images."),
         fake_features: str | None = typer.Option(
-            None, "--fake-features", help="Precomputed (N, D) fake features (.npy); no extraction."),
-        metrics: str | None = typer.Option(None, "--metrics", help=_METRICS_HELP),
+            None, "--fake-features", help="Precomputed (N, D) fake features (.npy or .npz, as "
+                                          "--real-features); no extraction."),
+        metrics: str | None = typer.Option(None, "--metrics", help=metrics_help()),
         inception_weights: str | None = typer.Option(
             None, "--inception-weights",
             help="Inception weights file (torch-fidelity format). Default: $DIFFLENS_WEIGHTS_DIR, then the "
@@ -37,8 +38,9 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device",
                                           help="cpu or cuda (default: cuda when available)."),
         batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception forward pass."),
-        seed: int = typer.Option(2020, "--seed", help="Seed for KID subsets, IS split order and bootstrap "
-                                 "(torch-fidelity's default)."),
+        seed: int = typer.Option(2020, "--seed", help="Seed for KID subsets, IS split order and bootstrap. "
+                                 "2020 is torch-fidelity's default, so KID matches it; every other seed "
+                                 "option of difflens defaults to 0."),
         kid_subset_size: int = typer.Option(
             1000, "--kid-subset-size", help="KID subset size (shrunk to the smaller set, with a warning)."),
         kid_subsets: int = typer.Option(100, "--kid-subsets", help="Number of KID subsets."),
@@ -75,7 +77,8 @@ def register(app: typer.Typer) -> None:
                                         "by the settings; rerunning resumes)."),
         steps: int | None = typer.Option(None, "--steps", help="Inference steps for --model."),
         guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale for --model."),
-        gen_seed: int = typer.Option(0, "--gen-seed", help="Base seed of generated samples (--model)."),
+        gen_seed: int = typer.Option(0, "--gen-seed",
+                                     help="Base seed of generated samples (--model), as generate --seed."),
         gen_batch_size: int | None = typer.Option(None, "--gen-batch-size",
                                                   help="Generation batch size (default: measured)."),
         height: int | None = typer.Option(None, "--height", help="Image height for --model."),
@@ -92,8 +95,11 @@ def register(app: typer.Typer) -> None:
         per_prompt: bool = typer.Option(False, "--per-prompt",
                                         help="CLIP score per prompt and the worst-aligned prompts."),
         image_column: str = typer.Option("image", "--image-column", help="Image column of dataset specs."),
-        caption_column: str = typer.Option("caption", "--caption-column",
-                                           help="Caption column for --prompts from a dataset."),
+        caption_column: str | None = typer.Option(
+            None, "--caption-column",
+            help="Caption column of a --prompts dataset (default caption), or of the manifest.jsonl, "
+                 "metadata.jsonl or metadata.csv of a --fake folder (default: the first of prompt, text, "
+                 "caption)."),
         num_real: int | None = typer.Option(None, "--num-real",
                                             help="Reproducible subset of N dataset rows."),
         subset_seed: int = typer.Option(0, "--subset-seed", help="Seed of the --num-real subset."),

@@ -21,7 +21,7 @@ class DatasetOptions:
     """How to read `hf:`/parquet/arrow specs (see difflens.refsets)."""
 
     image_column: str = "image"
-    caption_column: str = "caption"
+    caption_column: str | None = None  # None: "caption" for datasets, prompt/text/caption for --fake folders
     num_real: int | None = None
     subset_seed: int = 0
     reference_size: int | None = None
@@ -116,7 +116,7 @@ def load_prompt_list(prompts: str | None, options: DatasetOptions, offline: bool
     if is_dataset_spec(prompts):
         from difflens.refsets.dataset_source import load_prompts_from_dataset
 
-        return load_prompts_from_dataset(prompts, options.caption_column, options.num_real,
+        return load_prompts_from_dataset(prompts, options.caption_column or "caption", options.num_real,
                                          options.subset_seed, offline)
     from difflens.generate.prompts import load_prompts
 
@@ -154,10 +154,21 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
     warnings: list[str] = []
     real_input, real_identity, w = resolve_reference(real, datasets, offline, strict)
     warnings += w
-    fake_input, fake_identity, w = resolve_reference(fake, datasets, offline, strict)
-    warnings += w
     prompt_list = load_prompt_list(prompts, datasets, offline)
     fake_prompts: list[str] | None = None
+    from difflens.generate.pairs import find_pair_file
+
+    if generation is None and isinstance(fake, (str, Path)) and find_pair_file(fake) is not None:
+        from difflens.generate.pairs import read_paired_folder  # manifest.jsonl / metadata.jsonl / .csv
+
+        paired = read_paired_folder(fake, datasets.caption_column)
+        fake_input, fake_identity, fake_prompts = paired.files, None, paired.prompts
+        warnings += paired.warnings()
+        if prompt_list:
+            warnings.append(f"--prompts ignored: {paired.source} pairs each image of --fake with its prompt")
+    else:
+        fake_input, fake_identity, w = resolve_reference(fake, datasets, offline, strict)
+        warnings += w
     samples_folder: Path | None = None
     if generation is not None:
         from difflens.generate.api import generate_for_metrics
@@ -175,19 +186,12 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
                                    dtype=generation.dtype, device=device, offline=offline)
         fake_input, fake_prompts, samples_folder = gen.files, gen.prompts, gen.folder
         warnings += gen.warnings()
-    elif isinstance(fake_input, (str, Path)) and Path(fake_input).is_dir():
-        from difflens.generate.api import is_generation_folder, load_generated
+    elif isinstance(fake_input, (str, Path)) and Path(fake_input).is_dir() and prompt_list:
+        from difflens.generate.prompts import cycle_prompts
+        from difflens.metrics.images import list_image_files
 
-        if is_generation_folder(fake_input):
-            gen = load_generated(fake_input)
-            fake_input, fake_prompts = gen.files, gen.prompts
-            warnings += gen.warnings()
-        elif prompt_list:
-            from difflens.generate.prompts import cycle_prompts
-            from difflens.metrics.images import list_image_files
-
-            fake_input = list_image_files(fake_input)
-            fake_prompts = cycle_prompts(prompt_list, len(fake_input))
+        fake_input = list_image_files(fake_input)
+        fake_prompts = cycle_prompts(prompt_list, len(fake_input))
 
     if inception is None or inception:
         result = compute_metrics(real_input, fake_input, inception, offline=offline, strict=strict,

@@ -1,0 +1,51 @@
+"""What ``difflens metrics`` accepts, stated once for its help text (and checked against README.md by
+``tests/test_help_readme.py``): the metric names, taken from the two metric registries, and the input kinds.
+
+Light: the standard library and two registries that import neither numpy nor torch.
+"""
+
+from __future__ import annotations
+
+#: Input kinds of ``--real``/``--fake``: (name, detail). The names are what the help and README.md list.
+INPUT_KINDS: tuple[tuple[str, str], ...] = (
+    ("image folder", "recursive; {extensions}"),
+    (".npy/.npz images", "uint8 (N, H, W, 3)"),
+    ("statistics .npz", "mu, sigma; pytorch-fid format; FID only"),
+    ("features .npy/.npz", "(N, D), or 'features' in an .npz such as stats build --keep-features writes; "
+                           "as --real-features"),
+    ("hf:NAME[:CONFIG][:SPLIT]", "a Hugging Face dataset"),
+    ("parquet", "file, glob or folder"),
+    ("arrow folder", "Dataset.save_to_disk"),
+    ("metadata folder", "images with metadata.jsonl/metadata.csv; as --fake, its prompts pair with the "
+                        "images"),
+    ("stats:NAME", "published statistics, see difflens stats list"),
+)
+
+#: What the short metric names stand for (the help text's key).
+METRIC_MEANINGS: dict[str, str] = {"pr": "precision+recall", "dc": "density+coverage", "clip": "CLIP score"}
+
+
+def metric_names() -> tuple[str, ...]:
+    """Every ``--metrics`` name: the Inception metrics, then the embedding metrics (their registries)."""
+    from difflens.metrics.api import METRICS
+    from difflens.metrics.clip import EMBEDDING_METRICS
+
+    return (*METRICS, *EMBEDDING_METRICS)
+
+
+def metrics_help() -> str:
+    """The ``--metrics`` help text."""
+    from difflens.metrics.api import METRICS
+
+    meanings = ", ".join(f"{k} = {v}" for k, v in METRIC_MEANINGS.items())
+    return (f"Comma list of: {', '.join(metric_names())} ({meanings}). Default: those of "
+            f"{', '.join(METRICS)} that the inputs allow (statistics inputs: FID only; IS needs fake "
+            "images).")
+
+
+def inputs_help() -> str:
+    """The input kinds of ``--real``/``--fake``, as ``name (detail); ...``."""
+    from difflens.metrics.images import IMAGE_EXTENSIONS
+
+    exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    return "; ".join(f"{name} ({detail.format(extensions=exts)})" for name, detail in INPUT_KINDS)
