@@ -415,12 +415,15 @@ def write_outputs(result: AttentionResult, out_dir: str | Path) -> list[Path]:
     if agg.per_layer is not None:
         arrays["per_layer"] = agg.per_layer
     labels = [w["label"] for w in rec["words"]]
-    title = f"{rec['pipeline']}: {rec['prompt']!r}  ({rec['steps_run']} steps, seed {rec['seed']})"
+    levels = [f"level {row['level']:g}" for row in rec.get("noise_levels", [])] or None
+    title = f"{rec['pipeline']}: {rec['prompt']!r}  " + (
+        f"(given image, {len(levels)} noise levels, seed {rec['seed']})" if levels else
+        f"({rec['steps_run']} steps, seed {rec['seed']})")
     if "text_mass" in rec:
         title += (f"\njoint attention: probability on the word's tokens, softmax over image + text keys "
                   f"(mean text mass {rec['text_mass']['mean']:.2f})")
     fig = plot_word_maps(img8, result.word_maps, result.per_step_word_maps, agg.per_step_index, labels, title,
-                         entropy=[rec["entropy_all_steps"][lab] for lab in labels])
+                         entropy=[rec["entropy_all_steps"][lab] for lab in labels], column_names=levels)
     paths = [out / "image.png", out / "attention.npz", out / "attention.json", out / "attention_maps.png"]
     save_image(paths[0], Image.fromarray(img8))
     save_npz(paths[1], **arrays)

@@ -34,12 +34,14 @@ def pick_columns(step_index: list[int], max_columns: int = MAX_STEP_COLUMNS) -> 
 
 
 def plot_word_maps(image: Any, word_maps: Any, per_step_word_maps: Any, step_index: list[int],
-                   labels: list[str], title: str = "", entropy: Any | None = None) -> Any:
+                   labels: list[str], title: str = "", entropy: Any | None = None,
+                   column_names: list[str] | None = None) -> Any:
     """Figure with the grid of heat maps.
 
     ``image``: (Hi, Wi, 3) floats in [0, 1] or uint8; ``word_maps``: (Wd, h, w) over all steps;
     ``per_step_word_maps``: (K, Wd, h, w) for the kept steps ``step_index``; ``entropy``: optional
-    (Wd,) spatial entropy of the all-steps maps, printed in the column title.
+    (Wd,) spatial entropy of the all-steps maps, printed in the column title; ``column_names``: titles of
+    the kept steps (default ``step i``; the given-image route names its noise levels).
     """
     import matplotlib
 
@@ -78,8 +80,9 @@ def plot_word_maps(image: Any, word_maps: Any, per_step_word_maps: Any, step_ind
             continue
         wi = rows[r]
         ax.set_ylabel(labels[wi], fontsize=11, rotation=0, ha="right", va="center", labelpad=8)
-        panels = [(per_step_word_maps[c][wi], f"step {step_index[c]}") for c in cols]
-        name = "all steps"
+        panels = [(per_step_word_maps[c][wi], column_names[c] if column_names else f"step {step_index[c]}")
+                  for c in cols]
+        name = "all levels" if column_names else "all steps"
         if entropy is not None:
             name += f"\nentropy {float(entropy[wi]):.3f}"
         panels.append((word_maps[wi], name))
