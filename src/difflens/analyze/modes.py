@@ -13,22 +13,40 @@ from typing import Any
 from difflens.analyze.config import AnalysisConfig
 from difflens.errors import DifflensError
 
+#: The options of each mode's table in analysis.toml, with their defaults. `read_config_file` checks a
+#: file's keys (and value types) against these before any mode runs.
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "metrics": {"metrics": "fid,kid,is,pr,dc", "bootstrap": 0, "inception_weights": None,
+                "protocol": "tf-legacy", "batch_size": 50, "kid_subset_size": 1000, "steps": None,
+                "guidance": None, "height": None, "width": None, "samples_dir": None,
+                "embedding_metrics": None, "clip_model": "openai/clip-vit-large-patch14",
+                "cmmd_clip_model": None, "dinov2_model": None, "per_prompt": True},
+    "schedule": {"steps": 50, "spacing": None, "height": None, "width": None, "scheduler": None,
+                 "compare": []},
+    "attention": {"steps": 20, "height": None, "width": None, "layers": None, "stride": 1, "words": None,
+                  "guidance": None, "word_agg": "mean", "max_sequence_length": None},
+    "latent": {"frames": 6, "method": "slerp", "steps": 20, "seeds": None, "size": None,
+               "features": "vae", "clip_model": None, "inception_weights": None,
+               "max_sequence_length": None,
+               "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all",
+               "ood_noise_levels": "0.25,0.5,0.75"},
+}
 
-def _take(options: dict[str, Any], mode: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise DifflensError(f"unknown option(s) {', '.join(unknown)} in the [{mode}] table.",
-                            f"valid options: {', '.join(sorted(defaults))}")
-    return {**defaults, **options}
+
+def _take(options: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The mode's defaults updated by its table (already checked by `read_config_file`; checked again for
+    configs built in code)."""
+    from difflens.analyze.config import check_mode_options
+
+    check_mode_options(mode, options)
+    return {**MODE_DEFAULTS[mode], **options}
 
 
 def run_schedule(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     """The model's own schedule plus any extra specs (presets) for comparison."""
     from difflens.schedule.api import analyze_schedules, write_outputs
 
-    opts = _take(cfg.options("schedule"), "schedule",
-                 {"steps": 50, "spacing": None, "height": None, "width": None, "scheduler": None,
-                  "compare": []})
+    opts = _take(cfg.options("schedule"), "schedule")
     specs = [cfg.model, *opts["compare"]]
     result = analyze_schedules(specs, steps=opts["steps"], spacing=opts["spacing"], height=opts["height"],
                                width=opts["width"], scheduler=opts["scheduler"])
@@ -43,12 +61,7 @@ def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     from difflens.atomic import write_json
     from difflens.metrics.evaluate import GenerationRequest, evaluate
 
-    opts = _take(cfg.options("metrics"), "metrics",
-                 {"metrics": "fid,kid,is,pr,dc", "bootstrap": 0, "inception_weights": None,
-                  "protocol": "tf-legacy", "batch_size": 50, "kid_subset_size": 1000, "steps": None,
-                  "guidance": None, "height": None, "width": None, "samples_dir": None,
-                  "embedding_metrics": None, "clip_model": "openai/clip-vit-large-patch14",
-                  "cmmd_clip_model": None, "dinov2_model": None, "per_prompt": True})
+    opts = _take(cfg.options("metrics"), "metrics")
     if not cfg.real:
         raise DifflensError("the metrics mode needs reference images.", "pass --real FOLDER")
     if not cfg.prompts:
@@ -75,9 +88,7 @@ def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
 def run_attention(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     from difflens.attention.api import AttentionConfig, run_attention, write_outputs
 
-    opts = _take(cfg.options("attention"), "attention",
-                 {"steps": 20, "height": None, "width": None, "layers": None, "stride": 1, "words": None,
-                  "guidance": None, "word_agg": "mean", "max_sequence_length": None})
+    opts = _take(cfg.options("attention"), "attention")
     words = tuple(w.strip() for w in opts.pop("words").split(",")) if opts.get("words") else None
     acfg = AttentionConfig(model=cfg.model, prompt=cfg.prompt, seed=cfg.seed, device=cfg.device,
                            dtype=cfg.dtype, offline=cfg.offline, words=words,
@@ -90,12 +101,7 @@ def run_latent(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     """Seed interpolation for the prompt, and OOD scoring when reference/test image folders are given."""
     from difflens.latent.api import interpolate, ood
 
-    opts = _take(cfg.options("latent"), "latent",
-                 {"frames": 6, "method": "slerp", "steps": 20, "seeds": None, "size": None,
-                  "features": "vae", "clip_model": None, "inception_weights": None,
-                  "max_sequence_length": None,
-                  "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all",
-                  "ood_noise_levels": "0.25,0.5,0.75"})
+    opts = _take(cfg.options("latent"), "latent")
     common = {"steps": opts["steps"], "size": opts["size"],
               "max_sequence_length": opts["max_sequence_length"], "dtype": cfg.dtype,
               "device": cfg.device, "offline": cfg.offline}

@@ -11,7 +11,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from difflens.analyze.config import AnalysisConfig
+from rich.markup import escape
+
+from difflens.analyze.config import AnalysisConfig, check_mode_options
 from difflens.atomic import write_json
 from difflens.console import console
 from difflens.errors import DifflensError
@@ -31,6 +33,8 @@ def run_analysis(cfg: AnalysisConfig, notes: list[str] | None = None) -> Path:
     from difflens.analyze.modes import MODE_RUNNERS
     from difflens.report.render import write_report
 
+    for name, options in cfg.mode_options.items():  # a typo in a table is bad input, not a failed mode
+        check_mode_options(name, options)
     cfg.out.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {
         "model": cfg.model,
@@ -51,7 +55,7 @@ def run_analysis(cfg: AnalysisConfig, notes: list[str] | None = None) -> Path:
             info["notes"] += [n for n in extra.get("notes", []) if n not in info["notes"]]
         except Exception as exc:
             entry = {"status": "error", "error": _error_text(exc)}
-            console.print(f"[bold red]{mode} failed:[/] {entry['error']}", highlight=False)
+            console.print(f"[bold red]{mode} failed:[/] {escape(entry['error'])}", highlight=False)
         entry["seconds"] = round(time.perf_counter() - start, 2)
         info["modes"][mode] = entry
         write_json(cfg.out / "run.json", info)

@@ -45,7 +45,9 @@ def attention(
     """Map which image regions each prompt word drives, per step and over the whole generation."""
     from difflens.attention.api import AttentionConfig, run_attention, write_outputs
     from difflens.console import console
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     word_list = tuple(w.strip() for w in words.split(",") if w.strip()) if words else None
     cfg = AttentionConfig(model=model, prompt=prompt, steps=steps, seed=seed, height=height, width=width,
                           layers=layers, stride=stride, words=word_list, device=device, guidance=guidance,

@@ -37,7 +37,9 @@ def register(app: typer.Typer) -> None:
         """Generate images from a text-to-image model, resumably, with a manifest of prompts and seeds."""
         from difflens.console import console
         from difflens.generate.api import generate
+        from difflens.preflight import preflight
 
+        preflight(folders={"--out": out}, dtype=dtype, device=device)
         report = generate(model, prompts, num_samples, out, steps=steps, guidance=guidance, seed=seed,
                           batch_size=batch_size, height=height, width=width,
                           negative_prompt=negative_prompt, dtype=dtype, device=device, offline=offline)

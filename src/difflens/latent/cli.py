@@ -50,7 +50,9 @@ def encode(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(files={"--out": out, "--report": report}, dtype=dtype, device=device)
     res = api.encode(images, model, out, report=report, size=size, dtype=dtype, device=device,
                      offline=offline, batch_size=batch_size)
     mean = res["psnr_mean"]
@@ -93,7 +95,9 @@ def interpolate(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     image_list = [p for p in images.split(",") if p.strip()] if images is not None else None
     res = api.interpolate(model, out, prompt=prompt, prompt2=prompt2, seeds=seeds, images=image_list,
                           frames=frames, method=method, steps=steps, guidance=guidance, size=size,
@@ -131,7 +135,9 @@ def direction(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     res = api.direction(model, out, prompt=prompt, positives=positive, negatives=negative, scales=scales,
                         seed=seed, steps=steps, guidance=guidance, size=size,
                         max_sequence_length=max_sequence_length, clip_model=clip_model, dtype=dtype,
@@ -176,7 +182,9 @@ def ood(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     res = api.ood(model, out, reference=reference, test=test, ood_images=ood_images or None, methods=method,
                   features=features, clip_model=clip_model, inception_weights=inception_weights,
                   noise_levels=noise_levels, steps=steps, seed=seed, size=size,

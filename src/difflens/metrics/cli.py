@@ -113,10 +113,11 @@ def register(app: typer.Typer) -> None:
         from difflens.errors import DifflensError
         from difflens.metrics.evaluate import DatasetOptions, GenerationRequest, evaluate
         from difflens.metrics.table import render
+        from difflens.preflight import preflight
 
-        if json_out is not None and json_out.is_dir():
-            raise DifflensError(f"--json {json_out} is a folder.",
-                                "pass a file name, e.g. --json metrics.json")
+        preflight(files={"--json": json_out, "--save-stats": save_stats, "--save-real-stats": save_real_stats,
+                         "--save-fake-stats": save_fake_stats},
+                  folders={"--samples-dir": samples_dir}, dtype=dtype, device=device)
         if model is None and num_samples is not None:
             raise DifflensError("--num-samples only applies with --model.", "add --model M, or drop it")
         if model is not None and num_samples is None:

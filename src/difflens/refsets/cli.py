@@ -49,8 +49,10 @@ def build_command(
 ) -> None:
     """Compute the Gaussian statistics of a reference set once, with its fingerprint and dataset identity."""
     from difflens.console import console
+    from difflens.preflight import preflight
     from difflens.refsets.build_stats import build_reference_stats
 
+    preflight(files={"--out": out}, device=device)
     result = build_reference_stats(
         real, out, keep_features=keep_features, image_column=image_column, num=num_real,
         subset_seed=subset_seed, reference_size=reference_size, inception_weights=inception_weights,

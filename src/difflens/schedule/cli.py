@@ -39,10 +39,10 @@ def register(app: typer.Typer) -> None:
         import warnings
 
         from difflens.console import console
-        from difflens.schedule.api import analyze_schedules, check_out_dir, write_outputs
+        from difflens.preflight import preflight
+        from difflens.schedule.api import analyze_schedules, write_outputs
 
-        if out is not None:
-            check_out_dir(out)
+        preflight(folders={"--out": out})
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -216,6 +216,9 @@ def resolve_spec(spec: str, scheduler: str | None = None) -> ScheduleSource:
         raise DifflensError(f"{base!r} does not exist (not a file, folder, preset or hub id).",
                             f"pass a pipeline folder, a scheduler_config.json, a hub id or a preset "
                             f"({', '.join(list_presets())})")
+    from difflens.schedule.config_check import check_scheduler_config
+
+    check_scheduler_config(config, location or f"preset {base}")
     original = str(config.get("_class_name"))
     class_name = original
     if swap is not None:
@@ -286,6 +289,9 @@ def build_scheduler(source: ScheduleSource, spacing: str | None = None) -> tuple
 def source_from_config(config: dict[str, Any], label: str | None = None,
                        pipeline_class: str | None = None) -> ScheduleSource:
     """A source for an in-memory scheduler config (``_class_name`` names the class)."""
+    from difflens.schedule.config_check import check_scheduler_config
+
     name = str(config.get("_class_name"))
+    check_scheduler_config(config, label or name)
     return ScheduleSource(spec=label or name, label=label or name, kind="config", config=dict(config),
                           class_name=name, original_class=name, pipeline_class=pipeline_class)
