@@ -247,3 +247,34 @@ def test_schedule_config_with_negative_timesteps(tmp_path: Path, capsys: pytest.
     code, stdout, err = _run(["schedule", str(config), "--out", str(out)], capsys)
     assert_one_line_error(code, stdout, err, ("num_train_timesteps must be an integer >= 1, got -5",))
     assert not out.exists()
+
+
+def test_analyze_valid_config_reaches_the_runner(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid file passes every check; its top-level `modes`, `seed` and tables reach the runner, and
+    --modes on the command line wins over the file. (The runner is replaced: the modes themselves are
+    tested in test_report.py.)"""
+    import difflens.analyze.runner as runner
+    from difflens.analyze.config import AnalysisConfig
+
+    seen: list[AnalysisConfig] = []
+
+    def fake_run(cfg: AnalysisConfig) -> Path:
+        seen.append(cfg)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "run.json").write_text(json.dumps({"modes": {m: {"status": "ok"} for m in cfg.modes}}))
+        return cfg.out / "report.html"
+
+    monkeypatch.setattr(runner, "run_analysis", fake_run)
+    config = tmp_path / "analysis.toml"
+    config.write_text('modes = ["schedule", "latent"]\nseed = 7\ndevice = "cpu"\n[schedule]\nsteps = 3\n'
+                      '[latent]\nframes = 4\n')
+    base = ["analyze", "--model", "sd15", "--config", str(config), "--prompt", "a cat"]
+    code, _, err = _run([*base, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    cfg = seen[-1]
+    assert cfg.modes == ("schedule", "latent") and cfg.seed == 7 and cfg.device == "cpu"
+    assert cfg.mode_options == {"schedule": {"steps": 3}, "latent": {"frames": 4}}
+    code, _, err = _run([*base, "--modes", "schedule", "--seed", "1", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    assert seen[-1].modes == ("schedule",) and seen[-1].seed == 1

@@ -213,8 +213,65 @@ def test_accelerator_device_must_exist() -> None:
         with pytest.raises(DifflensError, match=f"has {count} CUDA device"):
             check_device(f"cuda:{count}")
     if not torch.backends.mps.is_available():
-        with pytest.raises(DifflensError, match="no Apple MPS device"):
+        with pytest.raises(DifflensError, match="no Apple MPS device|MPS exists only on Apple"):
             check_device("mps")
+
+
+def test_cuda_index_past_the_last_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The branch a GPU machine takes, on any machine: two CUDA devices reported, cuda:2 refused."""
+    import torch
+
+    import difflens.preflight as preflight_module
+
+    monkeypatch.setattr(preflight_module, "_may_have_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for ok in ("cuda", "cuda:0", "cuda:1"):
+        check_device(ok)
+    with pytest.raises(DifflensError, match=r"has 2 CUDA device\(s\) \(cuda:0..cuda:1\)"):
+        check_device("cuda:2")
+
+
+def test_cuda_refused_without_torch_when_no_driver_node_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    import difflens.preflight as preflight_module
+
+    monkeypatch.setattr(preflight_module.sys, "platform", "linux")
+    monkeypatch.setattr(preflight_module.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(preflight_module.glob, "glob", lambda p: [])
+    assert preflight_module._may_have_cuda() is False
+    with pytest.raises(DifflensError, match="no GPU driver device found"):
+        check_device("cuda:1")
+    monkeypatch.setattr(preflight_module.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    assert preflight_module._may_have_cuda() is True
+    monkeypatch.setattr(preflight_module.sys, "platform", "darwin")
+    assert preflight_module._may_have_cuda() is False
+    monkeypatch.setattr(preflight_module.sys, "platform", "win32")
+    assert preflight_module._may_have_cuda() is True
+
+
+def test_cuda_on_this_machine_in_a_fresh_interpreter() -> None:
+    """Here, without a GPU driver, `--device cuda` is refused before torch is imported; on a GPU machine
+    the driver nodes exist and torch decides (covered by the tests above)."""
+    code = (
+        "import sys\n"
+        "from difflens.errors import DifflensError\n"
+        "from difflens.preflight import _may_have_cuda, check_device\n"
+        "may = _may_have_cuda()\n"
+        "try:\n"
+        "    check_device('cuda')\n"
+        "    refused = False\n"
+        "except DifflensError:\n"
+        "    refused = True\n"
+        "print(may, refused, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    may, refused, torch_loaded = proc.stdout.split()
+    if may == "False":
+        assert (refused, torch_loaded) == ("True", "False")
+    else:
+        assert torch_loaded == "True"  # asked torch, which alone knows
 
 
 def test_preflight_checks_paths_before_the_device(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ Each problem is a :class:`~difflens.errors.DifflensError` (one line, exit 2, not
   an existing folder is written into (resumable modes rely on that), so it must accept new files.
 - ``--dtype``: one of :data:`DTYPES`.
 - ``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, parsed as text first (so ``gpu``,
-  ``tpu`` or ``cuda:abc`` fail before torch is imported); only an accelerator name imports torch, to ask
-  whether that device exists.
+  ``tpu`` or ``cuda:abc`` fail before torch is imported). ``cuda`` on a Linux machine without any GPU
+  driver device node (``/dev/nvidia*``, ``/dev/kfd``, ``/dev/dxg``) or on macOS, and ``mps`` off macOS,
+  fail without torch too; otherwise torch is imported to ask whether that device exists.
 
 "Can a file be created there" is asked by creating and removing an empty temporary file: ``os.access`` says
 yes to root on a read-only folder and knows nothing of mounts such as ``/proc``.
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -155,11 +158,18 @@ def parse_device(device: str | None, flag: str = "--device") -> tuple[str, int |
 def check_device(device: str | None, flag: str = "--device") -> None:
     """A valid device name (checked as text, see :func:`parse_device`) that exists on this machine.
 
-    ``auto`` and ``cpu`` never import torch; ``cuda``/``cuda:N``/``mps`` import it to ask.
+    ``auto`` and ``cpu`` never import torch; ``cuda``/``cuda:N``/``mps`` import it to ask, unless the
+    machine certainly has no such device (:func:`_may_have_cuda`, macOS for ``mps``).
     """
     kind, index = parse_device(device, flag)
     if kind in ("auto", "cpu"):
         return
+    if kind == "cuda" and not _may_have_cuda():
+        raise DifflensError(f"{flag} {device} was asked for, but no CUDA device is available (no GPU "
+                            "driver device found).", "use --device cpu, or leave --device out (auto)")
+    if kind == "mps" and sys.platform != "darwin":
+        raise DifflensError(f"{flag} mps was asked for, but MPS exists only on Apple computers.",
+                            "use --device cpu")
     import torch
 
     if kind == "mps":
@@ -174,6 +184,17 @@ def check_device(device: str | None, flag: str = "--device") -> None:
     if index is not None and index >= count:
         raise DifflensError(f"{flag} {device}: this machine has {count} CUDA device(s) "
                             f"(cuda:0..cuda:{count - 1}).", f"use --device cuda:0..cuda:{count - 1}")
+
+
+def _may_have_cuda() -> bool:
+    """False only when CUDA certainly cannot work, known without importing torch: macOS, or Linux without
+    the device nodes every CUDA (or ROCm, or WSL GPU) driver creates. Elsewhere torch is asked."""
+    if sys.platform == "darwin":
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return any(os.path.exists(n) for n in nodes) or bool(glob.glob("/dev/nvidia*"))
 
 
 def preflight(*, files: Mapping[str, PathLike | None] | None = None,
