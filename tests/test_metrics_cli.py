@@ -64,7 +64,7 @@ def test_features_run_json_schema_and_table(feats: dict[str, Path], tmp_path: Pa
                              str(feats["fake"]), "--kid-subset-size", "20", "--json", str(out)], capsys)
     assert code == 0, err
     res = json.loads(out.read_text())
-    assert set(res) == {"metrics", "n_real", "n_fake", "protocol", "versions", "warnings"}
+    assert set(res) == {"schema_version", "metrics", "n_real", "n_fake", "protocol", "versions", "warnings"}
     assert set(res["metrics"]) == {"fid", "kid", "precision", "recall", "density", "coverage"}
     assert (res["n_real"], res["n_fake"]) == (40, 36)
     assert set(res["metrics"]["kid"]) >= {"value", "std"}

@@ -3,11 +3,13 @@
 ``compute_metrics(real, fake)`` takes, for each side, a folder of images, a list of image paths, a uint8
 ``(N, H, W, 3)`` array (or ``.npy``/``.npz`` file), statistics (``.npz`` with ``mu``/``sigma``, a
 :class:`~difflens.metrics.stats.GaussianStats` or a dict) or precomputed ``(N, D)`` features, and returns
-the same dict that ``difflens metrics --json`` writes::
+the same record that ``difflens metrics --json`` writes (schema in :mod:`difflens.metrics.record`)::
 
-    {"metrics": {"fid": {"value": v, "ci95": [lo, hi]}, "kid": {"value": m, "std": s, ...},
-                 "is": {"value": m, "std": s}, "precision": {"value": p}, "recall": ..., "density": ...,
-                 "coverage": ...},
+    {"schema_version": 1,
+     "metrics": {"fid": {"value": v, "n_real": N, "n_fake": M, "ci95": [lo, hi]},
+                 "kid": {"value": m, "std": s, "subset_size": ..., "num_subsets": ..., ...},
+                 "is": {"value": m, "std": s, "splits": ..., "n_fake": M}, "precision": {"value": p, "k": 3,
+                 ...}, "recall": ..., "density": ..., "coverage": ...},
      "n_real": N, "n_fake": M, "protocol": {...}, "versions": {...}, "warnings": [...]}
 
 ``ci95`` appears only with ``bootstrap > 0``. One extraction pass per image source gives pool3 features
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
-from difflens.metrics.fingerprint import PROTOCOL_TEXT, PROTOCOLS, check_compatible
+from difflens.metrics.fingerprint import PROTOCOLS, check_compatible
+from difflens.metrics.record import finalize, protocol_record
 from difflens.metrics.sources import (
     FeaturesSource,
     Source,
@@ -202,19 +205,6 @@ def _save_targets(real: _Side | None, fake: _Side | None, save_stats: Path | Non
     return targets
 
 
-def _settings(cfg: MetricsConfig, chosen: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {"metrics": list(chosen), "seed": cfg.seed, "bootstrap": cfg.bootstrap}
-    if "kid" in chosen:
-        out["kid_subsets"] = cfg.kid_subsets
-    if "is" in chosen:
-        out["is_splits"] = cfg.is_splits
-    if "pr" in chosen:
-        out["k_precision_recall"] = cfg.k_pr
-    if "dc" in chosen:
-        out["k_density_coverage"] = cfg.k_dc
-    return out
-
-
 def compute_metrics(
     real: Any = None,
     fake: Any = None,
@@ -238,6 +228,7 @@ def compute_metrics(
     save_real_stats: str | Path | None = None,
     save_fake_stats: str | Path | None = None,
     show_progress: bool = True,
+    preprocessing: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Compute the chosen metrics (default: every metric the inputs allow) between ``real`` and ``fake``.
 
@@ -263,6 +254,9 @@ def compute_metrics(
         save_real_stats, save_fake_stats: write that side's statistics (``mu``, ``sigma``, ``n`` and the
             fingerprint; pytorch-fid compatible).
         show_progress: progress bars (only drawn on a terminal).
+        preprocessing: per side (``"real"``/``"fake"``), fingerprint entries of a preprocessing already
+            applied to images given here (``{"reference_preprocess": ...}`` of a dataset spec read with
+            ``--reference-size``), so they are compared with statistics files that record theirs.
 
     Returns:
         The result dict (see the module docstring). Raises :class:`DifflensError` on bad input.
@@ -323,7 +317,7 @@ def compute_metrics(
         if side is None:
             continue
         if side.source.kind in ("folder", "images"):
-            side.fingerprint = extraction_fp
+            side.fingerprint = {**extraction_fp, **(preprocessing or {}).get(side.name, {})}
         elif side.source.kind in ("stats", "features"):
             side.fingerprint = side.source.fingerprint
             if side.fingerprint is None and side.source.path is not None:
@@ -377,15 +371,16 @@ def compute_metrics(
         if ctx.is_main:  # rank 0 writes; every rank returns the same result
             _save(path, stats, fp, extra)
 
-    return {
+    return finalize({
         "metrics": result_metrics,
         "n_real": r.n_or_none if r is not None else None,
         "n_fake": f.n_or_none if f is not None else None,
-        "protocol": _protocol_record(cfg, chosen, r, f, extractor),
+        "protocol": protocol_record(cfg, chosen, [s.fingerprint for s in (r, f) if s is not None], extractor,
+                                    result_metrics),
         "versions": collect_versions(),
         "warnings": warnings,
         **({"distributed": ctx.describe()} if ctx.is_distributed else {}),
-    }
+    })
 
 
 def _where(side: _Side) -> str:
@@ -470,6 +465,30 @@ def _fid(r: _Side, f: _Side) -> float:
     return _fid_value(_side_stats(r), _side_stats(f), r.features, f.features)
 
 
+def _counts(*sides: _Side | None) -> dict[str, int | None]:
+    """``n_real``/``n_fake`` of the sides a metric used (None: unknown count)."""
+    return {f"n_{s.name}": s.n_or_none for s in sides if s is not None}
+
+
+def _duplicate_warnings(sides: list[_Side], k: int) -> list[str]:
+    """Exact duplicate feature rows shrink a set's k-NN radii (to 0 for a row that occurs more than k
+    times), which biases precision, recall, density and coverage, and makes them degenerate at radius 0."""
+    from difflens.metrics.validate import duplicate_rows
+
+    out = []
+    for side in sides:
+        dups, largest = duplicate_rows(side.features)
+        if not dups:
+            continue
+        effect = (f"rows that occur more than k={k} times have k-NN radius 0, so precision, recall, density "
+                  "and coverage are degenerate" if largest > k else
+                  "duplicates shrink the k-NN radii and bias precision, recall, density and coverage")
+        out.append(f"{side.flag} {_where(side)}: {dups} of {side.n} feature rows repeat another row "
+                   f"exactly (up to {largest} copies of one row; duplicated images?): {effect}; remove the "
+                   "duplicates")
+    return out
+
+
 def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, dev: str | None,
              warnings: list[str]) -> dict[str, Any]:
     import numpy as np
@@ -485,7 +504,7 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
         if singular:
             warnings.append(f"FID: {', '.join(singular)} <= feature dimension {_dim(r)}: the covariance is "
                             "singular (FID is defined but especially noisy)")
-        out["fid"] = {"value": _fid(r, f)}
+        out["fid"] = {"value": _fid(r, f), **_counts(r, f)}
     real_f = np.asarray(r.features, dtype=np.float32) if r is not None and r.features is not None else None
     fake_f = np.asarray(f.features, dtype=np.float32) if f is not None and f.features is not None else None
     if "kid" in chosen:
@@ -493,28 +512,38 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
 
         res = kernel_inception_distance(real_f, fake_f, num_subsets=cfg.kid_subsets,
                                         subset_size=cfg.kid_subset_size, seed=cfg.seed)
-        out["kid"] = {"value": float(res.value), "std": float(res.std), "subset_size": int(res.subset_size),
-                      "num_subsets": int(res.num_subsets)}
+        out["kid"] = {"value": float(res.value), "std": None if res.std is None else float(res.std),
+                      "subset_size": int(res.subset_size), "num_subsets": int(res.num_subsets),
+                      **_counts(r, f)}
         warnings.extend(w if w.startswith("KID") else f"KID: {w}" for w in res.warnings)
     if "is" in chosen:
-        from difflens.metrics.inception_score import inception_score
+        from difflens.metrics.inception_score import inception_score, small_sample_warning
 
         assert f is not None
-        mean, std = inception_score(np.asarray(f.logits), splits=min(cfg.is_splits, f.n), seed=cfg.seed)
+        splits = min(cfg.is_splits, f.n)
+        mean, std = inception_score(np.asarray(f.logits), splits=splits, seed=cfg.seed)
         if cfg.is_splits > f.n:
             warnings.append(f"IS: {f.n} fake samples, fewer than --is-splits {cfg.is_splits}; used {f.n} "
                             "splits")
-        out["is"] = {"value": float(mean), "std": float(std)}
+        note = small_sample_warning(f.n, splits)
+        if note:
+            warnings.append(note)
+        out["is"] = {"value": float(mean), "std": float(std) if splits > 1 else None, "splits": splits,
+                     **_counts(f)}
     knn_metrics = [k for m in ("pr", "dc") if m in chosen for k in METRIC_KEYS[m]]
     if knn_metrics:
         from difflens.distributed import distributed_prdc
 
+        assert r is not None and f is not None
+        warnings.extend(_duplicate_warnings([r, f], min(k for m, k in (("pr", cfg.k_pr), ("dc", cfg.k_dc))
+                                                        if m in chosen)))
         knn_dev = dev or "cpu"
         # exact; under torchrun each rank takes the rows of its share (one process: knn.prdc itself)
         res = distributed_prdc(real_f, fake_f, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=knn_dev,
                                metrics=tuple(knn_metrics))
         for key in knn_metrics:
-            out[key] = {"value": float(res[key])}
+            k = cfg.k_pr if key in METRIC_KEYS["pr"] else cfg.k_dc
+            out[key] = {"value": float(res[key]), "k": k, **_counts(r, f)}
     if cfg.bootstrap:
         _bootstrap(cfg, chosen, r, f, real_f, fake_f, knn_metrics, dev, out, warnings)
     return out
@@ -556,33 +585,6 @@ def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: 
                      "due to the fake sample")
     warnings.append(f"bootstrap: 95% intervals from {cfg.bootstrap} resamples of the fake set with "
                     f"replacement ({'; '.join(notes)})")
-
-
-def _protocol_record(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None,
-                     extractor: Any) -> dict[str, Any]:
-    from difflens.metrics.images import RGB_RULE
-
-    fp = None
-    for side in (r, f):
-        if side is not None and side.fingerprint is not None:
-            fp = side.fingerprint
-            break
-    rec: dict[str, Any] = dict(fp) if fp is not None else {
-        "protocol": "unknown", "extractor": "unknown (precomputed inputs without a fingerprint)",
-        "weights_sha256": None, "feature_layer": None, "dtype": None}
-    if extractor is not None:
-        w = extractor.weights
-        rec["weights_file"] = str(w.path)
-        rec["weights_source"] = w.source
-        rec["weights_standard"] = w.standard
-        rec["weights_random_init"] = w.random_init
-        rec["device"] = extractor.device
-        rec["batch_size"] = cfg.batch_size
-        rec["to_rgb"] = RGB_RULE
-    if rec.get("protocol") in PROTOCOL_TEXT:
-        rec["resize"] = PROTOCOL_TEXT[rec["protocol"]]
-    rec["settings"] = _settings(cfg, chosen)
-    return rec
 
 
 def compute_inception_features(source: Any, *, protocol: str = "tf-legacy",

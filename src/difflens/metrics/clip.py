@@ -291,7 +291,8 @@ class ClipScoreResult:
     per_prompt: PerPromptBreakdown | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"value": self.value, "n": self.n, "truncated_prompts": self.truncated_prompts}
+        out: dict[str, Any] = {"value": self.value, "n": self.n, "n_fake": self.n,
+                               "truncated_prompts": self.truncated_prompts}
         if self.ci95 is not None:
             out["ci95"] = list(self.ci95)
         return out
@@ -399,8 +400,9 @@ def compute_embedding_metrics(
         return encoders[model_id]
 
     def record(key: str, model_id: str, digest: str, preprocessing: dict[str, Any]) -> None:
-        out["protocol"][key] = {"model": model_id, "weights_sha256": digest, "preprocessing": preprocessing,
-                                "dtype": dtype}
+        name = preprocessing.get("protocol", "dinov2-bicubic")  # CLIP: processor / cmmd-resize
+        out["protocol"][key] = {"protocol": name, "model": model_id, "weights_sha256": digest,
+                                "preprocessing": preprocessing, "dtype": dtype}
 
     if "clip" in chosen:
         enc = clip_encoder(clip_model, "--clip-model")

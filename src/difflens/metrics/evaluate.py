@@ -123,17 +123,21 @@ def load_prompt_list(prompts: str | None, options: DatasetOptions, offline: bool
     return load_prompts(prompts)
 
 
-def _image_items(source: Any) -> Any:
+def _image_items(source: Any, flag: str = "--fake") -> Any:
     """Images for the embedding metrics: file lists, folders (listed) or uint8 arrays."""
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         from difflens.metrics.images import list_image_files
 
         return list_image_files(source)
-    if isinstance(source, (str, Path)) and str(source).endswith((".npy", ".npz")):
-        import numpy as np
+    if isinstance(source, (str, Path)) and str(source).lower().endswith((".npy", ".npz")):
+        from difflens.metrics.sources import resolve_source
 
-        data = np.load(source)
-        return data if not hasattr(data, "files") else data[data.files[0]]
+        src = resolve_source(source, flag)
+        if src.kind != "images":
+            raise DifflensError(f"{flag} {source} holds {src.kind}, not images; CLIP score, CMMD and "
+                                "FD-DINOv2 embed images.",
+                                "pass a folder of images or a uint8 (N, H, W, 3) array")
+        return src.images  # type: ignore[union-attr]
     return source
 
 
@@ -194,25 +198,32 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         fake_prompts = cycle_prompts(prompt_list, len(fake_input))
 
     if inception is None or inception:
+        preprocessing = {side: ident["preprocessing"] for side, ident in (("real", real_identity),
+                         ("fake", fake_identity)) if ident and ident.get("preprocessing")}
         result = compute_metrics(real_input, fake_input, inception, offline=offline, strict=strict,
-                                 device=device, **inception_kwargs)
+                                 device=device, preprocessing=preprocessing or None, **inception_kwargs)
     else:
         from difflens.versions import collect_versions
 
-        result = {"metrics": {}, "n_real": None, "n_fake": len(_image_items(fake_input) or []),
-                  "protocol": {}, "versions": collect_versions(), "warnings": []}
+        result = {"metrics": {}, "n_real": None, "n_fake": None,
+                  "protocol": {"settings": {"metrics": [], "seed": int(inception_kwargs.get("seed", 0)),
+                                            "bootstrap": int(inception_kwargs.get("bootstrap", 0))}},
+                  "versions": collect_versions(), "warnings": []}
     if embedding:
         from difflens.metrics.clip import compute_embedding_metrics
         from difflens.metrics.feature_cache import FeatureCache
 
         extra = compute_embedding_metrics(
-            embedding, fake=_image_items(fake_input), real=_image_items(real_input) if real_input is not None
-            else None, prompts=fake_prompts, clip_model=clip_model, cmmd_clip_model=cmmd_clip_model,
+            embedding, fake=_image_items(fake_input),
+            real=_image_items(real_input, "--real") if real_input is not None else None,
+            prompts=fake_prompts, clip_model=clip_model, cmmd_clip_model=cmmd_clip_model,
             dinov2_model=dinov2_model, per_prompt=per_prompt,
             bootstrap=int(inception_kwargs.get("bootstrap", 0)), seed=int(inception_kwargs.get("seed", 0)),
             device=device, offline=offline, cache=FeatureCache())
         result["metrics"].update(extra["metrics"])
         result.setdefault("protocol", {})["embedding"] = extra.get("protocol", {})
+        settings = result["protocol"].setdefault("settings", {})
+        settings["metrics"] = [*settings.get("metrics", []), *embedding]
         warnings += extra.get("warnings", [])
         if "per_prompt" in extra:
             result["per_prompt"] = extra["per_prompt"]
@@ -222,4 +233,6 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
     if generation is not None:
         result["generation"] = {"model": generation.model, "num_samples": generation.num_samples,
                                 "samples_dir": str(samples_folder)}
-    return result
+    from difflens.metrics.record import finalize
+
+    return finalize(result)  # the one place the published record is assembled

@@ -184,6 +184,23 @@ def _download(dest: Path) -> InceptionWeights:
         raise
 
 
+def _describe_weights(path: Path) -> str:
+    """What a file that torch's safe loader refused is (never torch's own advice, which suggests
+    disabling the safe loader)."""
+    from difflens.metrics.validate import describe_file, describe_zip
+
+    kind = describe_file(path)
+    if kind == "a zip archive":
+        kind = describe_zip(path)
+        if kind == "a torch checkpoint":
+            return ("a torch checkpoint holding Python objects beyond tensors (refused: unpickling them "
+                    "could run arbitrary code)")
+        return kind
+    if kind == "a Python pickle":
+        return "a legacy pickle that the safe loader refuses (it holds Python objects beyond tensors)"
+    return kind
+
+
 class _Skeleton:
     """Builds torch-fidelity's module without loading weights (its constructor always loads some)."""
 
@@ -318,11 +335,16 @@ class InceptionExtractor:
         if protocol not in PROTOCOLS:
             raise DifflensError(f"unknown --protocol {protocol!r}.", f"use one of {', '.join(PROTOCOLS)}")
         try:  # validate with the safe loader first: a file that needs arbitrary unpickling is refused
-            torch.load(weights.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad file (pickle, zip, runtime)
-            raise DifflensError(f"cannot load Inception weights {weights.path}: {type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}.",
+            state = torch.load(weights.path, map_location="cpu", weights_only=True)
+        except Exception:  # torch raises many types (pickle, zip, runtime), with advice that is not ours
+            raise DifflensError(f"--inception-weights {weights.path} is {_describe_weights(weights.path)}, "
+                                "not a torch state dict of tensors.",
                                 f"pass a torch-fidelity Inception state dict ({WEIGHTS_FILENAME})") from None
+        if not isinstance(state, dict) or not state:
+            raise DifflensError(f"--inception-weights {weights.path} is a torch file of "
+                                f"{type(state).__name__}, not a state dict of tensors.",
+                                f"pass a torch-fidelity Inception state dict ({WEIGHTS_FILENAME})")
+        del state
         try:
             model = FeatureExtractorInceptionV3("inception-v3-compat", list(FEATURES),
                                                 feature_extractor_weights_path=str(weights.path))

@@ -7,6 +7,11 @@ on the logits of the 1008-way head (no bias). The rows are shuffled with
 split into ``splits`` consecutive chunks ``[i*N//splits, (i+1)*N//splits)``; in each chunk
 ``p(y)`` is the mean of the softmax rows and the score is ``exp(mean_x sum_y p log(p / p(y)))``.
 The result is the mean and population std (``np.std``) over chunks. Float64 throughout.
+
+Small samples (:func:`small_sample_warning`): the score of a split is ``exp(I(x; y))`` over its images, and
+a mutual information is at most the log of the number of images, so a split of ``m`` images scores at most
+``m``. Published IS uses 50,000 images in 10 splits. A warning is given below 1,000 images in all or below
+100 images per split (then any model whose IS exceeds 100, as ImageNet-class generators do, is capped).
 """
 
 from __future__ import annotations
@@ -15,6 +20,19 @@ import numpy as np
 
 from difflens.errors import DifflensError
 from difflens.metrics.kid import DEFAULT_SEED
+
+MIN_IS_SAMPLES = 1000
+MIN_IS_PER_SPLIT = 100
+
+
+def small_sample_warning(n: int, splits: int) -> str | None:
+    """The warning for an IS on too few images (rule in the module docstring), or None."""
+    per_split = n // max(splits, 1)
+    if n >= MIN_IS_SAMPLES and per_split >= MIN_IS_PER_SPLIT:
+        return None
+    return (f"IS on {n} images in {splits} split(s) of {per_split}+: a split of m images scores at most m, "
+            f"so the value is biased low and not comparable to published IS (50,000 images, 10 splits); use "
+            f"at least {MIN_IS_SAMPLES} images and {MIN_IS_PER_SPLIT} per split")
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -11,6 +11,11 @@ features_2)`` with ``features_1`` the generated set (its ``input1``) and ``featu
 its default seed 2020. KID is the mean of the subset values and its ``std`` the population standard
 deviation (``np.std``). It can be slightly negative.
 
+When the subset size equals the size of a set, every subset holds that whole set: with both sets that
+small, every subset is the same pair of sets and the std over subsets is rounding noise (recorded as
+``None``, undefined); with one, the std only reflects the subsampling of the other set. Both cases give a
+warning. A single subset has no std either (``None``).
+
 Numerics: the kernel matrices and sums are float64 (torch-fidelity computes them in the features'
 dtype, float32 for Inception features, so the two agree to about 1e-6 relative, not bit for bit).
 """
@@ -29,10 +34,11 @@ DEFAULT_SEED = 2020  # torch_fidelity.defaults: rng_seed
 
 @dataclass
 class KIDResult:
-    """KID mean over subsets, population std, the subset size and count used, and warnings."""
+    """KID mean over subsets, population std (None: undefined, every subset is the same), the subset size
+    and count used, and warnings."""
 
     value: float
-    std: float
+    std: float | None
     subset_size: int
     num_subsets: int
     warnings: list[str] = field(default_factory=list)
@@ -51,7 +57,21 @@ def _check_pair(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndar
         raise DifflensError(
             f"KID needs at least 2 samples per set (real {real.shape[0]}, fake {fake.shape[0]}).",
             "Add images.")
-    return real, fake
+    from difflens.metrics.validate import check_features
+
+    return check_features(real, "KID real features"), check_features(fake, "KID fake features")
+
+
+def _whole_set_note(m: int, n_real: int, n_fake: int) -> str | None:
+    """What a subset size equal to a set size does to the std over subsets (None when it does not)."""
+    whole = [name for name, n in (("real", n_real), ("fake", n_fake)) if n == m]
+    if len(whole) == 2:
+        return ("every subset is then the whole of both sets, so the std over subsets is undefined (recorded "
+                "as null); use --bootstrap for an interval")
+    if whole:
+        return (f"every subset then holds the whole {whole[0]} set, so the std over subsets reflects only "
+                "the sampling of the other set and understates the uncertainty")
+    return None
 
 
 def _poly_kernel_sums(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -111,11 +131,16 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: i
     m = int(subset_size)
     warnings: list[str] = []
     smallest = min(real.shape[0], fake.shape[0])
+    note = _whole_set_note(min(m, smallest), real.shape[0], fake.shape[0])
     if smallest < m:
         warnings.append(
             f"KID subset size reduced from {m} to {smallest}: the smaller set has only {smallest} samples "
-            f"(real {real.shape[0]}, fake {fake.shape[0]}); values are not comparable to subset size {m}.")
+            f"(real {real.shape[0]}, fake {fake.shape[0]}); values are not comparable to subset size {m}"
+            + (f"; {note}" if note else "") + ".")
         m = smallest
+    elif note:
+        warnings.append(f"KID subset size {m} equals the number of samples (real {real.shape[0]}, fake "
+                        f"{fake.shape[0]}): {note}.")
     rng = np.random.RandomState(seed)
     draws = []
     for _ in range(num_subsets):          # torch-fidelity's order: fake subset, then real subset
@@ -123,7 +148,10 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: i
         idx_real = rng.choice(real.shape[0], m, replace=False)
         draws.append((idx_fake, idx_real))
     mmds = np.asarray(_map_threads(lambda d: mmd2_unbiased(fake[d[0]], real[d[1]]), draws), dtype=np.float64)
-    if not np.all(np.isfinite(mmds)):
-        raise DifflensError("KID is not finite: the features contain NaN or infinite values.",
-                            "Check the extractor input.")
-    return KIDResult(float(np.mean(mmds)), float(np.std(mmds)), m, num_subsets, warnings)
+    value, std = float(np.mean(mmds)), float(np.std(mmds))
+    if not (np.all(np.isfinite(mmds)) and np.isfinite(value) and np.isfinite(std)):
+        raise DifflensError("KID is not finite: the features are too large for the cubic kernel.",
+                            "pass the extractor's raw features")
+    both_whole = real.shape[0] == m and fake.shape[0] == m
+    undefined = both_whole or num_subsets == 1  # no spread to measure
+    return KIDResult(value, None if undefined else std, m, num_subsets, warnings)

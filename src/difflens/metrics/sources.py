@@ -7,7 +7,9 @@ Kinds:
 * ``stats``: Gaussian statistics (``.npz`` with ``mu`` and ``sigma``: difflens or pytorch-fid format;
   a :class:`~difflens.metrics.stats.GaussianStats`; a dict with ``mu``/``sigma``); FID only;
 * ``features``: precomputed ``(N, D)`` features (``.npy``, or ``.npz`` with ``features`` and optionally
-  ``logits`` for IS), or a 2-D float array in memory.
+  ``logits`` for IS), or a 2-D float array in memory. A statistics file that also carries its features
+  (``difflens stats build --keep-features``) reads as features, so KID and the k-NN metrics work with it
+  as ``--real``; its ``n`` and ``mu`` must agree with the features.
 
 Nothing here imports torch: FID from two statistics files stays light.
 """
@@ -105,63 +107,100 @@ STATS_KEYS = ("mu", "sigma")
 def _check_features(arr: Any, name: str) -> Any:
     import numpy as np
 
+    from difflens.metrics.validate import check_features
+
     if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise DifflensError(f"{name}: expected a 2-D (N, D) float feature array, got {arr.dtype} "
                             f"{tuple(arr.shape)}.", "save features as np.save(path, feats) with feats (N, D)")
-    arr = np.asarray(arr)
-    if not np.isfinite(arr).all():
-        raise DifflensError(f"{name}: features contain NaN or infinity.", "recompute the features")
-    return arr
+    return check_features(np.asarray(arr), name)
+
+
+def _fingerprint(data: Any, path: Path, name: str) -> dict[str, Any] | None:
+    import json
+
+    from difflens.metrics.validate import read_npz_array
+
+    if "fingerprint" not in data.files:
+        return None
+    raw = read_npz_array(data, "fingerprint", path, name)
+    try:
+        fp = json.loads(str(raw.reshape(())))
+    except (ValueError, TypeError):
+        fp = False
+    if not isinstance(fp, (dict, type(None))):  # JSON null: saved without a fingerprint
+        raise DifflensError(f"{name}: {path} has an unreadable fingerprint (not a JSON object).",
+                            "recompute the file with difflens")
+    return fp
+
+
+def _check_stats_features(data: Any, feats: Any, path: Path, name: str) -> None:
+    """A statistics file with features: its ``n`` and ``mu`` must describe those features."""
+    import numpy as np
+
+    from difflens.metrics.validate import read_npz_array
+
+    fix = "rebuild the file (difflens stats build --keep-features), or drop the 'features' array"
+    if "n" in data.files:
+        n = read_npz_array(data, "n", path, name)
+        recorded = int(n.reshape(())) if n.size == 1 and np.issubdtype(n.dtype, np.number) else None
+        if recorded != feats.shape[0]:
+            raise DifflensError(f"{name}: {path} records n={recorded} but holds {feats.shape[0]} feature "
+                                "rows.", fix)
+    mu = np.asarray(read_npz_array(data, "mu", path, name), dtype=np.float64)
+    if mu.shape != (feats.shape[1],):
+        raise DifflensError(f"{name}: {path} has mu {mu.shape} but features {tuple(feats.shape)}.", fix)
+    mean = np.asarray(feats).mean(axis=0, dtype=np.float64)
+    # the same float32 rows summed in another order: equal to ~1e-12 relative; 1e-6 leaves a wide margin
+    if not np.allclose(mean, mu, rtol=1e-6, atol=1e-6 * (float(np.abs(mu).max()) + 1e-30)):
+        raise DifflensError(f"{name}: {path} has a mu that is not the mean of its features "
+                            f"(max difference {float(np.abs(mean - mu).max()):.3g}).", fix)
 
 
 def _from_npz(path: Path, name: str, want_features: bool) -> Source:
-    import numpy as np
+    from difflens.metrics.validate import open_npz, read_npz_array
 
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DifflensError(f"{name}: cannot read {path}: {exc}.",
-                            "check that the file is a valid .npz") from None
-    with data:
+    layouts = ("save one of these layouts: 'mu' and 'sigma' (statistics), 'images' (uint8 N,H,W,3) or "
+               "'features' (N, D)")
+    with open_npz(path, f"{name}:", "an .npz archive of arrays", layouts) as data:
         keys = list(data.files)
-        if all(k in keys for k in STATS_KEYS) and not want_features:
+        found = ", ".join(keys) or "none"
+        has_stats = all(k in keys for k in STATS_KEYS)
+        partial = [k for k in STATS_KEYS if k not in keys] if any(k in keys for k in STATS_KEYS) else []
+        if partial and "features" not in keys:
+            raise DifflensError(
+                f"{name}: {path} is a statistics file without {' and '.join(partial)} (arrays found: "
+                f"{found}).", "a statistics file needs 'mu' (D,) and 'sigma' (D, D); recompute it with "
+                "difflens stats build or metrics --save-stats")
+        if "features" in keys or (want_features and len(keys) == 1):
+            feats = _check_features(read_npz_array(data, "features" if "features" in keys else keys[0],
+                                                   path, name), name)
+            logits = read_npz_array(data, "logits", path, name) if "logits" in keys else None
+            if logits is not None:
+                if logits.ndim != 2 or logits.shape[0] != feats.shape[0]:
+                    raise DifflensError(f"{name}: logits {tuple(logits.shape)} do not match features "
+                                        f"{tuple(feats.shape)}.", "store (N, C) logits for the same N rows")
+                logits = _check_features(logits, f"{name} logits")
+            if has_stats:
+                _check_stats_features(data, feats, path, name)
+            return FeaturesSource(features=feats, logits=logits, fingerprint=_fingerprint(data, path, name),
+                                  path=path)
+        if has_stats and not want_features:
             from difflens.metrics.stats import load_stats
 
-            try:
-                stats, fingerprint, extra = load_stats(path)
-            except DifflensError:
-                raise
-            except (KeyError, ValueError, OSError) as exc:
-                raise DifflensError(f"{name}: cannot read statistics from {path}: {exc}.",
-                                    "check the file (mu: (D,), sigma: (D, D))") from None
+            stats, fingerprint, extra = load_stats(path)
             return StatsSource(stats=stats, fingerprint=fingerprint, extra=dict(extra or {}), path=path)
-        if "features" in keys or (want_features and len(keys) == 1):
-            feats = _check_features(data["features" if "features" in keys else keys[0]], name)
-            logits = data["logits"] if "logits" in keys else None
-            if logits is not None and (logits.ndim != 2 or logits.shape[0] != feats.shape[0]):
-                raise DifflensError(f"{name}: logits {tuple(logits.shape)} do not match features "
-                                    f"{tuple(feats.shape)}.", "store (N, C) logits for the same N samples")
-            fingerprint = None
-            if "fingerprint" in keys:
-                import json
-
-                try:
-                    fingerprint = json.loads(str(data["fingerprint"]))
-                except ValueError:
-                    fingerprint = None
-            return FeaturesSource(features=feats, logits=logits, fingerprint=fingerprint, path=path)
         if want_features:
-            raise DifflensError(f"{name}: {path} holds {keys}, not a feature array.",
-                                "store the (N, D) features under the key 'features'")
+            raise DifflensError(f"{name}: {path} holds arrays {found}, not features.",
+                                "store the (N, D) features under the key 'features' (difflens stats build "
+                                "--keep-features does)")
         if "images" in keys or len(keys) == 1:
-            arr = data["images" if "images" in keys else keys[0]]
+            arr = read_npz_array(data, "images" if "images" in keys else keys[0], path, name)
             if arr.ndim == 2:
                 return FeaturesSource(features=_check_features(arr, name), path=path)
             check_image_array(arr, f"{name} ({path})")
             return ArraySource(images=arr, path=path)
-    raise DifflensError(f"{name}: {path} holds arrays {keys}; expected 'mu' and 'sigma' (statistics), "
-                        "'images' (uint8 N,H,W,3) or 'features' (N, D).",
-                        "save one of these layouts, e.g. np.savez(path, images=x)")
+    raise DifflensError(f"{name}: {path} holds arrays {found}; expected 'mu' and 'sigma' (statistics), "
+                        "'images' (uint8 N,H,W,3) or 'features' (N, D).", layouts)
 
 
 def _from_path(path: Path, name: str, want_features: bool) -> Source:
@@ -182,11 +221,9 @@ def _from_path(path: Path, name: str, want_features: bool) -> Source:
     if suffix == ".npz":
         return _from_npz(path, name, want_features)
     if suffix == ".npy":
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DifflensError(f"{name}: cannot read {path}: {exc}.",
-                                "check that the file is a valid .npy") from None
+        from difflens.metrics.validate import load_npy
+
+        arr = load_npy(path, f"{name}:", "pass a .npy of uint8 images (N, H, W, 3) or features (N, D)")
         if arr.ndim == 2 or want_features:
             return FeaturesSource(features=_check_features(np.asarray(arr), name), path=path)
         check_image_array(arr, f"{name} ({path})")

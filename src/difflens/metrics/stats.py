@@ -20,7 +20,6 @@ plus optional extra arrays (features, say). A pytorch-fid file with only ``mu`` 
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,22 +134,34 @@ def _chunk_stats(chunk: np.ndarray) -> GaussianStats:
     return GaussianStats(n, mean, c.T @ c)
 
 
-def stats_from_mu_sigma(mu: Any, sigma: Any, n: int | None) -> GaussianStats:
-    """Statistics from a mean and an unbiased covariance; ``n=None`` records the count as unknown."""
-    mu = np.asarray(mu, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
+def stats_from_mu_sigma(mu: Any, sigma: Any, n: int | None, name: str = "statistics") -> GaussianStats:
+    """Statistics from a mean and an unbiased covariance; ``n=None`` records the count as unknown.
+
+    Refuses (DifflensError, prefixed with ``name``) shapes that disagree, non-finite or overflowing
+    values, and a sigma that is not symmetric positive semi-definite (see :mod:`difflens.metrics.validate`).
+    """
+    from difflens.metrics.validate import check_covariance, check_mean
+
+    mu = np.asarray(mu)
+    sigma = np.asarray(sigma)
+    for key, arr in (("mu", mu), ("sigma", sigma)):
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise DifflensError(f"{name}: {key} must hold real numbers, got dtype {arr.dtype}.",
+                                "store mu and sigma as float64 arrays")
+    mu = mu.astype(np.float64)
+    sigma = sigma.astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise DifflensError(
-            f"Statistics have inconsistent shapes: mu {mu.shape}, sigma {sigma.shape}.",
-            "mu must be (D,) and sigma (D, D).")
-    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
-        raise DifflensError("Statistics contain NaN or infinite values.", "Recompute the statistics.")
+            f"{name}: inconsistent shapes, mu {mu.shape} and sigma {sigma.shape}.",
+            "mu must be (D,) and sigma (D, D) for the same D")
+    check_mean(mu, name)
+    check_covariance(sigma, name)
     if n is None or int(n) == UNKNOWN_N:
         return GaussianStats(UNKNOWN_N, mu.copy(), sigma.copy())
     n = int(n)
     if n < 2:
-        raise DifflensError(f"Statistics record n={n} samples; a covariance needs at least 2.",
-                            "Recompute the statistics from at least 2 samples.")
+        raise DifflensError(f"{name}: n={n} samples; a covariance needs at least 2.",
+                            "recompute the statistics from at least 2 samples")
     return GaussianStats(n, mu.copy(), sigma * (n - 1))
 
 
@@ -189,37 +200,37 @@ def load_stats(path: str | Path) -> tuple[GaussianStats, dict[str, Any] | None, 
     pytorch-fid / torch-fidelity files (``mu`` and ``sigma`` only) load with ``n = -1`` (unknown count)
     and fingerprint ``None``.
     """
+    from difflens.metrics.validate import open_npz, read_npz_array
+
     path = Path(path)
     if not path.is_file():
-        raise DifflensError(f"Statistics file not found: {path}.", "Check the path.")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DifflensError(f"Cannot read statistics file {path}: {exc}.",
-                            "Pass an .npz written by difflens --save-stats or pytorch-fid.") from exc
-    missing = [key for key in ("mu", "sigma") if key not in arrays]
-    if missing:
-        found = ", ".join(sorted(arrays)) or "none"
-        raise DifflensError(
-            f"Statistics file {path} lacks {' and '.join(missing)} (keys found: {found}).",
-            "A statistics file needs 'mu' (D,) and 'sigma' (D, D), as pytorch-fid and difflens write them.")
+        what = "a folder" if path.is_dir() else "not found"
+        raise DifflensError(f"statistics file {path}: {what}.", "pass the path of a statistics .npz")
+    hint = "pass an .npz with 'mu' (D,) and 'sigma' (D, D), as difflens --save-stats and pytorch-fid write"
+    with open_npz(path, "statistics file", "an .npz of statistics", hint) as data:
+        keys = list(data.files)
+        missing = [key for key in ("mu", "sigma") if key not in keys]
+        if missing:
+            found = ", ".join(sorted(keys)) or "none"
+            raise DifflensError(f"statistics file {path} lacks {' and '.join(missing)} (arrays found: "
+                                f"{found}).", hint)
+        arrays = {key: read_npz_array(data, key, path, "statistics file") for key in keys}
     n: int | None = None
     if "n" in arrays:
         n_arr = arrays["n"]
         if n_arr.size != 1 or not np.issubdtype(n_arr.dtype, np.number):
-            raise DifflensError(f"Statistics file {path} has a malformed 'n' entry.", "Recompute the file.")
+            raise DifflensError(f"statistics file {path} has a malformed 'n' entry {n_arr.dtype} "
+                                f"{n_arr.shape}.", "recompute the file")
         n = int(n_arr.reshape(()))
     fingerprint: dict[str, Any] | None = None
     if "fingerprint" in arrays:
         try:
             fingerprint = json.loads(str(arrays["fingerprint"].reshape(())))
-        except (ValueError, TypeError) as exc:
-            raise DifflensError(f"Statistics file {path} has an unreadable fingerprint: {exc}.",
-                                "Recompute the file.") from exc
-    try:
-        stats = stats_from_mu_sigma(arrays["mu"], arrays["sigma"], n)
-    except DifflensError as exc:
-        raise DifflensError(f"Statistics file {path}: {exc.message}", exc.hint) from exc
+        except (ValueError, TypeError):
+            fingerprint = False  # type: ignore[assignment]
+        if not isinstance(fingerprint, (dict, type(None))):  # JSON null: saved without a fingerprint
+            raise DifflensError(f"statistics file {path} has an unreadable fingerprint (not a JSON object).",
+                                "recompute the file")
+    stats = stats_from_mu_sigma(arrays["mu"], arrays["sigma"], n, name=f"statistics file {path}")
     extra = {key: val for key, val in arrays.items() if key not in _RESERVED_KEYS}
     return stats, fingerprint, extra

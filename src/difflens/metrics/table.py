@@ -59,10 +59,15 @@ def render(result: dict[str, Any], console: Any | None = None) -> None:
                 table.add_row(LABELS[key], _fmt(entry.get("value")), _spread(key, entry))
         out.print(table)
     sha = proto.get("weights_sha256")
-    line = (f"n_real={_fmt(result.get('n_real'))}  n_fake={_fmt(result.get('n_fake'))}  "
-            f"protocol={proto.get('protocol')}  weights={sha[:12] + '...' if sha else 'n/a'}")
-    if "weights_standard" in proto:
-        line += " (published TF 2015-12-05)" if proto["weights_standard"] else " (NOT the published file)"
+    line = f"n_real={_fmt(result.get('n_real'))}  n_fake={_fmt(result.get('n_fake'))}  "
+    if proto.get("protocol", "none") != "none":
+        line += f"protocol={proto.get('protocol')}  weights={sha[:12] + '...' if sha else 'n/a'}"
+        if "weights_standard" in proto:
+            line += " (published TF 2015-12-05)" if proto["weights_standard"] else " (NOT the published file)"
+    embedding = proto.get("embedding") or {}
+    if embedding:
+        line += "  " * (proto.get("protocol", "none") != "none") + "  ".join(
+            f"{LABELS.get(k, k)}: {e.get('model')} ({e.get('protocol')})" for k, e in embedding.items())
     out.print(escape(line), highlight=False)
     if result.get("per_prompt"):
         from difflens.metrics.clip import render_per_prompt
