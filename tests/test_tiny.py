@@ -69,7 +69,7 @@ def test_save_load_generate(family: str, loaded: Callable[[str], Any]) -> None:
     assert image.shape == (1, 64, 64, 3)
     assert np.isfinite(image).all() and image.std() > 0
     again = _generate(pipe, family, 64, 64)
-    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(image, again)  # bit for bit: the same call on the same pipeline object
     wide = _generate(pipe, family, 32, 64)
     assert wide.shape == (1, 32, 64, 3)
     assert np.isfinite(wide).all()
@@ -78,11 +78,22 @@ def test_save_load_generate(family: str, loaded: Callable[[str], Any]) -> None:
 @pytest.mark.parametrize("family", ["sd15", "flux"])
 def test_saved_matches_in_memory(family: str, loaded: Callable[[str], Any]) -> None:
     import numpy as np
+    import torch
 
     from difflens.tiny import build_tiny_pipeline
 
-    np.testing.assert_array_equal(_generate(build_tiny_pipeline(family, seed=0), family, 64, 64),
-                                  _generate(loaded(family), family, 64, 64))
+    built = build_tiny_pipeline(family, seed=0)
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2"):  # the weights: bit for bit
+        if getattr(built, name, None) is not None:
+            mine, saved = getattr(built, name).state_dict(), getattr(loaded(family), name).state_dict()
+            assert mine.keys() == saved.keys() and all(torch.equal(v, saved[k]) for k, v in mine.items())
+    # The images: not bit for bit. Weights loaded from safetensors are memory-mapped at the file's offsets
+    # (not 64-byte aligned), those built in memory are aligned, and the BLAS picks its kernel (summation
+    # order) by alignment and CPU: up to 7.2e-7 apart on an AMD EPYC, equal elsewhere. The weights are
+    # compared exactly above; what the images add is the saved configs (scheduler, tokenizers), whose loss
+    # moves pixels by far more than 1e-5, which is 14x the float32 noise seen.
+    np.testing.assert_allclose(_generate(built, family, 64, 64), _generate(loaded(family), family, 64, 64),
+                               rtol=0, atol=1e-5)
 
 
 def test_seed_changes_weights() -> None:
