@@ -130,9 +130,10 @@ def test_folder_listing_recursive_sorted_filtered(tmp_path: Path) -> None:
         fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
         img.save(tmp_path / rel, format=fmt[Path(rel).suffix.lower()])
     (tmp_path / "notes.txt").write_text("x")
-    (tmp_path / "b" / "img.tiff").write_bytes(b"")
+    (tmp_path / "b" / "img.gif").write_bytes(b"")  # not an image extension of difflens
+    (tmp_path / "b" / "img.tiff").write_bytes(b"")  # TIFF is listed (every mode reads it); read later
     rel = [p.relative_to(tmp_path).as_posix() for p in list_image_files(tmp_path)]
-    assert rel == ["a.jpg", "b/deep/c.JPeG", "b/x.webp", "b/y.bmp", "z.PNG"]
+    assert rel == ["a.jpg", "b/deep/c.JPeG", "b/img.tiff", "b/x.webp", "b/y.bmp", "z.PNG"]
 
 
 def test_corrupt_files_skipped_or_strict(tmp_path: Path) -> None:

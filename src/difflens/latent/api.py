@@ -103,6 +103,18 @@ def _settings(pipe: Any, size: int | None, steps: int, guidance: float | None,
                               max_sequence_length=max_sequence_length)
 
 
+def _print_warnings(lines: list[str]) -> list[str]:
+    """Show each warning now (before the slow work) and return them for the result file."""
+    if lines:
+        from rich.markup import escape
+
+        from difflens.console import console
+
+        for line in lines:
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    return lines
+
+
 def _remove_stale(folder: Path, pattern: str, keep: Sequence[str]) -> None:
     """Delete this mode's own frame files left in ``folder`` by an earlier, longer run (only files matching
     ``pattern`` that this run does not write), so the folder matches the JSON."""
@@ -129,14 +141,17 @@ def _common(pipe: Any, label: str) -> dict[str, Any]:
 
 def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report: str | Path | None = None,
            size: int | None = None, dtype: str = "float32", device: str | None = None, offline: bool = False,
-           batch_size: int = 8) -> dict[str, Any]:
+           batch_size: int = 8, strict: bool = False) -> dict[str, Any]:
     """Encode images to the model's normalized latents (written to ``out``: .npz or .safetensors) and
-    report the VAE round-trip PSNR per image (``report``, default: ``out`` with suffix .json)."""
+    report the VAE round-trip PSNR per image (``report``, default: ``out`` with suffix .json).
+
+    Unreadable or oversized images are skipped and listed in ``warnings`` (``strict``: an error), by the rule
+    of :mod:`difflens.metrics.images`."""
     import numpy as np
 
     from difflens.atomic import atomic_path, save_npz, write_json
     from difflens.console import progress
-    from difflens.latent.images import RESIZE_RULE, iter_image_batches, list_images
+    from difflens.latent.images import RESIZE_RULE, iter_image_batches, list_images, screen_images
     from difflens.latent.vae import decode_latents, encode_images, is_packed, pack_latents, psnr
 
     out = Path(out)
@@ -147,12 +162,12 @@ def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report:
     if report_path.resolve() == out.resolve():
         raise DifflensError("the report and the latents file are the same path.", "pass a different --report")
     _check_positive(batch_size, "--batch-size")
-    list_images(images)
+    files, read_log = screen_images(list_images(images), "images", strict)
+    warnings = _print_warnings(read_log.warnings("images"))
     pipe, label = _load(model, dtype, device, offline)
     from difflens.latent.generation import resolve_size
 
     s = resolve_size(pipe, size)
-    files = list_images(images)
     chunks, values = [], []
     for batch in progress(iter_image_batches(files, s, batch_size), total=len(files), description="encode"):
         zb = encode_images(pipe, batch, batch_size=batch_size)
@@ -181,6 +196,7 @@ def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report:
         "images": [{"file": n, "psnr": v} for n, v in zip(names, values, strict=True)],
         "psnr_mean": float(np.mean(finite)) if finite else None,
         "psnr_min": float(np.min(values)) if values else None,
+        "skipped": [{"file": f, "reason": r} for f, r in read_log.skipped], "warnings": warnings,
     }
     write_json(report_path, result)
     return result
@@ -340,16 +356,19 @@ def ood(model: Any, out: str | Path, *, reference: Sequence[str | Path], test: S
         noise_levels: str | Sequence[float] = DEFAULT_LEVELS, steps: int = 20, seed: int = 0,
         size: int | None = None, max_sequence_length: int | None = None, min_reference: int = MIN_REFERENCE,
         dtype: str = "float32", device: str | None = None, offline: bool = False,
-        batch_size: int = 8) -> dict[str, Any]:
+        batch_size: int = 8, strict: bool = False) -> dict[str, Any]:
     """Score --test (label 0) and --ood (label 1) images against --reference images by each method; write
-    ``scores.csv``, ``ood.json`` and one histogram per method into ``out``."""
+    ``scores.csv``, ``ood.json`` and one histogram per method into ``out``.
+
+    Unreadable or oversized images are skipped and listed in ``warnings`` (``strict``: an error), by the rule
+    of :mod:`difflens.metrics.images`; ``scores.csv`` lists the images that were scored."""
     import csv
     import io
 
     from difflens.atomic import write_json, write_text
     from difflens.console import console
     from difflens.latent import ood as od
-    from difflens.latent.images import RESIZE_RULE, list_images
+    from difflens.latent.images import RESIZE_RULE, list_images, screen_images
     from difflens.latent.plots import save_score_histogram
 
     out = Path(out)
@@ -358,12 +377,17 @@ def ood(model: Any, out: str | Path, *, reference: Sequence[str | Path], test: S
     _check_positive(batch_size, "--batch-size")
     _check_positive(steps, "--steps")
     levels = od.parse_levels(noise_levels, int(steps)) if "reconstruction" in method_list else []
-    ref_files = list_images(reference, "--reference")
+    ref_files, ref_log = screen_images(list_images(reference, "--reference"), "--reference", strict)
+    test_files, test_log = screen_images(list_images(test, "--test"), "--test", strict)
+    ood_files, ood_log = (screen_images(list_images(ood_images, "--ood"), "--ood", strict) if ood_images
+                          else ([], None))
+    skipped = [*ref_log.skipped, *test_log.skipped, *(ood_log.skipped if ood_log else [])]
+    read_warnings = [*ref_log.warnings("--reference"), *test_log.warnings("--test"),
+                     *(ood_log.warnings("--ood") if ood_log else [])]
     warning = od.check_reference_count(len(ref_files), minimum=min_reference)
-    test_files = list_images(test, "--test")
-    ood_files = list_images(ood_images, "--ood") if ood_images else []
     if warning:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    read_warnings = _print_warnings(read_warnings)
     pipe, label = _load(model, dtype, device, offline)
     settings = _settings(pipe, size, steps, None, max_sequence_length)
     space = (_feature_space(features, pipe, clip_model, inception_weights, offline, batch_size)
@@ -392,7 +416,9 @@ def ood(model: Any, out: str | Path, *, reference: Sequence[str | Path], test: S
         "n_ood": len(ood_files), "size": settings.size, "resize": RESIZE_RULE.format(size=settings.size),
         "methods": {m: dict(res.metrics.get(m, {})) for m in method_list},
         "positive_class": "ood (label 1); higher score = more unusual",
-        "score_summary": summary, "details": res.details, "warnings": [warning] if warning else [],
+        "score_summary": summary, "details": res.details,
+        "skipped": [{"file": f, "reason": r} for f, r in skipped],
+        "warnings": [*([warning] if warning else []), *read_warnings],
         "scores": "scores.csv", "histograms": {m: f"hist_{m}.png" for m in method_list},
     }
     write_text(out / "scores.csv", buf.getvalue())

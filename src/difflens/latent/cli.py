@@ -1,6 +1,7 @@
 """CLI for the latent mode: `difflens latent encode | interpolate | direction | ood`.
 
-Only typer and the standard library are imported here; the work happens in :mod:`difflens.latent.api`.
+Only typer, the standard library and light difflens modules are imported here; the work happens in
+:mod:`difflens.latent.api`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
+from difflens.latent.ood import METHODS as OOD_METHODS  # standard library only at import
 
 latent_app = typer.Typer(
     name="latent",
@@ -18,11 +21,18 @@ latent_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_MODEL = typer.Option(..., "--model", "-m", help="Hub id or local diffusers pipeline folder.")
+_MODEL = typer.Option(..., "--model", help="Hub id or local diffusers pipeline folder.")
 _DTYPE = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16.")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: auto).")
 _OFFLINE = typer.Option(False, "--offline", help="Never touch the network (local files and cache only).")
-_SIZE = typer.Option(None, "--size", help="Square image size in pixels (default: the model's own size).")
+_HEIGHT = typer.Option(None, "--height", help="Image height in pixels (default: the model's own size). The "
+                                               "latent mode works on square images: --width must be equal "
+                                               "or left out.")
+_WIDTH = typer.Option(None, "--width", help="Image width in pixels (default: the model's own size; equal to "
+                                            "--height).")
+_SIZE = typer.Option(None, "--size", help="Shorthand for --height N --width N.")
+_STRICT = typer.Option(False, "--strict", help="Unreadable or oversized images are an error (default: "
+                                               "skipped with a warning, as in difflens metrics).")
 _BATCH = typer.Option(8, "--batch-size", help="Images per VAE / feature / reconstruction batch.")
 _MSL = typer.Option(None, "--max-sequence-length",
                     help="T5 token limit for SD3/Flux/PixArt (default: the pipeline's own).")
@@ -31,18 +41,34 @@ _FEATURES_HELP = ("Feature space for distances: vae (the model's VAE encoder, al
                   "(--clip-model) or inception (--inception-weights).")
 
 
+def _side(height: int | None, width: int | None, size: int | None) -> int | None:
+    """The square image side from --height/--width/--size (None: the model's own size)."""
+    flags = (("--height", height), ("--width", width), ("--size", size))
+    given = [(flag, v) for flag, v in flags if v is not None]
+    if len({v for _, v in given}) > 1:
+        from difflens.errors import DifflensError
+
+        shown = ", ".join(f"{flag} {v}" for flag, v in given)
+        raise DifflensError(f"the latent mode works on square images, but {shown} differ.",
+                            "pass equal --height and --width (or --size N for both)")
+    return given[0][1] if given else None
+
+
 @latent_app.command("encode")
 def encode(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     model: str = _MODEL,
-    out: Path = typer.Option(..., "--out", "-o", help="Latents file: .npz or .safetensors."),
+    out: Path = typer.Option(..., "--out", help="Latents file: .npz or .safetensors."),
     report: Path | None = typer.Option(None, "--report",
                                        help="PSNR report JSON (default: OUT with suffix .json)."),
+    height: int | None = _HEIGHT,
+    width: int | None = _WIDTH,
     size: int | None = _SIZE,
     batch_size: int = _BATCH,
     dtype: str = _DTYPE,
     device: str | None = _DEVICE,
     offline: bool = _OFFLINE,
+    strict: bool = _STRICT,
 ) -> None:
     """Encode images to the model's latents and report the VAE round-trip PSNR.
 
@@ -50,11 +76,10 @@ def encode(
     """
     from difflens.console import console
     from difflens.latent import api
-    from difflens.preflight import preflight
 
-    preflight(files={"--out": out, "--report": report}, dtype=dtype, device=device)
+    size = _side(height, width, size)
     res = api.encode(images, model, out, report=report, size=size, dtype=dtype, device=device,
-                     offline=offline, batch_size=batch_size)
+                     offline=offline, batch_size=batch_size, strict=strict)
     mean = res["psnr_mean"]
     console.print(f"{len(res['images'])} images -> {out}; mean PSNR "
                   f"{'n/a' if mean is None else f'{mean:.2f} dB'}", highlight=False)
@@ -63,7 +88,7 @@ def encode(
 @latent_app.command("interpolate")
 def interpolate(
     model: str = _MODEL,
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
     prompt: str | None = typer.Option(None, "--prompt", help="Prompt (required unless --images)."),
     prompt2: str | None = typer.Option(None, "--prompt2", help="Second prompt: interpolate text embeddings."),
     seeds: str | None = typer.Option(None, "--seeds",
@@ -74,6 +99,8 @@ def interpolate(
     method: str = typer.Option("slerp", "--method", help="slerp (keeps the Gaussian norm) or lerp."),
     steps: int = typer.Option(25, "--steps", help="Denoising steps per frame."),
     guidance: float | None = _GUIDANCE,
+    height: int | None = _HEIGHT,
+    width: int | None = _WIDTH,
     size: int | None = _SIZE,
     max_sequence_length: int | None = _MSL,
     features: str = typer.Option("vae", "--features", help=_FEATURES_HELP),
@@ -95,9 +122,8 @@ def interpolate(
     """
     from difflens.console import console
     from difflens.latent import api
-    from difflens.preflight import preflight
 
-    preflight(folders={"--out": out}, dtype=dtype, device=device)
+    size = _side(height, width, size)
     image_list = [p for p in images.split(",") if p.strip()] if images is not None else None
     res = api.interpolate(model, out, prompt=prompt, prompt2=prompt2, seeds=seeds, images=image_list,
                           frames=frames, method=method, steps=steps, guidance=guidance, size=size,
@@ -113,7 +139,7 @@ def interpolate(
 @latent_app.command("direction")
 def direction(
     model: str = _MODEL,
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
     positive: list[str] = typer.Option(..., "--positive", help="Positive prompt (repeat for more pairs)."),
     negative: list[str] = typer.Option(..., "--negative", help="Negative prompt, paired with --positive."),
     prompt: str = typer.Option(..., "--prompt", help="Base prompt the direction is applied to."),
@@ -121,6 +147,8 @@ def direction(
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise, the same for every scale."),
     steps: int = typer.Option(25, "--steps", help="Denoising steps per image."),
     guidance: float | None = _GUIDANCE,
+    height: int | None = _HEIGHT,
+    width: int | None = _WIDTH,
     size: int | None = _SIZE,
     max_sequence_length: int | None = _MSL,
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model",
@@ -135,9 +163,8 @@ def direction(
     """
     from difflens.console import console
     from difflens.latent import api
-    from difflens.preflight import preflight
 
-    preflight(folders={"--out": out}, dtype=dtype, device=device)
+    size = _side(height, width, size)
     res = api.direction(model, out, prompt=prompt, positives=positive, negatives=negative, scales=scales,
                         seed=seed, steps=steps, guidance=guidance, size=size,
                         max_sequence_length=max_sequence_length, clip_model=clip_model, dtype=dtype,
@@ -156,9 +183,9 @@ def ood(
     ood_images: list[Path] | None = typer.Option(None, "--ood",
                                                  help="Known out-of-distribution images (label 1): enables "
                                                       "AUROC, AUPR and FPR95."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    method: str = typer.Option("latent-zscore,mahalanobis,reconstruction", "--method",
-                               help="Comma list of latent-zscore, mahalanobis, reconstruction."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    method: str = typer.Option(",".join(OOD_METHODS), "--method",
+                               help=f"Comma list of {', '.join(OOD_METHODS)}, or all (every method)."),
     features: str = typer.Option("vae", "--features", help=_FEATURES_HELP + " Used by mahalanobis."),
     clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP for --features clip."),
     inception_weights: Path | None = typer.Option(None, "--inception-weights",
@@ -169,12 +196,15 @@ def ood(
     seed: int = typer.Option(0, "--seed", help="Seed of the reconstruction noise (same for every image)."),
     min_reference: int = typer.Option(10, "--min-reference",
                                       help="Refuse to run with fewer reference images than this."),
+    height: int | None = _HEIGHT,
+    width: int | None = _WIDTH,
     size: int | None = _SIZE,
     max_sequence_length: int | None = _MSL,
     batch_size: int = _BATCH,
     dtype: str = _DTYPE,
     device: str | None = _DEVICE,
     offline: bool = _OFFLINE,
+    strict: bool = _STRICT,
 ) -> None:
     """Out-of-distribution scores by three methods, with AUROC/AUPR/FPR95.
 
@@ -182,14 +212,13 @@ def ood(
     """
     from difflens.console import console
     from difflens.latent import api
-    from difflens.preflight import preflight
 
-    preflight(folders={"--out": out}, dtype=dtype, device=device)
+    size = _side(height, width, size)
     res = api.ood(model, out, reference=reference, test=test, ood_images=ood_images or None, methods=method,
                   features=features, clip_model=clip_model, inception_weights=inception_weights,
                   noise_levels=noise_levels, steps=steps, seed=seed, size=size,
                   max_sequence_length=max_sequence_length, min_reference=min_reference, dtype=dtype,
-                  device=device, offline=offline, batch_size=batch_size)
+                  device=device, offline=offline, batch_size=batch_size, strict=strict)
     for name, m in res["methods"].items():
         if m.get("auroc") is not None:
             console.print(f"{name}: AUROC {m['auroc']:.3f}  AUPR {m['aupr']:.3f}  FPR95 {m['fpr95']:.3f}",

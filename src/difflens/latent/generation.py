@@ -57,7 +57,8 @@ def default_size(pipe: Any) -> int:
 
     size = pipeline_default_size(pipe)
     if size is None:
-        raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.", "pass --size")
+        raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.",
+                            "pass --height and --width")
     return size
 
 
@@ -72,7 +73,7 @@ def resolve_size(pipe: Any, size: int | None) -> int:
     m = size_multiple(pipe)
     if s <= 0 or s % m:
         raise DifflensError(f"image size {s} is not a positive multiple of {m} for this model.",
-                            f"pass --size as a multiple of {m}")
+                            f"pass --height/--width as a multiple of {m}")
     return s
 
 

@@ -1,7 +1,12 @@
 """Loading image folders for the latent mode, with one resize rule for images of any size.
 
-Rule (applied to every image, whatever its size, so folders of mixed sizes work): convert to RGB, resize
-so that the *shorter* side equals the model's size S (PIL bicubic, aspect ratio kept, rounded to whole
+Reading follows difflens's one set of image rules (:mod:`difflens.metrics.images`): the same extensions, the
+same to-RGB rule, and the same rule for unreadable or oversized files: :func:`screen_images` skips them with
+a warning before the model is loaded (``--strict``: an error naming the file); :func:`load_images`, for
+commands that need particular images (``interpolate --images``), stops with an error.
+
+Resize rule (applied to every image, whatever its size, so folders of mixed sizes work): convert to RGB,
+resize so that the *shorter* side equals the model's size S (PIL bicubic, aspect ratio kept, rounded to whole
 pixels), then center-crop S x S (the crop's left/top offset is ``(w - S) // 2``). Images already S x S are
 left untouched.
 """
@@ -13,19 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.metrics.images import IMAGE_EXTENSIONS, ImageReadError, ReadLog, read_image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "RESIZE_RULE", "iter_image_batches", "list_images", "load_image",
+           "load_images", "resize_center_crop", "screen_images", "to_pil", "to_uint8"]
+
 RESIZE_RULE = ("shorter side resized to {size} px (PIL bicubic, aspect kept), "
                "then center-cropped to {size}x{size}")
 
 
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
 def list_images(paths: Sequence[str | Path], what: str = "images") -> list[Path]:
-    """Image files from folders (non-recursive, sorted by name) and/or files, in the order given."""
+    """Image files from folders (non-recursive, sorted by name, hidden files skipped) and/or files, in the
+    order given."""
     out: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(f for f in p.iterdir() if f.is_file() and _is_image(f))
             if not files:
                 raise DifflensError(f"{what}: folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)}).",
                                     "pass a folder of image files")
@@ -40,6 +53,30 @@ def list_images(paths: Sequence[str | Path], what: str = "images") -> list[Path]
     if not out:
         raise DifflensError(f"no {what} given.", "pass at least one image file or folder")
     return out
+
+
+def screen_images(files: Sequence[Path], what: str = "images",
+                  strict: bool = False) -> tuple[list[Path], ReadLog]:
+    """The files that can be read, and a log of those skipped (unreadable or oversized, the rule of
+    :mod:`difflens.metrics.images`); with ``strict`` the first such file is an error. Each file is decoded
+    once here, before any model is loaded, so a bad file never stops a run half way."""
+    log = ReadLog()
+    kept: list[Path] = []
+    for path in files:
+        try:
+            read_image(path)
+        except ImageReadError as exc:
+            if strict:
+                raise DifflensError(f"{what}: cannot read image {path}: {exc}.",
+                                    "remove or replace the file, or drop --strict to skip unreadable "
+                                    "images with a warning") from None
+            log.skipped.append((str(path), str(exc)))
+            continue
+        kept.append(path)
+    if not kept:
+        raise DifflensError(f"{what}: none of the {len(files)} image file(s) can be read "
+                            f"({log.skipped[0][0]}: {log.skipped[0][1]}).", "pass readable image files")
+    return kept, log
 
 
 def resize_center_crop(image: Any, size: int) -> Any:
@@ -59,16 +96,16 @@ def resize_center_crop(image: Any, size: int) -> Any:
 
 
 def load_image(path: str | Path, size: int) -> Any:
-    """One image as uint8 (size, size, 3) after the resize rule; a clear error for unreadable files."""
+    """One image as uint8 (size, size, 3): the to-RGB rule, then the resize rule; an error for unreadable or
+    oversized files."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(resize_center_crop(im, size), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DifflensError(f"cannot read image {path}: {exc}", "remove or replace the file") from None
+        arr = read_image(path)
+    except ImageReadError as exc:
+        raise DifflensError(f"cannot read image {path}: {exc}.", "remove or replace the file") from None
+    return np.asarray(resize_center_crop(Image.fromarray(arr), size), dtype=np.uint8)
 
 
 def load_images(paths: Sequence[str | Path], size: int, what: str = "images") -> tuple[list[Path], Any]:

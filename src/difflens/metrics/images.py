@@ -1,6 +1,7 @@
-"""Image inputs for the Inception metrics: folder listing, the to-RGB rule, and uint8 image arrays.
+"""The one set of image-reading rules of difflens (metrics, datasets, latent): the image extensions, the
+to-RGB rule, the unreadable-or-oversized rule, folder listing, and uint8 image arrays.
 
-**The to-RGB rule** (one rule for every reader in difflens metrics):
+**The to-RGB rule** (one rule for every reader in difflens):
 
 * 8-bit images are converted exactly as PIL's ``Image.convert("RGB")`` converts them, which is what
   torch-fidelity, clean-fid and pytorch-fid do, so the same files give the same pixels there and here:
@@ -13,12 +14,23 @@
   colour PNGs this way; difflens applies the same rule to 16-bit grayscale (``I;16*`` modes), where
   ``convert("RGB")`` would instead clip every value above 255 to white. 32-bit integer grayscale (``I``)
   is taken as 16-bit data (clipped to 0..65535, then ``>> 8``).
-* Animated files use their first frame. EXIF orientation is not applied (as in the reference tools).
+* Animated files and multi-page TIFFs use their first frame. EXIF orientation is not applied (as in the
+  reference tools).
 
-**Folders** are searched recursively (following symbolic links, each real folder once) for files ending in
-``.png``, ``.jpg``, ``.jpeg``, ``.webp`` or ``.bmp`` (any case); names starting with ``.`` (hidden files and
-folders such as ``.ipynb_checkpoints`` or macOS ``._*`` files) are skipped. Files are read in sorted order
-of their path relative to the folder, so results do not depend on the file system's listing order.
+**Extensions** (:data:`IMAGE_EXTENSIONS`, any case): ``.png``, ``.jpg``, ``.jpeg``, ``.webp``, ``.bmp``,
+``.tif``, ``.tiff``; the same list in every mode (clean-fid and pytorch-fid read TIFF too).
+
+**Unreadable or oversized images** (:func:`read_image` raises :class:`ImageReadError`): corrupt, truncated or
+unsupported files, floating-point images, and images of more pixels than PIL's decompression-bomb limit
+(``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 by default, e.g. a 20000x20000 header), which are refused from
+their header before any pixel is decoded. Every mode that reads a set of images skips such a file and lists it
+as a warning (:class:`ReadLog`), or stops with an error naming it under ``--strict``; a command that needs one
+particular image (``latent interpolate --images``) stops with an error.
+
+**Folders** are searched recursively (following symbolic links, each real folder once) for files with one of
+the extensions; names starting with ``.`` (hidden files and folders such as ``.ipynb_checkpoints`` or macOS
+``._*`` files) are skipped. Files are read in sorted order of their path relative to the folder, so results do
+not depend on the file system's listing order.
 
 **Arrays**: a ``.npy`` file, or an ``.npz`` holding one array (or an array named ``images``), of dtype uint8
 and shape ``(N, H, W, 3)``.
@@ -27,6 +39,7 @@ and shape ``(N, H, W, 3)``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +47,7 @@ from typing import Any
 
 from difflens.errors import DifflensError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 #: Short text of the rule, for help texts and result files.
 RGB_RULE = ("8-bit: PIL convert('RGB') (grayscale replicated, palette looked up); alpha dropped, not "
@@ -66,22 +79,54 @@ def to_rgb_uint8(image: Any) -> Any:
     return arr
 
 
-def read_image(path: str | Path) -> Any:
-    """Read one image file as ``(H, W, 3)`` uint8 (see the module docstring for the rule).
+def max_image_pixels() -> int | None:
+    """The pixel limit of the oversized rule: PIL's ``Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
+    from PIL import Image
 
-    Raises :class:`ImageReadError` for unreadable, truncated or unsupported files.
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else int(limit)
+
+
+def _silence_bomb_warning() -> None:
+    """PIL warns in ``open`` about images over the limit; :func:`read_image` refuses them itself, with its own
+    message. A filter for that one category, (re)installed on each call: ``catch_warnings`` is not
+    thread-safe (images are decoded in threads), and a caller's ``catch_warnings`` may drop a filter set
+    once."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def read_image(path: str | Path) -> Any:
+    """Read one image file as ``(H, W, 3)`` uint8 (see the module docstring for the rules).
+
+    Raises :class:`ImageReadError` for unreadable, truncated, unsupported or oversized files (the size is
+    checked from the header, before any pixel is decoded).
     """
     from PIL import Image, UnidentifiedImageError
 
+    _silence_bomb_warning()
     try:
         with Image.open(path) as img:
+            limit = max_image_pixels()
+            width, height = img.size
+            if limit is not None and width * height > limit:
+                raise ImageReadError(f"image of {width}x{height} pixels is over the limit of {limit:,} "
+                                     "pixels (PIL.Image.MAX_IMAGE_PIXELS)")
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             img.load()
             arr = to_rgb_uint8(img)
     except ImageReadError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL refuses twice the limit in open(), before our check
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise ImageReadError(f"image of {size} is over the limit of {max_image_pixels() or 0:,} pixels "
+                             "(PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"{type(exc).__name__}: {exc}") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError("image has zero size")
