@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -30,7 +29,7 @@ class _Stopped(BaseException):
 class _Group(TyperGroup):
     """The root group: turns Ctrl-C anywhere in a command into its one-line report."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         from difflens.atomic import written
 
         args = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
@@ -40,12 +39,13 @@ class _Group(TyperGroup):
         except KeyboardInterrupt as exc:
             raise _Stopped(_interrupt_line(self._command_name(ctx, args), exc, before)) from None
 
-    def _command_name(self, ctx: click.Context, args: list[str]) -> str:
-        """``stats build`` from ``stats build --real ...``: the leading tokens that name commands."""
+    def _command_name(self, ctx: Any, args: list[str]) -> str:
+        """``stats build`` from ``stats build --real ...``: the leading tokens that name commands (typer
+        may bring its own copy of click, so groups are recognized by their ``get_command``)."""
         parts: list[str] = []
-        cmd: click.Command = self
+        cmd: Any = self
         for token in args:
-            sub = cmd.get_command(ctx, token) if isinstance(cmd, click.Group) else None
+            sub = cmd.get_command(ctx, token) if hasattr(cmd, "get_command") else None
             if sub is None:
                 break
             parts.append(token)

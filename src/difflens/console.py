@@ -93,19 +93,19 @@ def _plain_progress(items: Iterable[T], total: int | None, description: str, uni
     """Rate = units done / seconds since the start (what a log reader wants: the average so far)."""
     t0 = last = time.monotonic()
     done = 0
-    try:
-        for item in items:
-            yield item
-            done += _count(item)
-            now = time.monotonic()
-            if now - last >= PROGRESS_LOG_INTERVAL_S:
-                last = now
-                console.print(progress_line(description, done, total, done / max(now - t0, 1e-9), unit),
-                              highlight=False, soft_wrap=True, markup=False)
-    finally:  # the end, or where an error or Ctrl-C stopped it
+    for item in items:
+        yield item
+        done += _count(item)
         now = time.monotonic()
-        console.print(progress_line(description, done, total, done / max(now - t0, 1e-9), unit),
-                      highlight=False, soft_wrap=True, markup=False)
+        if now - last >= PROGRESS_LOG_INTERVAL_S:
+            last = now
+            _log_line(progress_line(description, done, total, done / max(now - t0, 1e-9), unit))
+    # the end (an error or Ctrl-C has its own line instead, so an error stays one line)
+    _log_line(progress_line(description, done, total, done / max(time.monotonic() - t0, 1e-9), unit))
+
+
+def _log_line(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from difflens.generate.manifest import (
 )
 from difflens.generate.prompts import prompts_digest
 from difflens.generate.seeds import SEED_SCHEME, generator_for, sample_seed
+from difflens.interrupt import Interrupted, sigint_deferred
 
 #: Environment hook for tests: ``crash:K`` raises after K samples of this process are finished,
 #: ``kill:K`` SIGKILLs the process after K samples, ``killpng:K`` SIGKILLs after the (K+1)-th PNG is
@@ -443,12 +444,15 @@ def _disk_error(exc: OSError, out_dir: Path, finished: int, total: int) -> Diffl
 
 
 class _Progress:
-    """A progress bar with images/s and time left (a log line every 30 s when not on a terminal)."""
+    """A progress bar with images/s and time left; off a terminal a log line at least every
+    ``console.PROGRESS_LOG_INTERVAL_S`` (30 s) and one at the end."""
 
     def __init__(self, total: int, done: int) -> None:
+        from difflens import console as console_mod
         from difflens.console import console
 
         self.console = console
+        self.mod = console_mod  # read at every step, so a test can shrink PROGRESS_LOG_INTERVAL_S
         self.total = total
         self.start_done = done
         self.done = done
@@ -475,13 +479,19 @@ class _Progress:
         left_s = _fmt_seconds(left)
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, rate=f"{rate:.2f} img/s", left=f"{left_s} left")
-        elif time.perf_counter() - self.last_log > 30:
+        elif time.perf_counter() - self.last_log >= self.mod.PROGRESS_LOG_INTERVAL_S:
             self.last_log = time.perf_counter()
-            self.console.print(f"generate: {self.done}/{self.total} ({rate:.2f} img/s, {left_s} left)")
+            self._log()
+
+    def _log(self) -> None:
+        self.console.print(self.mod.progress_line("generate", self.done, self.total, self.rate(), "img"),
+                           highlight=False, soft_wrap=True, markup=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+        elif self.done == self.total:  # the closing line; an error or Ctrl-C has its own line instead
+            self._log()
 
 
 def _fmt_seconds(s: float) -> str:
@@ -589,16 +599,21 @@ def run_generation(pipe: Any, model: str | Path, prompts: Sequence[str], out_dir
                     flags=tuple(flags),
                 )
                 try:
-                    _save_png(out_dir / entry.file, images[j], generated)
-                    _fault("after-png", generated)
-                    append_entry(out_dir, entry)
+                    with sigint_deferred():  # Ctrl-C: the image and its manifest line, or neither
+                        _save_png(out_dir / entry.file, images[j], generated)
+                        _fault("after-png", generated)
+                        append_entry(out_dir, entry)
+                        finished[index] = entry
+                        generated += 1
+                        bar.advance(1)
                 except OSError as exc:
                     raise _disk_error(exc, out_dir, len(finished), options.num_samples) from None
-                finished[index] = entry
-                generated += 1
-                bar.advance(1)
                 _fault("after-sample", generated)
             pos += len(batch)
+    except KeyboardInterrupt:
+        done = sum(1 for i in finished if i < options.num_samples)
+        raise Interrupted(f"generation stopped with {done} of {options.num_samples} samples finished in "
+                          f"{out_dir}; rerun the same command to resume") from None
     finally:
         bar.close()
     seconds = time.perf_counter() - t_start

@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(0, "--bootstrap",
                                       help="B > 0: 95% intervals for fid, kid, precision, recall, density "
                                            "and coverage from B resamples of the fake set."),
-        json_out: Path | None = typer.Option(None, "--json", help="Write the result as JSON to this file."),
+        json_out: Path | None = typer.Option(
+            None, "--json", help="Write the result as JSON to this file; - prints only the JSON on stdout "
+                                 "(the table and every message then go to stderr)."),
         save_stats: Path | None = typer.Option(
             None, "--save-stats",
             help="Write mu, sigma, n and the fingerprint (.npz, pytorch-fid compatible) of the one input "
@@ -109,10 +111,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """FID, KID, IS, precision/recall, density/coverage (Inception), CLIP score, CMMD and FD-DINOv2
         between a reference set and generated images (a folder, or samples generated from --model)."""
-        from difflens.atomic import write_json
+        from difflens.console import console
         from difflens.errors import DifflensError
         from difflens.metrics.evaluate import DatasetOptions, GenerationRequest, evaluate
         from difflens.metrics.table import render
+        from difflens.output import is_stdout, write_result_json
         from difflens.preflight import preflight
 
         preflight(files={"--json": json_out, "--save-stats": save_stats, "--save-real-stats": save_real_stats,
@@ -142,10 +145,14 @@ def register(app: typer.Typer) -> None:
 
         if not is_main():  # under torchrun every rank holds the result; rank 0 writes and prints it
             return
+        to_stdout = is_stdout(json_out)  # then stdout carries the JSON and nothing else
         if json_out is not None:
-            write_json(json_out, result)
-        render(result)
+            write_result_json(json_out, result)
+        render(result, console=console if to_stdout else None)
         for flag, path in (("--json", json_out), ("--save-stats", save_stats),
                            ("--save-real-stats", save_real_stats), ("--save-fake-stats", save_fake_stats)):
-            if path is not None:
-                typer.echo(f"wrote {path} ({flag})")
+            if path is not None and not is_stdout(path):
+                if to_stdout:
+                    console.print(f"wrote {path} ({flag})", highlight=False, soft_wrap=True, markup=False)
+                else:
+                    typer.echo(f"wrote {path} ({flag})")

@@ -70,17 +70,18 @@ def build_command(
 
 @stats_app.command("list")
 def list_command() -> None:
-    """List the registry of published reference statistics (use them as --real stats:NAME)."""
+    """List the registry of published reference statistics (use them as --real stats:NAME).
+
+    One entry a line on stdout (`difflens stats list | grep cifar10`); the cache folder goes to stderr."""
     from difflens.console import console
     from difflens.refsets.registry import REGISTRY, cache_dir
 
-    console.print(f"published reference statistics (cache: {cache_dir()})", highlight=False)
+    console.print(f"published reference statistics (cache: {cache_dir()})", highlight=False, soft_wrap=True)
     for entry in REGISTRY.values():
         cached = "cached" if (cache_dir() / entry.filename).is_file() else "not cached"
         digest = f"sha256 {entry.sha256[:12]}..." if entry.sha256 else "sha256 unverified"
-        console.print(f"stats:{entry.name}  {entry.dataset}; protocol {entry.protocol}; "
-                      f"n={entry.num_images}; {entry.publisher}; {digest}; {cached}\n    {entry.url}",
-                      highlight=False, soft_wrap=True)
+        typer.echo(f"stats:{entry.name}  {entry.dataset}; protocol {entry.protocol}; n={entry.num_images}; "
+                   f"{entry.publisher}; {digest}; {cached}; {entry.url}")
 
 
 @stats_app.command("fetch")
