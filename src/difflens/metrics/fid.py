@@ -141,7 +141,14 @@ def trace_sqrt_product_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64; tiny negatives give 0)."""
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64; tiny negatives give 0).
+
+    Each sigma must be symmetric positive semi-definite and each value within the bounds of
+    :mod:`difflens.metrics.validate` (a DifflensError otherwise: FID of an indefinite "covariance" is a
+    number without meaning).
+    """
+    from difflens.metrics.validate import check_covariance, check_mean
+
     mu1 = np.asarray(mu1, dtype=np.float64)
     mu2 = np.asarray(mu2, dtype=np.float64)
     s1 = _check_square(sigma1, "sigma1")
@@ -150,6 +157,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise DifflensError(
             f"Feature dimension mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}.",
             "Compare statistics of the same extractor and layer.")
+    for name, mu, sigma in (("statistics 1", mu1, s1), ("statistics 2", mu2, s2)):
+        check_mean(mu, name)
+        check_covariance(sigma, name)
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
     return max(value, 0.0)

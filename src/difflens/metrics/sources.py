@@ -173,13 +173,13 @@ def _from_npz(path: Path, name: str, want_features: bool) -> Source:
                 "difflens stats build or metrics --save-stats")
         if "features" in keys or (want_features and len(keys) == 1):
             feats = _check_features(read_npz_array(data, "features" if "features" in keys else keys[0],
-                                                   path, name), name)
+                                                   path, name), f"{name} {path}")
             logits = read_npz_array(data, "logits", path, name) if "logits" in keys else None
             if logits is not None:
                 if logits.ndim != 2 or logits.shape[0] != feats.shape[0]:
                     raise DifflensError(f"{name}: logits {tuple(logits.shape)} do not match features "
                                         f"{tuple(feats.shape)}.", "store (N, C) logits for the same N rows")
-                logits = _check_features(logits, f"{name} logits")
+                logits = _check_features(logits, f"{name} {path} (logits)")
             if has_stats:
                 _check_stats_features(data, feats, path, name)
             return FeaturesSource(features=feats, logits=logits, fingerprint=_fingerprint(data, path, name),
@@ -196,7 +196,7 @@ def _from_npz(path: Path, name: str, want_features: bool) -> Source:
         if "images" in keys or len(keys) == 1:
             arr = read_npz_array(data, "images" if "images" in keys else keys[0], path, name)
             if arr.ndim == 2:
-                return FeaturesSource(features=_check_features(arr, name), path=path)
+                return FeaturesSource(features=_check_features(arr, f"{name} {path}"), path=path)
             check_image_array(arr, f"{name} ({path})")
             return ArraySource(images=arr, path=path)
     raise DifflensError(f"{name}: {path} holds arrays {found}; expected 'mu' and 'sigma' (statistics), "
@@ -225,7 +225,7 @@ def _from_path(path: Path, name: str, want_features: bool) -> Source:
 
         arr = load_npy(path, f"{name}:", "pass a .npy of uint8 images (N, H, W, 3) or features (N, D)")
         if arr.ndim == 2 or want_features:
-            return FeaturesSource(features=_check_features(np.asarray(arr), name), path=path)
+            return FeaturesSource(features=_check_features(np.asarray(arr), f"{name} {path}"), path=path)
         check_image_array(arr, f"{name} ({path})")
         return ArraySource(images=arr, path=path)
     if suffix in IMAGE_EXTENSIONS:

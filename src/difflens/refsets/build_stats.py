@@ -9,16 +9,20 @@ identity in the metrics' statistics format (:func:`difflens.metrics.stats.save_s
   columns, subset seed and row-index digest), the reference preprocessing, the read report (decoded and
   skipped counts, the SHA-256 of the decoded pixels) and the warnings;
 * ``subset_rows`` (int64): the selected row indices; ``skipped_rows`` (int64): rows that failed to decode;
-* with ``keep_features``: ``features`` (N, 2048) float32 pool3 features, for KID and precision/recall
-  (the metrics read them with ``--real-features``);
+* with ``keep_features``: ``features`` (N, 2048) float32 pool3 features: ``metrics --real FILE`` then
+  reads the file as features, so KID, precision/recall and density/coverage work too (``--real-features
+  FILE`` reads the same features);
 * with ``clip_model``: ``clip_features`` (N, D) float32 CLIP image embeddings under the CMMD protocol, and
   ``clip_fingerprint`` (JSON: model, weights digest, preprocessing).
 
 Every metrics command then accepts the file as ``--real``: the same FID as computing from the images.
+Images whose pool3 features repeat exactly (duplicates in the reference set) are counted and reported as a
+warning, since they make the k-NN metrics degenerate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -107,6 +111,8 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
         clip = ClipEncoder.load(clip_model, device=dev, offline=offline)
 
     t0 = time.perf_counter()
+    row_digests: set[bytes] = set()
+    duplicates = 0
     stats = GaussianStats.empty(2048)
     feats: list[Any] = []
     clip_feats: list[Any] = []
@@ -116,6 +122,10 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     for batch in batches:
         pool3, _ = extractor([extractor.prepare(img) for img in batch])
         stats = stats.merge(GaussianStats.from_features(pool3))
+        for row in np.ascontiguousarray(pool3):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            duplicates += digest in row_digests
+            row_digests.add(digest)
         if keep_features:
             feats.append(pool3.astype(np.float32))
         if clip is not None:
@@ -123,6 +133,11 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
                                                             show_progress=False), dtype=np.float32))
     seconds = time.perf_counter() - t0
     warnings.extend(source.warnings)
+    if duplicates:
+        warnings.append(f"{duplicates} of {stats.n} images have exactly the same Inception features as an "
+                        "earlier image (duplicates in the reference set): precision, recall, density and "
+                        "coverage against this set are biased, and degenerate where an image repeats more "
+                        "than k times; deduplicate the data")
     if stats.n < 2:
         raise DifflensError(f"--real {real}: only {stats.n} image(s) could be decoded out of {len(source)}; "
                             "at least 2 are needed.", "check the image column and the data")
