@@ -10,7 +10,8 @@ from __future__ import annotations
 INPUT_KINDS: tuple[tuple[str, str], ...] = (
     ("image folder", "recursive; {extensions}"),
     (".npy/.npz images", "uint8 (N, H, W, 3)"),
-    ("statistics .npz", "mu, sigma; pytorch-fid format; FID only"),
+    ("statistics .npz", "mu, sigma; pytorch-fid format; FID only, unless it also holds the features "
+                        "(stats build --keep-features)"),
     ("features .npy/.npz", "(N, D), or 'features' in an .npz such as stats build --keep-features writes; "
                            "as --real-features"),
     ("hf:NAME[:CONFIG][:SPLIT]", "a Hugging Face dataset"),
