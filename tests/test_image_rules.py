@@ -171,3 +171,39 @@ def test_latent_flags_match_the_other_commands(tmp_path: Path, capsys: pytest.Ca
     for cmd in ("encode", "interpolate", "direction", "ood"):
         code, out, _ = run(["latent", cmd, "--help"], capsys)
         assert code == 0 and "--height" in out and "--width" in out and "--size" in out
+
+
+def test_embedding_metrics_skip_oversized_images_with_their_prompts(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLIP score follows the same rule: the unreadable image and its prompt leave together (`--strict`: an
+    error naming the file, before any model loads)."""
+    from difflens.metrics.clip import compute_clip_score
+    from difflens.tiny_encoders import save_tiny_clip
+
+    monkeypatch.setenv("DIFFLENS_CACHE_DIR", str(tmp_path / "cache"))
+    clip = save_tiny_clip(tmp_path / "clip")
+    folder = tmp_path / "fake"
+    _smooth(folder, 3, 4, "g")
+    huge_png(folder / "g99.png")
+    prompts = {"g00.png": "a cat", "g01.png": "a red car", "g99.png": "a huge thing", "g02.png": "a house"}
+    (folder / "manifest.jsonl").write_text("".join(json.dumps({"file": f, "prompt": p}) + "\n"
+                                                   for f, p in prompts.items()), encoding="utf-8")
+    out = tmp_path / "m.json"
+    argv = ["metrics", "--fake", str(folder), "--metrics", "clip", "--clip-model", str(clip), "--offline",
+            "--device", "cpu", "--json", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["metrics"]["clip_score"]["n"] == 3
+    assert any("skipped 1 unreadable image file(s)" in w and "g99.png" in w for w in res["warnings"])
+    kept = [f for f in prompts if f != "g99.png"]
+    direct = compute_clip_score([folder / f for f in kept], [prompts[f] for f in kept], clip_model=str(clip),
+                                device="cpu")
+    # same encoder, images and prompts: only float32 rounding of another batch composition can differ
+    assert res["metrics"]["clip_score"]["value"] == pytest.approx(direct.value, rel=1e-5, abs=1e-4)
+    out.unlink()
+    code, _, err = run([*argv[:-4], "--clip-model", str(tmp_path / "no-such-clip"), "--strict", "--json",
+                        str(out)], capsys)
+    assert_one_line_error(code, err, "g99.png", "over the limit")
+    assert not out.exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
-from difflens.metrics.images import IMAGE_EXTENSIONS, ImageReadError, ReadLog, read_image
+from difflens.metrics.images import IMAGE_EXTENSIONS, ImageReadError, ReadLog, read_image, readable_files
 
 __all__ = ["IMAGE_EXTENSIONS", "RESIZE_RULE", "iter_image_batches", "list_images", "load_image",
            "load_images", "resize_center_crop", "screen_images", "to_pil", "to_uint8"]
@@ -61,18 +61,7 @@ def screen_images(files: Sequence[Path], what: str = "images",
     :mod:`difflens.metrics.images`); with ``strict`` the first such file is an error. Each file is decoded
     once here, before any model is loaded, so a bad file never stops a run half way."""
     log = ReadLog()
-    kept: list[Path] = []
-    for path in files:
-        try:
-            read_image(path)
-        except ImageReadError as exc:
-            if strict:
-                raise DifflensError(f"{what}: cannot read image {path}: {exc}.",
-                                    "remove or replace the file, or drop --strict to skip unreadable "
-                                    "images with a warning") from None
-            log.skipped.append((str(path), str(exc)))
-            continue
-        kept.append(path)
+    kept = [files[i] for i in readable_files(files, log, strict, what)]
     if not kept:
         raise DifflensError(f"{what}: none of the {len(files)} image file(s) can be read "
                             f"({log.skipped[0][0]}: {log.skipped[0][1]}).", "pass readable image files")

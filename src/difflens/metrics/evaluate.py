@@ -141,6 +141,23 @@ def _image_items(source: Any, flag: str = "--fake") -> Any:
     return source
 
 
+def _readable(items: Any, prompts: list[str] | None, flag: str, strict: bool,
+              reported: bool) -> tuple[Any, list[str] | None, list[str]]:
+    """Image files for the embedding metrics, less those unreadable or oversized (the one image rule of
+    :mod:`difflens.metrics.images`: skipped with a warning, ``strict``: an error), with their prompts.
+    ``reported``: the Inception pass read the same files and already warned about them."""
+    if not isinstance(items, list) or not items or not all(isinstance(i, (str, Path)) for i in items):
+        return items, prompts, []
+    from difflens.metrics.images import ReadLog, readable_files
+
+    log = ReadLog()
+    kept = readable_files([Path(i) for i in items], log, strict, flag)
+    if len(kept) == len(items):
+        return items, prompts, []
+    prompts = [prompts[i] for i in kept] if prompts is not None and len(prompts) == len(items) else prompts
+    return [items[i] for i in kept], prompts, [] if reported else log.warnings(f"{flag} (embedding metrics)")
+
+
 def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | None = None, *,
              prompts: str | None = None, generation: GenerationRequest | None = None,
              datasets: DatasetOptions | None = None, clip_model: str = "openai/clip-vit-large-patch14",
@@ -213,9 +230,15 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         from difflens.metrics.clip import compute_embedding_metrics
         from difflens.metrics.feature_cache import FeatureCache
 
+        reported = inception is None or bool(inception)  # the Inception pass already listed skipped files
+        fake_items, fake_prompts, w = _readable(_image_items(fake_input), fake_prompts, "--fake", strict,
+                                                reported)
+        warnings += w
+        real_items, _, w = (_readable(_image_items(real_input, "--real"), None, "--real", strict, reported)
+                            if real_input is not None else (None, None, []))
+        warnings += w
         extra = compute_embedding_metrics(
-            embedding, fake=_image_items(fake_input),
-            real=_image_items(real_input, "--real") if real_input is not None else None,
+            embedding, fake=fake_items, real=real_items,
             prompts=fake_prompts, clip_model=clip_model, cmmd_clip_model=cmmd_clip_model,
             dinov2_model=dinov2_model, per_prompt=per_prompt,
             bootstrap=int(inception_kwargs.get("bootstrap", 0)), seed=int(inception_kwargs.get("seed", 0)),

@@ -183,6 +183,38 @@ def iter_folder_images(files: Sequence[Path], log: ReadLog, strict: bool = False
             log.skipped.append((str(path), str(exc)))
 
 
+def readable_files(files: Sequence[Path], log: ReadLog, strict: bool = False, label: str = "images",
+                   workers: int | None = None) -> list[int]:
+    """Indices of the ``files`` that read by the rules of this module, in order; the others are recorded in
+    ``log`` (or, with ``strict``, the first is a :class:`DifflensError`). Each file is decoded once, in
+    ``workers`` threads (PIL releases the GIL while decoding), and the pixels are dropped: for readers that
+    must know the readable set before they start (the embedding metrics pair images with prompts; the
+    latent mode checks its images before loading a model)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(path: Path) -> str | None:
+        try:
+            read_image(path)
+        except ImageReadError as exc:
+            return str(exc)
+        return None
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(check, files))
+    kept: list[int] = []
+    for i, (path, reason) in enumerate(zip(files, reasons, strict=True)):
+        if reason is None:
+            kept.append(i)
+        elif strict:
+            raise DifflensError(f"{label}: cannot read image {path}: {reason}.",
+                                "remove or replace the file, or drop --strict to skip unreadable images with "
+                                "a warning")
+        else:
+            log.skipped.append((str(path), reason))
+    return kept
+
+
 def check_image_array(arr: Any, name: str) -> None:
     """Raise :class:`DifflensError` unless ``arr`` is uint8 ``(N, H, W, 3)``."""
     import numpy as np
