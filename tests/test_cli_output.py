@@ -59,6 +59,43 @@ def test_json_dash_puts_only_the_json_on_stdout(feats: dict[str, Path], tmp_path
     assert "FID" in file_out and "wrote" in file_out  # without --json -, the table stays on stdout
 
 
+def _commands_with_json() -> set[str]:
+    import typer
+
+    from difflens.cli import app
+
+    found: set[str] = set()
+
+    def walk(cmd: object, path: str) -> None:
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+        if any("--json" in getattr(p, "opts", ()) for p in getattr(cmd, "params", ())):
+            found.add(path)
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_json_flag_takes_dash_for_stdout(feats: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command with --json (found in the CLI itself, so a new one must be added here) prints exactly
+    the JSON it would write to a file, and nothing else, on stdout."""
+    cheap = {"metrics": ["metrics", "--real-features", str(feats["real"]), "--fake-features",
+                         str(feats["fake"]), "--metrics", "fid"],
+             "schedule": ["schedule", "sd15", "flux", "--steps", "4"]}
+    assert _commands_with_json() == set(cheap)
+    monkeypatch.chdir(tmp_path)
+    for name, argv in cheap.items():
+        code, out, err = run([*argv, "--json", "-"], capsys)
+        assert code == 0, err
+        assert not (tmp_path / "-").exists(), name
+        dest = tmp_path / f"{name}.json"
+        code, _, err = run([*argv, "--json", str(dest)], capsys)
+        assert code == 0, err
+        assert json.loads(out) == json.loads(dest.read_text(encoding="utf-8")), name
+
+
 def test_stats_list_and_show_print_to_stdout(feats: dict[str, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from difflens.refsets.registry import REGISTRY

@@ -33,23 +33,32 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(
             None, "--out", help="Folder for schedule.json, one CSV per schedule and PNG plots (default: "
                                 "print the tables only)."),
+        json_out: Path | None = typer.Option(
+            None, "--json", help="Write the result (schedule.json's content) to this file; - prints only the "
+                                 "JSON on stdout (the tables then go to stderr)."),
     ) -> None:
         """Noise schedules on one log-SNR axis: training noise levels, traced inference steps, checks,
         plots."""
         import warnings
 
+        from rich.console import Console
+
         from difflens.console import console
+        from difflens.output import is_stdout, write_result_json
         from difflens.preflight import preflight
         from difflens.schedule.api import analyze_schedules, write_outputs
 
-        preflight(folders={"--out": out})
+        preflight(files={"--json": json_out}, folders={"--out": out})
+        tables = console if is_stdout(json_out) else Console()  # the tables are the result: stdout
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = analyze_schedules(specs, steps=steps, spacing=spacing, height=height, width=width,
                                        scheduler=scheduler)
             for label, entry in result["schedules"].items():
-                console.print(_table(label, entry))
+                tables.print(_table(label, entry))
+            if json_out is not None:
+                write_result_json(json_out, result)
             if out is not None:
                 written = write_outputs(result, out)
                 console.print(f"wrote {len(written)} files to {out}: schedule.json, "
