@@ -213,7 +213,7 @@ def test_accelerator_device_must_exist() -> None:
         with pytest.raises(DifflensError, match=f"has {count} CUDA device"):
             check_device(f"cuda:{count}")
     if not torch.backends.mps.is_available():
-        with pytest.raises(DifflensError, match="no Apple MPS device|MPS exists only on Apple"):
+        with pytest.raises(DifflensError, match=r"no Apple MPS device|MPS exists only on Apple"):
             check_device("mps")
 
 
