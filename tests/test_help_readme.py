@@ -161,3 +161,12 @@ def test_no_short_flags_besides_help(capsys, monkeypatch) -> None:
 
     root = typer.main.get_command(app)
     assert walk(root, "difflens") == []
+
+
+def test_analyze_seed_help_states_the_policy(capsys, monkeypatch) -> None:
+    text = _help(["analyze"], capsys, monkeypatch)
+    found = re.search(r"--seed .*?metrics sampling uses (\d+)", text)
+    assert found and "default 0" in text
+    from difflens.metrics.api import DEFAULT_SEED
+
+    assert int(found.group(1)) == DEFAULT_SEED == 2020

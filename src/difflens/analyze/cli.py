@@ -24,7 +24,9 @@ def analyze(
                                             "num_samples, prompt, seed, device, dtype, label, offline, "
                                             "modes) and one table of options per mode; checked before "
                                             "any mode runs."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for generation."),
+    seed: int | None = typer.Option(None, "--seed",
+                                    help="Seed of generation, attention and latent (default 0, or the config "
+                                         "file's seed); metrics sampling uses 2020, as difflens metrics."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: auto)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16 or bfloat16."),
     offline: bool = typer.Option(False, "--offline", help="Never touch the network."),

@@ -59,6 +59,7 @@ def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     metrics against --real and the embedding metrics (CLIP score, CMMD, FD-DINOv2) listed in
     `embedding_metrics`, through the same function as `difflens metrics`."""
     from difflens.atomic import write_json
+    from difflens.metrics.api import DEFAULT_SEED
     from difflens.metrics.evaluate import GenerationRequest, evaluate
 
     opts = _take(cfg.options("metrics"), "metrics")
@@ -79,7 +80,8 @@ def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
                                       and "clip" in opts["embedding_metrics"]),
                       offline=cfg.offline, device=cfg.device, protocol=opts["protocol"],
                       inception_weights=opts["inception_weights"], batch_size=opts["batch_size"],
-                      seed=cfg.seed, bootstrap=opts["bootstrap"], kid_subset_size=opts["kid_subset_size"])
+                      seed=DEFAULT_SEED,  # sampling seed as in difflens metrics; cfg.seed drives generation
+                      bootstrap=opts["bootstrap"], kid_subset_size=opts["kid_subset_size"])
     write_json(out / "metrics.json", result)
     notes = [w for w in result.get("warnings", []) if "random" in w.lower()]
     return {"fingerprints": {"metrics": result.get("protocol", {})}, "notes": notes}
