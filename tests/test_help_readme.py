@@ -108,6 +108,7 @@ def test_other_features_are_documented_in_help_and_readme(capsys, monkeypatch) -
     assert "reconstruction|all]" in readme
     # the offline switches
     assert "DIFFLENS_OFFLINE=1" in readme and "HF_HUB_OFFLINE=1" in readme
+    assert "DIFFLENS_OFFLINE=1" in metrics_help
     # --fake folders with prompts, and the caption column's names and precedence
     from difflens.generate.pairs import CAPTION_COLUMNS, PAIR_FILES
 

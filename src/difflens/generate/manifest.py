@@ -3,7 +3,8 @@ run settings).
 
 A sample is finished once its PNG was renamed into place *and* its manifest line was appended and
 fsync'ed. A kill can leave at most a PNG without a line (regenerated on resume, same pixels) or a torn
-last line (dropped on resume); it never leaves a half-written PNG (atomic rename).
+last line (dropped on resume; left out with a warning when the folder is evaluated, see
+:mod:`difflens.generate.pairs`); it never leaves a half-written PNG (atomic rename).
 
 The run settings file makes a folder belong to one set of settings: a rerun with other settings into the
 same folder is refused, because its samples would not be comparable with the ones already there.
@@ -127,7 +128,12 @@ def image_file(index: int) -> str:
 
 
 def read_manifest(out_dir: str | Path) -> tuple[dict[int, ManifestEntry], int]:
-    """Entries by index (last line wins) and the number of unreadable lines (a torn tail after a kill)."""
+    """Entries by index (last line wins) and the number of unreadable lines (a torn tail after a kill).
+
+    This is generate's own, lenient reading for resuming: unreadable lines are counted, their samples are
+    regenerated and the manifest is rewritten. Evaluating a folder reads it strictly instead
+    (:mod:`difflens.generate.pairs`): any unreadable line is an error naming it, except this torn last line
+    of a generate folder, which is left out with a warning."""
     path = Path(out_dir) / MANIFEST_NAME
     entries: dict[int, ManifestEntry] = {}
     bad = 0

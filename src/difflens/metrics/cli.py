@@ -60,9 +60,11 @@ def register(app: typer.Typer) -> None:
         save_fake_stats: Path | None = typer.Option(None, "--save-fake-stats",
                                                     help="Write the fake set's statistics (.npz)."),
         offline: bool = typer.Option(False, "--offline",
-                                     help="Never download weights (also set by HF_HUB_OFFLINE=1)."),
+                                     help="Never download weights (also set by HF_HUB_OFFLINE=1 or "
+                                          "DIFFLENS_OFFLINE=1)."),
         strict: bool = typer.Option(False, "--strict",
-                                    help="Unreadable images are an error (default: skipped with a warning)."),
+                                    help="Unreadable or oversized images (over PIL's MAX_IMAGE_PIXELS) are "
+                                         "an error (default: skipped with a warning)."),
         allow_protocol_mismatch: bool = typer.Option(
             False, "--allow-protocol-mismatch",
             help="Compare statistics made under different fingerprints (protocol, weights, dtype) anyway."),
