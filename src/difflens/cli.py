@@ -32,7 +32,8 @@ class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         from difflens.atomic import written
 
-        args = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
+        protected = getattr(ctx, "_protected_args", None)  # click >= 8.2; older: the public name
+        args = [*(ctx.protected_args if protected is None else protected), *ctx.args]
         before = written()[0]
         try:
             return super().invoke(ctx)
