@@ -203,7 +203,7 @@ def test_generate_then_evaluate_all_embedding_metrics(tiny_pipeline_dir: Callabl
                                                       encoders: dict[str, Path], tmp_path: Path) -> None:
     """The generate -> evaluate path: prompts come from the manifest; one call gives all three metrics."""
     from difflens.generate.api import generate_for_metrics, is_generation_folder, load_generated
-    from difflens.metrics.clip import compute_embedding_metrics
+    from difflens.metrics.embedding import compute_embedding_metrics
 
     gen = generate_for_metrics(tiny_pipeline_dir("sdxl"), ["a photo of a cat", "a red car"], 4,
                                tmp_path / "gen", steps=2, height=32, width=32, batch_size=2, device="cpu")
@@ -241,7 +241,7 @@ def test_generate_then_evaluate_all_embedding_metrics(tiny_pipeline_dir: Callabl
     ("cmmd", {"per_prompt": True}, "--per-prompt"),
 ])
 def test_embedding_metrics_bad_input_before_loading(metrics: str, kwargs: dict, needle: str) -> None:
-    from difflens.metrics.clip import compute_embedding_metrics
+    from difflens.metrics.embedding import compute_embedding_metrics
 
     base = dict(fake=_images(2, 0), real=_images(2, 1), prompts=["a", "b"],
                 clip_model="difflens-test/never-loaded", offline=True)

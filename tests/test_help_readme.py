@@ -67,7 +67,7 @@ def _readme_metric_names() -> list[str]:
 
 def test_metric_names_in_help_and_readme_equal_the_registries(capsys, monkeypatch) -> None:
     from difflens.metrics.api import METRICS
-    from difflens.metrics.clip import EMBEDDING_METRICS
+    from difflens.metrics.embedding import EMBEDDING_METRICS
 
     registry = [*METRICS, *EMBEDDING_METRICS]
     assert {"clip", "cmmd", "fd-dinov2"} <= set(registry)

@@ -105,7 +105,7 @@ def test_json_schema_and_fingerprint(setup: dict[str, Any]) -> None:
     assert all(isinstance(v["value"], float) for v in dl["metrics"].values())
     proto = dl["protocol"]
     assert proto["protocol"] == "tf-legacy" and proto["weights_random_init"] is True
-    from difflens.metrics.inception import sha256_file
+    from difflens.hashing import sha256_file
 
     assert proto["weights_sha256"] == sha256_file(setup["weights"])
     assert dl["warnings"][0].startswith("RANDOM-INIT")

@@ -125,11 +125,11 @@ def _write_stats(path: Path, seed: int, dim: int = 6) -> None:
 
 def test_registry_fetch_pin_verify_and_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from difflens.hashing import sha256_file as file_sha256
     from difflens.metrics.inception import KNOWN_SHA256
     from difflens.refsets.registry import (
         REGISTRY,
         RefStatsEntry,
-        file_sha256,
         load_registry_stats,
         resolve_registry_stats,
     )

@@ -27,7 +27,6 @@ with the nearest valid sizes named (crop or resize it yourself; difflens does no
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def predict(pipe: Any, family: str, denoiser: Any, z: Any, row: dict[str, Any], 
 
 def _sha256(path: str | Path) -> str | None:
     p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    return sha256_file(p) if p.is_file() else None
 
 
 def run_attention_on_image(cfg: ImageAttentionConfig, image: Any | None = None,

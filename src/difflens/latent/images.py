@@ -6,9 +6,10 @@ a warning before the model is loaded (``--strict``: an error naming the file); :
 commands that need particular images (``interpolate --images``), stops with an error.
 
 Resize rule (applied to every image, whatever its size, so folders of mixed sizes work): convert to RGB,
-resize so that the *shorter* side equals the model's size S (PIL bicubic, aspect ratio kept, rounded to whole
-pixels), then center-crop S x S (the crop's left/top offset is ``(w - S) // 2``). Images already S x S are
-left untouched.
+resize so that the *shorter* side equals the model's size S (PIL bicubic, aspect ratio kept), then
+center-crop S x S. This is the reference preprocessing's function
+(:func:`difflens.refsets.preprocess.resize_center_crop`, torchvision's ``Resize`` + ``CenterCrop`` rounding),
+so there is one resize rule in difflens. Images already S x S are left untouched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.metrics.images import IMAGE_EXTENSIONS, ImageReadError, ReadLog, read_image, readable_files
+from difflens.refsets.preprocess import resize_center_crop
 
 __all__ = ["IMAGE_EXTENSIONS", "RESIZE_RULE", "iter_image_batches", "list_images", "load_image",
            "load_images", "resize_center_crop", "screen_images", "to_pil", "to_uint8"]
@@ -66,22 +68,6 @@ def screen_images(files: Sequence[Path], what: str = "images",
         raise DifflensError(f"{what}: none of the {len(files)} image file(s) can be read "
                             f"({log.skipped[0][0]}: {log.skipped[0][1]}).", "pass readable image files")
     return kept, log
-
-
-def resize_center_crop(image: Any, size: int) -> Any:
-    """Apply the module's rule to a PIL image: shorter side to ``size`` (bicubic), center crop."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (nw, nh) != (w, h):
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return image
 
 
 def load_image(path: str | Path, size: int) -> Any:

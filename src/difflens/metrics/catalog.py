@@ -29,7 +29,7 @@ METRIC_MEANINGS: dict[str, str] = {"pr": "precision+recall", "dc": "density+cove
 def metric_names() -> tuple[str, ...]:
     """Every ``--metrics`` name: the Inception metrics, then the embedding metrics (their registries)."""
     from difflens.metrics.api import METRICS
-    from difflens.metrics.clip import EMBEDDING_METRICS
+    from difflens.metrics.embedding import EMBEDDING_METRICS
 
     return (*METRICS, *EMBEDDING_METRICS)
 

@@ -47,9 +47,9 @@ class GenerationRequest:
 
 def split_metrics(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     """(Inception metrics or None for "all the inputs allow", embedding metrics), each name (and alias)
-    recognised by the parser of its own family: `api.parse_metrics` and `clip.parse_embedding_metrics`."""
+    recognised by the parser of its own family: `api.parse_metrics`, `embedding.parse_embedding_metrics`."""
     from difflens.metrics.api import METRICS, parse_metrics
-    from difflens.metrics.clip import EMBEDDING_METRICS, parse_embedding_metrics
+    from difflens.metrics.embedding import EMBEDDING_METRICS, parse_embedding_metrics
 
     if spec is None:
         return None, ()
@@ -227,7 +227,7 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
                                             "bootstrap": int(inception_kwargs.get("bootstrap", 0))}},
                   "versions": collect_versions(), "warnings": []}
     if embedding:
-        from difflens.metrics.clip import compute_embedding_metrics
+        from difflens.metrics.embedding import compute_embedding_metrics
         from difflens.metrics.feature_cache import FeatureCache
 
         reported = inception is None or bool(inception)  # the Inception pass already listed skipped files

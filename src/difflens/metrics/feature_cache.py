@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difflens.hashing import sha256_file
+
 CACHE_VERSION = 1
 CACHE_ENV = "DIFFLENS_CACHE_DIR"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
@@ -130,14 +132,6 @@ class NoCache(FeatureCache):
 # --------------------------------------------------------------------------------------------- digests
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 _WEIGHTS_MEMO: dict[tuple[str, int, int], str] = {}
 
 
@@ -155,7 +149,7 @@ def weights_digest(model_dir: str | Path) -> str:
         memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
         d = _WEIGHTS_MEMO.get(memo_key)
         if d is None:
-            d = file_digest(p)
+            d = sha256_file(p)
             _WEIGHTS_MEMO[memo_key] = d
         h.update(p.name.encode() + b"\0" + d.encode() + b"\n")
     return h.hexdigest()
@@ -182,7 +176,7 @@ def inputs_digest(items: Sequence[Any]) -> str:
     h = hashlib.sha256()
     for item in items:
         if isinstance(item, (str, Path)):
-            h.update(b"F" + file_digest(item).encode())
+            h.update(b"F" + sha256_file(item).encode())
         else:
             arr = np.ascontiguousarray(np.asarray(item))
             h.update(b"A" + str(arr.shape).encode() + str(arr.dtype).encode())

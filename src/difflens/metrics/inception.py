@@ -31,7 +31,6 @@ convention); a mismatch is an error. The digest of the file used always goes int
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.hashing import sha256_file
 from difflens.metrics.fingerprint import PROTOCOLS, Fingerprint
 from difflens.numerics import strict_float32
 
@@ -82,14 +82,6 @@ class InceptionWeights:
                     f"{self.sha256[:16]}... != {KNOWN_SHA256[:16]}...): values are not comparable to "
                     "published numbers")
         return None
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_random_init(path: Path, digest: str) -> bool:

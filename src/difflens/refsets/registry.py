@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.hashing import sha256_file
 
 STATS_PREFIX = "stats:"
 CACHE_ENV = "DIFFLENS_CACHE_DIR"
@@ -116,14 +117,6 @@ def get_entry(spec_or_name: str, registry: dict[str, RefStatsEntry] | None = Non
     return reg[name]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class ResolvedStats:
     """A registry file found (or fetched) and checked."""
@@ -206,7 +199,7 @@ def resolve_registry_stats(spec: str, offline: bool = False, registry: dict[str,
                                 "the published file changed or the download is corrupt: report it, or pass a "
                                 "statistics file you trust")
     else:
-        digest = file_sha256(path)
+        digest = sha256_file(path)
     _check_npz(path, f"{path} (stats:{entry.name})")
     warnings: list[str] = []
     if entry.sha256 is not None:
