@@ -19,7 +19,7 @@ def _dataset(root: Path, n: int, size: int) -> tuple[Path, Path]:
     from PIL import Image as PILImage
 
     from difflens.demo.sample_images import natural_crops
-    from difflens.refsets.dataset_source import datasets_env
+    from difflens.refsets.hf_datasets import datasets_env
 
     crops = natural_crops(min(n, 64), size + size // 4, seed=0)
     cells = []

@@ -78,7 +78,7 @@ def test_metric_names_in_help_and_readme_equal_the_registries(capsys, monkeypatc
 
 def test_input_kinds_in_help_and_readme_agree(capsys, monkeypatch) -> None:
     from difflens.metrics.catalog import INPUT_KINDS
-    from difflens.refsets.dataset_source import HF_PREFIX, KINDS
+    from difflens.refsets.dataset_spec import HF_PREFIX, KINDS
     from difflens.refsets.registry import is_stats_spec
 
     help_text = _help(["metrics"], capsys, monkeypatch)

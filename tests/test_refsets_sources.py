@@ -12,7 +12,8 @@ import pytest
 
 from difflens.errors import DifflensError
 from difflens.metrics.stats import GaussianStats
-from difflens.refsets.dataset_source import is_dataset_spec, load_prompts_from_dataset, open_image_source
+from difflens.refsets.dataset_source import load_prompts_from_dataset, open_image_source
+from difflens.refsets.dataset_spec import is_dataset_spec
 from difflens.refsets.demo_data import CaptionDataset, write_caption_dataset
 from difflens.refsets.preprocess import ReferencePreprocess, resize_center_crop
 from difflens.refsets.subset import draw_subset
@@ -137,7 +138,7 @@ def _fake_hub_cache(cache: Path, parquet: Path, name: str = "testuser/tinyset") 
     ``<owner>___<name>/<config>/<version>/<commit>/`` with the Arrow files and dataset_info.json."""
     from datasets.packaged_modules.parquet.parquet import Parquet
 
-    from difflens.refsets.dataset_source import datasets_env
+    from difflens.refsets.hf_datasets import datasets_env
 
     short = name.split("/")[1]
     with datasets_env(offline=True):
@@ -213,7 +214,7 @@ def test_bad_columns_splits_and_specs(data: CaptionDataset) -> None:
 def test_corrupt_images_are_skipped_counted_and_reported(tmp_path: Path, data: CaptionDataset) -> None:
     from datasets import Dataset, Features, Image, Value
 
-    from difflens.refsets.dataset_source import datasets_env
+    from difflens.refsets.hf_datasets import datasets_env
 
     cells = [{"bytes": (data.folder / f"{i:04d}.png").read_bytes(), "path": None} for i in range(6)]
     cells[2] = {"bytes": b"definitely not an image", "path": None}

@@ -76,7 +76,7 @@ def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
     through to compute_metrics. Returns (input, dataset identity or None, warnings)."""
     if not isinstance(spec, str):
         return spec, None, []
-    from difflens.refsets.dataset_source import is_dataset_spec
+    from difflens.refsets.dataset_spec import is_dataset_spec
     from difflens.refsets.registry import is_stats_spec
 
     if is_stats_spec(spec):
@@ -111,7 +111,7 @@ def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
 def load_prompt_list(prompts: str | None, options: DatasetOptions, offline: bool) -> list[str] | None:
     if prompts is None:
         return None
-    from difflens.refsets.dataset_source import is_dataset_spec
+    from difflens.refsets.dataset_spec import is_dataset_spec
 
     if is_dataset_spec(prompts):
         from difflens.refsets.dataset_source import load_prompts_from_dataset

@@ -22,7 +22,7 @@ _WHERE = {
     "build_reference_stats": "difflens.refsets.build_stats",
     "coco_style_reference": "difflens.refsets.coco",
     "draw_subset": "difflens.refsets.subset",
-    "is_dataset_spec": "difflens.refsets.dataset_source",
+    "is_dataset_spec": "difflens.refsets.dataset_spec",
     "load_prompts_from_dataset": "difflens.refsets.dataset_source",
     "open_image_source": "difflens.refsets.dataset_source",
     "is_stats_spec": "difflens.refsets.registry",

@@ -60,7 +60,7 @@ def write_caption_dataset(root: str | Path, n: int = 24, height: int = 32, width
     from PIL import Image as PILImage
 
     from difflens.atomic import save_image, write_text
-    from difflens.refsets.dataset_source import datasets_env
+    from difflens.refsets.hf_datasets import datasets_env
 
     root = Path(root)
     images, captions, ids = caption_rows(n, height, width, seed)
