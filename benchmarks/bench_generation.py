@@ -36,7 +36,8 @@ def _reset_peak() -> None:
 
 
 def bench_generation(family: str, n: int, size: int, steps: int) -> None:
-    from difflens.generate.runner import GenerateOptions, run_generation
+    from difflens.generate.options import GenerateOptions
+    from difflens.generate.runner import run_generation
     from difflens.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(family)

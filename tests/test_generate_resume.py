@@ -18,8 +18,9 @@ import pytest
 from difflens.errors import DifflensError
 from difflens.generate.api import generate
 from difflens.generate.manifest import MANIFEST_NAME, SETTINGS_NAME, read_samples
-from difflens.generate.runner import FAULT_ENV, regenerate
+from difflens.generate.sampling import regenerate
 from difflens.generate.seeds import sample_seed
+from difflens.testing import FAULT_ENV
 
 PROMPTS = ["a photo of a cat", "a red car on the street", "a dog in the snow"]
 N = 5

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from difflens.errors import DifflensError
+from difflens.generate.batching import BatchSizer
 from difflens.generate.manifest import (
     MANIFEST_NAME,
     ManifestEntry,
@@ -19,7 +20,6 @@ from difflens.generate.manifest import (
     write_settings,
 )
 from difflens.generate.prompts import cycle_prompts, load_prompts, prompts_digest
-from difflens.generate.runner import BatchSizer
 from difflens.generate.seeds import generator_for, sample_seed
 
 

@@ -36,7 +36,7 @@ def run(args: list[str]) -> None:
 
 def main() -> None:
     from difflens.distributed import barrier, get_context, shutdown_distributed
-    from difflens.generate.runner import FAULT_ENV
+    from difflens.testing import FAULT_ENV
 
     work, model, prompts, real, fake, weights = (Path(a) for a in sys.argv[1:7])
     ctx = get_context()

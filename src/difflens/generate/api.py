@@ -9,7 +9,8 @@ from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.generate.manifest import MANIFEST_NAME, read_samples, read_settings
-from difflens.generate.runner import GenerateOptions, GenerationReport, run_generation
+from difflens.generate.options import GenerateOptions, GenerationReport
+from difflens.generate.runner import run_generation
 
 
 def generate(model: str | Path, prompts: str | Path | Sequence[str], num_samples: int, out_dir: str | Path, *,
@@ -61,9 +62,9 @@ def regenerate_sample(out_dir: str | Path, index: int, pipe: Any = None, device:
     """Regenerate sample ``index`` of a generation folder: uint8 array (H, W, 3).
 
     Loads the recorded model with the recorded dtype unless ``pipe`` is given. See
-    :func:`difflens.generate.runner.regenerate` for ``alone``.
+    :func:`difflens.generate.sampling.regenerate` for ``alone``.
     """
-    from difflens.generate.runner import regenerate
+    from difflens.generate.sampling import regenerate
     from difflens.models import load_pipeline
 
     entries = {e.index: e for e in read_samples(out_dir, include_flagged=True)}
