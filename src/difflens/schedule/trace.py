@@ -19,6 +19,7 @@ import contextlib
 import copy
 import math
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,31 @@ def _orthonormal(z: Any, against: list[Any]) -> Any:
     return z * math.sqrt(z.numel()) / z.norm()
 
 
+#: The trace state of the calling thread (``_LOCAL.state``), read by the ``randn_tensor`` wrappers.
+_LOCAL = threading.local()
+_INSTALL_LOCK = threading.Lock()
+
+
+def _noise_wrapper(orig: Any) -> Any:
+    """A stand-in for a scheduler module's ``randn_tensor``: the original everywhere, except in a thread that
+    is inside :func:`_controlled_noise`, where draws of the dummy sample's shape are controlled."""
+    import torch
+
+    def randn_tensor(shape: Any, *args: Any, **kwargs: Any) -> Any:
+        state = getattr(_LOCAL, "state", None)
+        if state is None or tuple(shape) != _SHAPE:
+            return orig(shape, *args, **kwargs)
+        state.noise_draws += 1
+        z = torch.randn(_SHAPE, generator=state.gen, dtype=torch.float64)
+        z = _orthonormal(z, [state.x0, state.n])
+        dtype = kwargs.get("dtype") or (args[2] if len(args) > 2 else None) or torch.float32
+        return z.to(dtype=dtype)
+
+    randn_tensor.__wrapped__ = orig  # type: ignore[attr-defined]
+    randn_tensor.difflens_trace_wrapper = True  # type: ignore[attr-defined]
+    return randn_tensor
+
+
 @contextlib.contextmanager
 def _controlled_noise(scheduler: Any, state: _State) -> Iterator[None]:
     """Within the trace only, make the scheduler's fresh noise (its module's ``randn_tensor``) exactly
@@ -88,35 +114,25 @@ def _controlled_noise(scheduler: Any, state: _State) -> Iterator[None]:
     In expectation nothing changes, but the traced noise level of a stochastic step (ancestral Euler,
     DDPM, LCM) becomes exactly the one the scheduler intends instead of one noisy draw: with a random draw
     the estimate of A carries an error of about 2 S / (A sqrt(d)), 0.07 in lambda at lambda = -4.5 even
-    with d = 2^18. The original function is restored on exit.
+    with d = 2^18.
+
+    Scope: the scheduler's modules get a pass-through wrapper once (installed under a lock, never removed,
+    never stacked); the wrapper changes draws only in the thread that is inside this context, so a pipeline
+    running in another thread at the same time draws its noise exactly as diffusers does. Nested traces
+    restore the outer state on exit.
     """
-    import torch
-
     modules = {sys.modules.get(klass.__module__) for klass in type(scheduler).__mro__}
-    patched: list[tuple[Any, Any]] = []
-
-    def hook_for(orig: Any) -> Any:
-        def fake_randn(shape: Any, *args: Any, **kwargs: Any) -> Any:
-            if tuple(shape) != _SHAPE:
-                return orig(shape, *args, **kwargs)
-            state.noise_draws += 1
-            z = torch.randn(_SHAPE, generator=state.gen, dtype=torch.float64)
-            z = _orthonormal(z, [state.x0, state.n])
-            dtype = kwargs.get("dtype") or (args[2] if len(args) > 2 else None) or torch.float32
-            return z.to(dtype=dtype)
-
-        return fake_randn
-
-    try:
+    with _INSTALL_LOCK:
         for mod in modules:
             orig = getattr(mod, "randn_tensor", None) if mod is not None else None
-            if orig is not None:
-                patched.append((mod, orig))
-                mod.randn_tensor = hook_for(orig)
+            if orig is not None and not getattr(orig, "difflens_trace_wrapper", False):
+                mod.randn_tensor = _noise_wrapper(orig)
+    outer = getattr(_LOCAL, "state", None)
+    _LOCAL.state = state
+    try:
         yield
     finally:
-        for mod, orig in patched:
-            mod.randn_tensor = orig
+        _LOCAL.state = outer
 
 
 #: |A| / S (or S / |A|) below this is float32 round-off of the dummy sample, reported as pure noise (-inf) or
