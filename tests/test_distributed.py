@@ -16,6 +16,7 @@ import pytest
 
 import difflens
 from difflens import distributed as D
+from difflens.distributed import context as dist_context
 from difflens.errors import DifflensError
 
 SCRIPTS = Path(__file__).parent / "dist_scripts"
@@ -71,7 +72,7 @@ def test_shard_indices_cover_range_in_rank_order_and_balance() -> None:
 def test_single_process_collectives_are_identities(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(D, "_CONTEXT", None)
+    monkeypatch.setattr(dist_context, "_CONTEXT", None)
     ctx = D.init_distributed(device="cpu")
     assert (ctx.rank, ctx.world_size, ctx.backend) == (0, 1, None)
     assert ctx.is_main and not ctx.is_distributed
@@ -85,11 +86,11 @@ def test_single_process_collectives_are_identities(monkeypatch: pytest.MonkeyPat
     with pytest.raises(DifflensError, match="dtype"):
         D.all_gather_array(np.array(["a"]), ctx)
     assert D.is_main()
-    monkeypatch.setattr(D, "_CONTEXT", None)
+    monkeypatch.setattr(dist_context, "_CONTEXT", None)
 
 
 def test_launcher_variables_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(D, "_CONTEXT", None)
+    monkeypatch.setattr(dist_context, "_CONTEXT", None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(DifflensError, match="RANK is not"):
@@ -102,7 +103,7 @@ def test_launcher_variables_are_checked(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(DifflensError, match="not an integer"):
         D.init_distributed(device="cpu")
-    assert D._CONTEXT is None
+    assert dist_context._CONTEXT is None
 
 
 # ------------------------------------------------------- statistics and k-NN metrics (one torchrun launch)

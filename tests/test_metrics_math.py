@@ -293,7 +293,7 @@ def test_torch_backend_gives_the_same_exact_results(monkeypatch: pytest.MonkeyPa
     real, fake = feats(300, 42), feats(240, 43, scale=1.1)
     fake[:15] = real[:15]
     expect = brute_prdc(real, fake)
-    monkeypatch.setattr(knn, "_ops", lambda device: knn._TorchOps("cpu"))
+    monkeypatch.setattr(knn.backend, "ops_for", lambda device: knn.backend.TorchOps("cpu"))
     assert prdc(real, fake, block_size=64) == expect
     assert bs.bootstrap_prdc(real, fake, 2, seed=1, block_size=100)["recall"].shape == (2,)
 
@@ -343,8 +343,8 @@ def test_prdc_bootstrap_in_one_pass_equals_recomputation(monkeypatch: pytest.Mon
     from difflens.metrics import knn
 
     if shallow:  # lists too short: exercises the exact full-row fallbacks
-        monkeypatch.setattr(knn, "_BOOT_DEPTH", 0)
-        monkeypatch.setattr(knn, "_SLACK", 0)
+        monkeypatch.setattr(knn.bootstrap, "BOOT_DEPTH", 0)
+        monkeypatch.setattr(knn.radii, "SLACK", 0)
     real, fake = feats(260, 70), feats(200, 71, scale=1.1, shift=0.05)
     fake[:12] = real[:12]
     point, boot = bs.prdc_with_bootstrap(real, fake, 12, seed=4, block_size=64)

@@ -30,6 +30,8 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def main(out: Path) -> None:
     from difflens import distributed as D
     from difflens.errors import DifflensError
+    from difflens.metrics.knn import distributed_knn_radii, distributed_prdc
+    from difflens.metrics.shards import merge_gaussian_stats
     from difflens.metrics.stats import GaussianStats
 
     ctx = D.init_distributed(device="cpu")
@@ -56,20 +58,20 @@ def main(out: Path) -> None:
     for name, (real, fake) in cases().items():
         # (a) statistics of each rank's contiguous shard, merged (Chan) in rank order
         sh = ctx.shard(len(real))
-        merged = D.merge_gaussian_stats(GaussianStats.from_features(real[sh.start:sh.stop]))
+        merged = merge_gaussian_stats(GaussianStats.from_features(real[sh.start:sh.stop]))
         arrays[f"{name}_n"] = np.asarray(merged.n)
         arrays[f"{name}_mean"] = merged.mean
         arrays[f"{name}_m2"] = merged.m2
         # the shards gathered back are the features, row for row
         assert np.array_equal(D.all_gather_array(real[sh.start:sh.stop]), real)
         # (b) exact k-NN radii and metrics with the work shared out
-        arrays[f"{name}_radii3"] = D.distributed_knn_radii(real, 3, block_size=32)
-        res[f"{name}_prdc"] = D.distributed_prdc(real, fake, block_size=32)
-        res[f"{name}_pr_k2"] = D.distributed_prdc(real, fake, k_pr=2, k_dc=4, block_size=1024,
-                                                  metrics=("precision", "recall"))
-        radii5 = D.distributed_knn_radii(real, 5)
-        res[f"{name}_dc_radii"] = D.distributed_prdc(real, fake, metrics=("density", "coverage"),
-                                                     real_radii={5: radii5})
+        arrays[f"{name}_radii3"] = distributed_knn_radii(real, 3, block_size=32)
+        res[f"{name}_prdc"] = distributed_prdc(real, fake, block_size=32)
+        res[f"{name}_pr_k2"] = distributed_prdc(real, fake, k_pr=2, k_dc=4, block_size=1024,
+                                                metrics=("precision", "recall"))
+        radii5 = distributed_knn_radii(real, 5)
+        res[f"{name}_dc_radii"] = distributed_prdc(real, fake, metrics=("density", "coverage"),
+                                                   real_radii={5: radii5})
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / f"rank{ctx.rank}.npz", **arrays)
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(res, indent=1), encoding="utf-8")

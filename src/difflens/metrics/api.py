@@ -353,9 +353,10 @@ def compute_metrics(
         gather = (any(m in chosen for m in ("kid", "pr", "dc")) or cfg.bootstrap > 0
                   or ("fid" in chosen and len(counts) == 2
                       and _fid_from_features(counts["real"], counts["fake"], dim)))
+        from difflens.metrics.shards import combine_shards
+
         for side in sharded_sides:
-            side.features, side.logits, side.stats = dist.combine_shards(side.features, side.logits,
-                                                                         gather, ctx)
+            side.features, side.logits, side.stats = combine_shards(side.features, side.logits, gather, ctx)
     _check_dims(r, f)
     result_metrics = _compute(cfg, chosen, r, f, dev, warnings)
 
@@ -532,7 +533,7 @@ def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _S
                      **_counts(f)}
     knn_metrics = [k for m in ("pr", "dc") if m in chosen for k in METRIC_KEYS[m]]
     if knn_metrics:
-        from difflens.distributed import distributed_prdc
+        from difflens.metrics.knn import distributed_prdc
 
         assert r is not None and f is not None
         warnings.extend(_duplicate_warnings([r, f], min(k for m, k in (("pr", cfg.k_pr), ("dc", cfg.k_dc))

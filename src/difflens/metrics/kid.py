@@ -103,7 +103,7 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 def _map_threads(fn: Any, items: list[Any]) -> list[float]:
     """``[fn(x) for x in items]`` on one thread per core, each with a single-threaded BLAS (robust on a
     busy machine, where multi-threaded BLAS calls of this size wait on descheduled threads)."""
-    from difflens.metrics.knn import _cpu_count
+    from difflens.metrics.knn.backend import cpu_count as _cpu_count
 
     workers = min(_cpu_count(), len(items))
     if workers <= 1:
