@@ -56,8 +56,10 @@ class Fingerprint:
     feature_layer: str = FEATURE_LAYER
     dtype: str = DTYPE
     difflens_version: str = ""
-    #: the dataset reader's resize/crop (``--reference-size``), None for images as stored
+    #: the dataset reader's resize/crop (``--reference-size``), None for images as stored; recorded (and
+    #: compared) only when ``reference_recorded`` (images extracted directly do not record it)
     reference_preprocess: dict[str, Any] | None = None
+    reference_recorded: bool = False
     #: canonical JSON of the extractor's preprocessing when ``protocol`` does not name it ("" = none)
     preprocessing: str = ""
 
@@ -78,7 +80,7 @@ class Fingerprint:
         out: dict[str, Any] = {"protocol": self.protocol, "weights_sha256": self.weights_sha256,
                                "extractor": self.extractor, "feature_layer": self.feature_layer,
                                "dtype": self.dtype, "difflens_version": self.difflens_version}
-        if self.reference_preprocess is not None:
+        if self.reference_recorded or self.reference_preprocess is not None:
             out["reference_preprocess"] = self.reference_preprocess
         if self.preprocessing:
             out["preprocessing"] = self.preprocessing
@@ -92,8 +94,10 @@ class Fingerprint:
             raise DifflensError(f"stored fingerprint lacks {', '.join(missing)}.",
                                 "recompute the statistics with difflens metrics --save-stats")
         kwargs: dict[str, Any] = {k: str(data[k]) for k in (*REQUIRED, "difflens_version") if k in data}
-        if isinstance(data.get("reference_preprocess"), dict):
-            kwargs["reference_preprocess"] = dict(data["reference_preprocess"])
+        if "reference_preprocess" in data:
+            ref = data["reference_preprocess"]
+            kwargs["reference_preprocess"] = dict(ref) if isinstance(ref, dict) else None
+            kwargs["reference_recorded"] = True
         if data.get("preprocessing"):
             kwargs["preprocessing"] = str(data["preprocessing"])
         return cls(**kwargs)
@@ -102,7 +106,7 @@ class Fingerprint:
         """The same fingerprint for images a dataset reader resized first (``reference_preprocess``)."""
         from dataclasses import replace
 
-        return replace(self, reference_preprocess=reference_preprocess)
+        return replace(self, reference_preprocess=reference_preprocess, reference_recorded=True)
 
     def mismatches(self, other: Fingerprint | dict[str, Any]) -> list[str]:
         """Compared fields where the two differ (see :func:`mismatches`)."""
@@ -191,6 +195,8 @@ class ExtractorBase:
     name: str = ""
     layers: tuple[str, ...] = ()
     device: str = "cpu"
+    #: False when :meth:`prepare` is the identity (the loop then skips its reader threads for arrays)
+    needs_prepare: bool = False
 
     def prepare(self, image: Any) -> Any:
         """Per-image work done in loader threads; the default keeps the uint8 (H, W, 3) image."""

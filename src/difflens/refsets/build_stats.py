@@ -83,8 +83,10 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     import numpy as np
 
     from difflens.console import progress
-    from difflens.metrics.fingerprint import PROTOCOLS
-    from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+    from difflens.features.base import PROTOCOLS
+    from difflens.features.extract import feature_batches
+    from difflens.features.inception import load_inception
+    from difflens.features.inception_weights import resolve_inception_weights
     from difflens.metrics.stats import GaussianStats, save_stats
     from difflens.models import resolve_device
     from difflens.refsets.dataset_source import open_image_source
@@ -103,12 +105,15 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     warnings: list[str] = []
     if weights.warning():
         warnings.append(str(weights.warning()))
-    extractor = InceptionExtractor(weights, device=dev, protocol=protocol)
+    inception = load_inception(protocol, weights=weights, device=dev)
+    extractors: dict[str, Any] = {inception.name: inception}
     clip = None
     if clip_model is not None:
-        from difflens.metrics.clip import PROTOCOL_CMMD, ClipEncoder
+        from difflens.features.clip import PROTOCOL_CMMD, load_clip
 
-        clip = ClipEncoder.load(clip_model, device=dev, offline=offline)
+        clip_ext = load_clip(clip_model, PROTOCOL_CMMD, device=dev, offline=offline)
+        clip = clip_ext.encoder
+        extractors[clip_ext.name] = clip_ext
 
     t0 = time.perf_counter()
     row_digests: set[bytes] = set()
@@ -116,11 +121,17 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     stats = GaussianStats.empty(2048)
     feats: list[Any] = []
     clip_feats: list[Any] = []
-    batches = source.iter_batches(batch_size, workers=workers)
+    # one pass: each image decoded once, fed to Inception (and CLIP); only the statistics (and, when
+    # asked, the features) are kept, so memory does not grow with the number of images
+    keep = [(name, "pool3" if ext is inception else "image_embeds") for name, ext in extractors.items()]
+    chunks: Any = feature_batches(source, extractors, batch_size=batch_size, keep=keep, strict=strict,
+                                  label=f"--real {real}", workers=workers, split_sizes=True)
     if show_progress:
-        batches = progress(batches, total=len(source), description="Inception reference", unit="img")
-    for batch in batches:
-        pool3, _ = extractor([extractor.prepare(img) for img in batch])
+        chunks = progress(chunks, total=len(source), description="Inception reference", unit="img")
+    for chunk in chunks:
+        if not chunk.kept:
+            continue
+        pool3 = chunk.features[(inception.name, "pool3")]
         stats = stats.merge(GaussianStats.from_features(pool3))
         for row in np.ascontiguousarray(pool3):
             digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
@@ -129,8 +140,7 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
         if keep_features:
             feats.append(pool3.astype(np.float32))
         if clip is not None:
-            clip_feats.append(np.asarray(clip.encode_images(list(batch), PROTOCOL_CMMD, batch_size=batch_size,
-                                                            show_progress=False), dtype=np.float32))
+            clip_feats.append(np.asarray(chunk.features[(clip_ext.name, "image_embeds")], dtype=np.float32))
     seconds = time.perf_counter() - t0
     warnings.extend(source.warnings)
     if duplicates:
@@ -142,7 +152,7 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
         raise DifflensError(f"--real {real}: only {stats.n} image(s) could be decoded out of {len(source)}; "
                             "at least 2 are needed.", "check the image column and the data")
 
-    fingerprint = {**extractor.fingerprint.to_dict(), **source.preprocessing}
+    fingerprint = {**inception.fingerprint("pool3").to_dict(), **source.preprocessing}
     dataset = {"identity": source.identity, "preprocessing": source.preprocessing, "read": source.report(),
                "warnings": warnings, "versions": {**collect_versions(), "datasets": _version("datasets")},
                "inception_weights": {"path": str(weights.path), "sha256": weights.sha256,
