@@ -91,20 +91,20 @@ def _run(real: np.ndarray, fake: np.ndarray, k_pr: int, k_dc: int, block_size: i
     real_fs, fake_fs = prepare_pair(real, fake)
     radii = req.given_radii(real_radii, real_fs.n)
     req.check_sizes(real_fs.n, fake_fs.n)
-    sharded = ctx is not None and ctx.is_distributed
+    share = ctx if ctx is not None and ctx.is_distributed else None   # None: this process does every row
     with backend.strict_matmul(ops):
         missing = [k for k in req.need_real if k not in radii]
         if missing:
-            radii.update(radii_of(ops, real_fs, missing, req.block, ctx))
-        rf = radii_of(ops, fake_fs, [req.k_pr], req.block, ctx)[req.k_pr] if req.want_r else None
+            radii.update(radii_of(ops, real_fs, missing, req.block, share))
+        rf = radii_of(ops, fake_fs, [req.k_pr], req.block, share)[req.k_pr] if req.want_r else None
         res = cross(ops, real_fs, fake_fs, radii.get(req.k_pr) if req.want_p else None, rf,
                     radii.get(req.k_dc) if req.want_dc else None, req.block,
-                    rows=ctx.shard(real_fs.n) if ctx is not None and sharded else None)
+                    rows=None if share is None else share.shard(real_fs.n))
     counts: KnnCounts = res.counts()
-    if ctx is not None and sharded:
+    if share is not None:   # disjoint row blocks: their counts add up to the whole set's
         from difflens.distributed import all_reduce_sum_int
 
-        counts = counts.from_vector(all_reduce_sum_int(counts.to_vector(), ctx))
+        counts = counts.from_vector(all_reduce_sum_int(counts.to_vector(), share))
     summary = counts.summary(real_fs.n, fake_fs.n, req.k_dc)
     return {key: summary[key] for key in req.metrics}
 
