@@ -1,7 +1,9 @@
 """Benchmark the attention capture on tiny random pipelines (run by hand; prints figures).
 
-1. Time: one generation without capture vs with capture (all cross/joint layers, every step), interleaved
-   repeats, medians. Goal: at most 1.3x the plain time.
+1. Time: one generation without capture vs with capture (all cross/joint layers, every step) by the
+   log-sum-exp route (``route="auto"``: the kernel's own log-sum-exp, no second pass) and by the replay
+   route (``route="replay"``: a second attention pass over all keys), interleaved repeats, medians; and the
+   largest difference between the two routes' maps (goal: 1e-6). Goal: at most 1.10x the plain time.
 2. Memory: bytes the capture holds (aggregator tensors, exact) and its largest transient chunk, at two
    step counts; with a stride >= steps (one kept per-step map) these must not depend on the step count;
    with stride 1 only the per-step maps grow, by exactly steps x tokens x h x w x 4 bytes. On CUDA the
@@ -70,7 +72,7 @@ def _plain(plan: Any, seed: int = 0) -> tuple[float, float]:
     return _since(t0)
 
 
-def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[tuple[float, float], dict[str, int]]:
+def _captured(plan: Any, stride: int, seed: int = 0, route: str = "auto") -> tuple[tuple[float, float], Any]:
     import torch
 
     from difflens.attention.aggregate import OnlineAggregator
@@ -79,7 +81,7 @@ def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[tuple[float, float
     agg = OnlineAggregator(len(plan.tokens), plan.latent_hw, stride, [la.name for la in plan.layers],
                            plan.joint, plan.groups, device=plan.denoiser.device)
     cap = AttentionCapture(plan.pipe, plan.denoiser, plan.layers, [t.key for t in plan.tokens],
-                           plan.prompt_tokens.text_len, plan.latent_hw, agg)
+                           plan.prompt_tokens.text_len, plan.latent_hw, agg, route=route)
     t0 = _clock()
     with cap, torch.no_grad():
         plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
@@ -87,7 +89,18 @@ def _captured(plan: Any, stride: int, seed: int = 0) -> tuple[tuple[float, float
     _sync(plan)
     dt = _since(t0)
     return dt, {"stored": agg.stored_bytes(), "transient": cap.stats.peak_transient_bytes,
-                "steps": cap.stats.steps, "tokens": len(plan.tokens)}
+                "steps": cap.stats.steps, "tokens": len(plan.tokens), "result": agg.result(),
+                "routes": sorted({i.route for i in cap.info})}
+
+
+def _map_difference(a: Any, b: Any) -> float:
+    """Largest |difference| over every map the two aggregates hold."""
+    import numpy as np
+
+    names = ("maps", "per_step", "text_mass", "maps_text_renorm", "text_mass_per_step")
+    pairs = [(getattr(a, n), getattr(b, n)) for n in names if getattr(a, n, None) is not None]
+    return max(float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()) for x, y in pairs
+               if np.asarray(x).size)
 
 
 def _sync(plan: Any) -> None:
@@ -128,22 +141,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
           f"{args.size}x{args.size}, {args.repeats} interleaved repeats (median)")
-    print(f"{'family':8s} {'steps':>5s} {'plain wall':>10s} {'capture wall':>12s} {'ratio':>6s}   "
-          f"{'plain cpu':>9s} {'capture cpu':>11s} {'ratio':>6s}")
+    print(f"{'family':8s} {'steps':>5s} {'plain':>8s} {'lse':>8s} {'replay':>8s} {'lse/plain':>9s} "
+          f"{'replay/plain':>12s}   {'cpu lse/plain':>13s} {'cpu replay/plain':>16s}  "
+          f"{'max |lse-replay|':>16s} route")
     for family in args.families.split(","):
         pipe = build_tiny_pipeline(family)
         pipe = (_widen(family, pipe) if args.wide else pipe).to(args.device)
         plan = _plan(family, pipe, args.steps, args.size, 1)
         _plain(plan)
-        _captured(plan, 1)                                        # warm-up
-        plain, capt = [], []
+        _, fast = _captured(plan, 1, route="auto")                 # warm-up, and the maps of both routes
+        _, slow = _captured(plan, 1, route="replay")
+        diff = _map_difference(fast["result"], slow["result"])
+        plain, capt, repl = [], [], []
         for _ in range(args.repeats):
             plain.append(_plain(plan))
-            capt.append(_captured(plan, 1)[0])
-        pw, cw = statistics.median(x[0] for x in plain), statistics.median(x[0] for x in capt)
-        pc, cc = statistics.median(x[1] for x in plain), statistics.median(x[1] for x in capt)
-        print(f"{family:8s} {args.steps:5d} {pw:10.4f} {cw:12.4f} {cw / pw:5.2f}x   {pc:9.4f} {cc:11.4f} "
-              f"{cc / pc:5.2f}x")
+            capt.append(_captured(plan, 1, route="auto")[0])
+            repl.append(_captured(plan, 1, route="replay")[0])
+        med = [(statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+               for v in (plain, capt, repl)]
+        (pw, pc), (cw, cc), (rw, rc) = med
+        print(f"{family:8s} {args.steps:5d} {pw:8.4f} {cw:8.4f} {rw:8.4f} {cw / pw:8.3f}x {rw / pw:11.3f}x   "
+              f"{cc / pc:12.3f}x {rc / pc:15.3f}x  {diff:16.2e} {','.join(fast['routes'])}")
 
     s1, s2 = (int(x) for x in args.memory_steps.split(","))
     print("\nmemory held by the capture (bytes; stored = accumulators + per-step maps, exact)")

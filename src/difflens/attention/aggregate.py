@@ -6,7 +6,8 @@ Within a step, maps are averaged over the selected layers; the step map is then
 
 * added to the running total (the final ``maps`` are the mean over all steps),
 * kept as a per-step map when ``step % stride == 0``,
-* measured (spatial entropy, peak concentration) per token and per word, every step.
+* measured (spatial entropy, peak concentration) per token and per word, every step; the measures run on
+  batches of MEASURE_BATCH step maps held in a fixed buffer (fewer small torch calls per step).
 
 So memory is: a few (tokens x h x w) accumulators + the strided per-step maps (+ per-layer maps when the
 breakdown is asked for) + O(steps x tokens) scalars. :func:`estimate_bytes` gives that figure up front.
@@ -21,6 +22,8 @@ from difflens.attention.measures import peak_concentration, spatial_entropy
 from difflens.attention.words import aggregate_words
 
 F32 = 4
+#: Step maps measured together (entropy, peak concentration); the buffer is allocated once.
+MEASURE_BATCH = 8
 
 
 def kept_steps(n_steps: int, stride: int) -> list[int]:
@@ -39,7 +42,7 @@ def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stri
     plane = n_tokens * H * W * F32
     n_kept = len(kept_steps(n_steps, stride))
     planes = (2 * n_tokens + 1 if joint else n_tokens) * H * W * F32
-    accum = 2 * planes                                  # running step sum and total
+    accum = 2 * planes + MEASURE_BATCH * plane          # running step sum and total, measure buffer
     per_step = n_kept * (plane + (H * W * F32 if joint else 0))
     per_layer = n_layers_breakdown * plane
     nq = max_queries if max_queries is not None else H * W
@@ -105,6 +108,8 @@ class OnlineAggregator:
         self._per_step_index: list[int] = []
         self._steps_seen: list[int] = []
         self._ent: list[Any] = []
+        self._pending = z(MEASURE_BATCH, self.T, self.H, self.W)   # step maps awaiting their measures
+        self._n_pending = 0
         self._peak: list[Any] = []
         self._layer_sum = z(len(layer_names), self.T, self.H, self.W) if breakdown else None
         self._layer_count = [0] * len(layer_names)
@@ -172,7 +177,6 @@ class OnlineAggregator:
 
     def end_step(self) -> None:
         """Close the current step: update the total, keep it if on the stride, measure it."""
-        import torch
 
         if self.current_step is None or self._step_layers == 0:
             self._grid_sums.clear()
@@ -189,18 +193,36 @@ class OnlineAggregator:
         if step % self.stride == 0:
             self._per_step.append(step_planes[:self._kept_planes].clone())
             self._per_step_index.append(step)
-        step_map = step_planes[:self.T]
-        both = torch.cat([step_map, self._words_of(step_map)])     # tokens then words, one pass
-        self._ent.append(spatial_entropy(both))
-        self._peak.append(peak_concentration(both))
+        self._pending[self._n_pending].copy_(step_planes[:self.T])
+        self._n_pending += 1
+        if self._n_pending == MEASURE_BATCH:
+            self._measure_pending()
         self._step_sum.zero_()
         self._step_layers = 0
         self.current_step = None
 
+    def _measure_pending(self) -> None:
+        """Entropy and peak concentration of the buffered step maps, tokens then words, in one batch (the
+        per-step measures cost a few dozen small torch calls; batching them keeps the capture's per-step
+        cost low, and at most MEASURE_BATCH step maps are buffered, so memory stays flat in the steps)."""
+        import torch
+
+        if not self._n_pending:
+            return
+        maps = self._pending[:self._n_pending]                       # (K, T, H, W)
+        self._n_pending = 0
+        if self.word_mode == "mean":
+            words = torch.matmul(self._word_weights, maps.flatten(2)).view(maps.shape[0], -1, self.H, self.W)
+        else:
+            words = torch.stack([self._words_of(m) for m in maps])
+        both = torch.cat([maps, words], dim=1)
+        self._ent.extend(spatial_entropy(both).unbind(0))
+        self._peak.extend(peak_concentration(both).unbind(0))
+
     # -- results ----------------------------------------------------------------------------------
     def stored_bytes(self) -> int:
         """Bytes of every tensor the aggregator holds now."""
-        tensors = [self._step_sum, self._total, *self._per_step, *self._grid_sums.values()]
+        tensors = [self._step_sum, self._total, *self._per_step, *self._grid_sums.values(), self._pending]
         if self._layer_sum is not None:
             tensors.append(self._layer_sum)
         return int(sum(t.numel() * t.element_size() for t in tensors))
@@ -210,6 +232,7 @@ class OnlineAggregator:
         import torch
 
         self.end_step()
+        self._measure_pending()
         n = max(self._n_steps, 1)
         T, H, W = self.T, self.H, self.W
         nw = len(self.groups)

@@ -5,8 +5,13 @@ with a delegating processor that
 
 1. calls the ORIGINAL processor and returns its output unchanged (the image keeps coming from SDPA or
    whatever backend was set), and
-2. during conditional denoiser calls, replays the layer's query/key path on the side
-   (:mod:`difflens.attention.replay`) and feeds the probabilities to an :class:`OnlineAggregator`.
+2. during conditional denoiser calls, obtains the image->text probabilities and feeds them to an
+   :class:`OnlineAggregator`: on CPU from the attention kernel's own log-sum-exp
+   (:mod:`difflens.attention.lse`: the kernel's q, k and lse are tapped during the original call, then
+   p = exp(scale q.k_text - lse) over the text keys only), elsewhere by replaying the layer's query/key
+   path on the side (:mod:`difflens.attention.replay`, a second pass over all keys). On each layer's first
+   captured call the replay runs too, with the full softmax: probabilities sum to 1, P x V reproduces the
+   layer output, and the log-sum-exp route is compared with it (``LayerInfo.lse_error``).
 
 It also adds a forward pre-hook on the denoiser (step counter, conditional rows, text length) and on the
 text encoders (the token ids each actually received). On exit, even on an exception, every original
@@ -21,14 +26,19 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from difflens.attention.aggregate import OnlineAggregator
 from difflens.attention.layout import AttnLayer, grid_for, module_of
+from difflens.attention.lse import SdpaTap, lse_columns, lse_route_available, ranges_for, tapped_function
 from difflens.attention.replay import DEFAULT_CHUNK_BYTES, replay
 from difflens.errors import DifflensError
 
 _WRAPPER_CLASSES: dict[type, type] = {}
+_SIGNATURES: dict[type, inspect.Signature] = {}
+#: "auto": the kernel's log-sum-exp where the CPU flash kernel runs, else the replay; "replay": always the
+#: replay (second attention pass over all keys), the route of difflens <= 0.1.
+Route = Literal["auto", "replay"]
 
 
 class _CapturingProcessor:
@@ -40,27 +50,41 @@ class _CapturingProcessor:
         self._index = index
         self._layer = layer
         self._sig = _call_signature(original)
+        self._tapped: Any = False      # the rebuilt __call__ of lse.tapped_function, once, on first use
 
     def _observe(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.original(*args, **kwargs)
-        if self._capture.active:
-            try:
-                bound = self._sig.bind(*args, **kwargs)
-            except TypeError:
-                bound = None
-            if bound is not None:
-                named = dict(bound.arguments)
-                named.update(named.pop("kwargs", {}) or {})
-                attn = args[0]
-                self._capture._on_layer(self._index, self._layer, attn, named, out)
+        cap = self._capture
+        if not cap.active:
+            return self.original(*args, **kwargs)
+        tap = cap._tap_for(self._index)
+        if tap is None:
+            out = self.original(*args, **kwargs)
+        else:
+            if self._tapped is False:
+                self._tapped = tapped_function(self.original)
+            out = tap.run(self.original, args, kwargs, self._tapped)
+        try:
+            bound = self._sig.bind(*args, **kwargs)
+        except TypeError:
+            bound = None
+        if bound is not None:
+            named = dict(bound.arguments)
+            named.update(named.pop("kwargs", {}) or {})
+            cap._on_layer(self._index, self._layer, args[0], named, out, tap)
         return out
 
 
 def _call_signature(processor: Any) -> inspect.Signature:
+    """The processor's call signature, once per processor class (``inspect.signature`` resolves
+    annotations: milliseconds per call, paid per layer on every capture otherwise)."""
     import torch
 
-    fn = processor.forward if isinstance(processor, torch.nn.Module) else processor.__call__
-    return inspect.signature(fn)
+    cls = type(processor)
+    sig = _SIGNATURES.get(cls)
+    if sig is None:
+        fn = processor.forward if isinstance(processor, torch.nn.Module) else processor.__call__
+        sig = _SIGNATURES[cls] = inspect.signature(fn)
+    return sig
 
 
 def _wrapper_class(original_cls: type, signature: inspect.Signature) -> type:
@@ -92,6 +116,9 @@ class LayerInfo:
     sum_error: float | None = None
     route_error: float | None = None
     out_error: float | None = None
+    route: str = "replay"            # "lse" (kernel log-sum-exp) or "replay" (second pass), last call
+    lse_error: float | None = None   # max |lse-route columns - replay columns| on the first call
+    fallback_reason: str | None = None
 
 
 @dataclass
@@ -117,7 +144,8 @@ class AttentionCapture:
     def __init__(self, pipe: Any, denoiser: Any, layers: list[AttnLayer], token_keys: list[int],
                  text_len: int, latent_hw: tuple[int, int], aggregator: OnlineAggregator, *, images: int = 1,
                  calls_per_step: int = 1, cond_call: int = 0, check: bool = True, head_entropy: bool = False,
-                 encoders: tuple[str, ...] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+                 encoders: tuple[str, ...] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 route: Route = "auto") -> None:
         import torch
 
         self.pipe = pipe
@@ -143,6 +171,10 @@ class AttentionCapture:
         self._originals: list[tuple[Any, Any]] = []
         self._hooks: list[Any] = []
         self._keys_on: Any = None
+        if route not in ("auto", "replay"):
+            raise DifflensError(f"unknown attention capture route {route!r}.", "use 'auto' or 'replay'")
+        self.route = route
+        self._lse_ok = [route == "auto" and lse_route_available()] * len(layers)
 
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -216,26 +248,75 @@ class AttentionCapture:
                     f"{self.text_len}.", "check --max-sequence-length against the pipeline's encoding")
 
     # -- per layer --------------------------------------------------------------------------------
-    def _on_layer(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], output: Any) -> None:
+    def _tap_for(self, index: int) -> SdpaTap | None:
+        """A kernel tap for this layer's call, verifying the output on the layer's first call."""
+        if not self._lse_ok[index]:
+            return None
+        return SdpaTap(verify=self.info[index].calls == 0)
+
+    def _on_layer(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], output: Any,
+                  tap: SdpaTap | None = None) -> None:
         info = self.info[index]
         if self._keys_on is None or self._keys_on.device != call["hidden_states"].device:
             self._keys_on = self.token_keys.to(call["hidden_states"].device)
         first = info.calls == 0
-        proc_name = layer.processor
-        if index < len(self._originals):
-            proc_name = type(self._originals[index][1]).__name__
-        res = replay(layer.kind, proc_name, attn, call, output, self._rows, self._keys_on,
-                     text_len=self.stats.text_len_seen, check=self.check and first,
-                     head_entropy=self.head_entropy, chunk_bytes=self.chunk_bytes)
-        h, w = grid_for(res.n_queries, self.latent_hw)
+        fast = self._lse_fast(index, layer, call, tap)
+        res = None
+        if fast is None or first:
+            # The replay route: the only route where the lse tap does not apply, and on each layer's first
+            # call the reference the lse route is compared with (full softmax: sum to 1, P x V = output).
+            proc_name = layer.processor
+            if index < len(self._originals):
+                proc_name = type(self._originals[index][1]).__name__
+            res = replay(layer.kind, proc_name, attn, call, output, self._rows, self._keys_on,
+                         text_len=self.stats.text_len_seen, check=self.check and first,
+                         head_entropy=self.head_entropy, chunk_bytes=self.chunk_bytes)
+        if fast is not None:
+            info.route = "lse"
+            flat, n_queries, ent = fast["planes"], fast["n_queries"], fast["head_entropy"]
+            sum_error, transient = fast["sum_error"], fast["transient_bytes"]
+            if res is not None:
+                info.lse_error = float((flat - res.columns.transpose(0, 1)).abs().max())
+                sum_error = max(sum_error, res.sum_error)
+        else:
+            info.route = "replay"
+            flat, n_queries, ent = res.columns.transpose(0, 1), res.n_queries, res.head_entropy
+            sum_error, transient = res.sum_error, res.transient_bytes
+        h, w = grid_for(n_queries, self.latent_hw)
         info.grid = (h, w)
         info.calls += 1
-        info.sum_error = max(info.sum_error or 0.0, res.sum_error)
-        if first:
+        info.sum_error = max(info.sum_error or 0.0, sum_error)
+        if first and res is not None:
             info.out_error = res.out_error
             info.route_error = res.route_error
+            if info.lse_error is not None:
+                info.route_error = max(info.route_error or 0.0, info.lse_error)
         self.stats.captured_calls += 1
-        self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, res.transient_bytes)
-        cols = res.columns                                   # (Nq, T) or (Nq, 2T + 1) for joint
-        planes = cols.transpose(0, 1).reshape(cols.shape[1], h, w)
-        self.aggregator.add_planes(self.step, index, planes, res.head_entropy)
+        self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, transient)
+        planes = flat.reshape(flat.shape[0], h, w)   # flat: (T, Nq) or, joint, (2T + 1, Nq)
+        self.aggregator.add_planes(self.step, index, planes, ent)
+
+    def _lse_fast(self, index: int, layer: AttnLayer, call: dict[str, Any],
+                  tap: SdpaTap | None) -> dict[str, Any] | None:
+        """Columns from the kernel's log-sum-exp, or None (and the layer falls back to the replay for the
+        rest of the run when the tap cannot apply to it)."""
+        if tap is None:
+            return None
+        rec = tap.record
+        reason = tap.reason
+        fast = None
+        if rec is not None and rec.output_equal is False:
+            reason = "the CPU flash kernel's output differed from scaled_dot_product_attention"
+        elif rec is not None:
+            rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
+            if rng is None:
+                reason = "the layer's sequence layout could not be read from its call"
+            else:
+                fast = lse_columns(rec, rng, self._rows, self._keys_on, head_entropy=self.head_entropy,
+                                   chunk_bytes=self.chunk_bytes)
+                if fast is None:
+                    reason = "the kernel's sequence lengths differ from the layer's layout"
+        if fast is None:
+            self._lse_ok[index] = False
+            self.info[index].fallback_reason = reason
+        return fast

@@ -1,0 +1,339 @@
+"""Image->text attention probabilities from the fused kernel's log-sum-exp: no second attention pass.
+
+The fused CPU kernel behind ``F.scaled_dot_product_attention`` (flash attention for CPU) computes, for each
+query i, ``lse_i = log sum_j exp(scale * q_i . k_j + m_ij)`` over ALL keys j, and
+``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` returns it beside the output. With it,
+
+    p(j | i) = exp(scale * q_i . k_j + m_ij - lse_i)                      (Vaswani et al. 2017, eq. 1)
+
+for the text keys j only: an N_image x N_text product per head instead of an N_image x N_all pass.
+
+:class:`SdpaTap` runs the ORIGINAL processor's call on a captured layer with its SDPA call routed to the tap
+(:func:`tapped_function`: the processor's ``__call__`` over a private copy of its globals; else a
+``TorchFunctionMode`` around the call; thread-local, scoped, nothing shared is patched). When that processor
+calls ``F.scaled_dot_product_attention``
+on inputs for which torch itself would run the CPU flash kernel (``torch._fused_sdp_choice`` says so), the
+tap calls that same kernel directly, with the same arguments and the boolean mask converted to the additive
+mask torch would build, and returns its output: the layer computes exactly what it computes without the tap
+(checked bit for bit against ``F.scaled_dot_product_attention`` on each layer's first captured call, where
+the real call's output is returned). The tap keeps q, k (the kernel's inputs, after projections, norms and
+RoPE), the mask, the scale and the log-sum-exp. Anything else (CUDA, dropout, causal, GQA, a second SDPA
+call in the processor, unexpected sequence lengths) leaves the tap unused and the caller falls back to
+:mod:`difflens.attention.replay`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import types
+from dataclasses import dataclass
+from typing import Any
+
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_SDPA_DEFAULTS: dict[str, Any] = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
+                                  "enable_gqa": False}
+_FLASH = 1   # int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+
+
+def lse_route_available() -> bool:
+    """Whether the installed torch exposes the CPU flash kernel with its log-sum-exp."""
+    import torch
+
+    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
+        torch, "_fused_sdp_choice")
+
+
+@dataclass
+class TapRecord:
+    """What one processor call handed to the attention kernel (layout (B, H, L, d); lse (B, H, L))."""
+
+    query: Any
+    key: Any
+    lse: Any
+    mask: Any | None        # additive float mask broadcastable to (B, H, Lq, Lk), or None
+    scale: float
+    output_equal: bool | None = None   # kernel output == F.scaled_dot_product_attention (verify calls)
+
+
+def _sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    named = dict(_SDPA_DEFAULTS)
+    named.update(zip(_SDPA_PARAMS, args, strict=False))
+    named.update(kwargs)
+    return named
+
+
+class SdpaTap:
+    """One processor call with the attention kernel tapped; see the module docstring.
+
+    ``verify``: return the real ``F.scaled_dot_product_attention`` output and record whether the kernel's
+    own output equals it bit for bit (one extra attention pass; used on a layer's first captured call).
+    After :meth:`run`, :attr:`record` is the tapped call, or None when the tap did not apply (then
+    :attr:`reason` says why).
+    """
+
+    def __init__(self, verify: bool = False) -> None:
+        self.verify = verify
+        self.record: TapRecord | None = None
+        self.calls = 0
+        self.reason: str | None = None
+
+    def run(self, processor: Any, args: tuple, kwargs: dict[str, Any],
+            function: Any | None = None) -> Any:
+        """Call ``processor(*args, **kwargs)`` with its SDPA call tapped. ``function`` (from
+        :func:`tapped_function`) is the processor's ``__call__`` rebound to globals in which ``F`` and
+        ``dispatch_attention_fn`` lead to the tap: no cost on the processor's other torch calls. Without
+        it, the whole call runs under a ``TorchFunctionMode`` (a Python hop on every torch call)."""
+        prev = getattr(_ACTIVE, "tap", None)
+        _ACTIVE.tap = self
+        try:
+            if function is not None:
+                out = function(processor, *args, **kwargs)
+            else:
+                with _mode_class()():
+                    out = processor(*args, **kwargs)
+        finally:
+            _ACTIVE.tap = prev
+        if self.calls != 1:
+            self.record = None
+            if self.reason is None:
+                self.reason = f"the processor called scaled_dot_product_attention {self.calls} times"
+        return out
+
+    def handle(self, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The one SDPA call of the processor: run the same CPU flash kernel and keep its inputs and lse."""
+        import torch
+
+        self.calls += 1
+        if self.calls > 1:
+            return func(*args, **kwargs)
+        a = _sdpa_arguments(args, kwargs)
+        q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
+        why = _ineligible(q, k, v, a)
+        if why is None and mask is not None and mask.dtype == torch.bool:
+            # what torch's convert_boolean_attn_mask builds before choosing a kernel
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=mask.device).masked_fill_(
+                mask.logical_not(), float("-inf"))
+        if why is None and mask is not None and mask.dtype != q.dtype:
+            why = f"mask dtype {mask.dtype} differs from the query dtype {q.dtype}"
+        if why is None and torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=a["scale"]) != _FLASH:
+            why = "torch would not run the CPU flash kernel on these inputs"
+        if why is not None:
+            self.reason = why
+            return func(*args, **kwargs)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=mask, scale=a["scale"])
+        scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+        self.record = TapRecord(q, k, lse, mask, scale)
+        if self.verify:
+            real = func(*args, **kwargs)
+            self.record.output_equal = bool(torch.equal(real, out))
+            return real
+        return out
+
+
+_ACTIVE = threading.local()
+_MODE_CLASS: list[type] = []
+
+
+def _active_handle(func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    tap = getattr(_ACTIVE, "tap", None)
+    if tap is None:
+        return func(*args, **kwargs)
+    return tap.handle(func, args, kwargs)
+
+
+def _mode_class() -> type:
+    """A TorchFunctionMode sending F.scaled_dot_product_attention to the active tap (built once)."""
+    if not _MODE_CLASS:
+        import torch.nn.functional as F
+        from torch.overrides import TorchFunctionMode
+
+        sdpa = F.scaled_dot_product_attention
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                                   kwargs: dict[str, Any] | None = None) -> Any:
+                if func is sdpa:
+                    return _active_handle(func, args, kwargs or {})
+                return func(*args, **(kwargs or {}))
+
+        _MODE_CLASS.append(_Mode)
+    return _MODE_CLASS[0]
+
+
+class _FunctionalShim:
+    """``torch.nn.functional`` as a processor sees it under the tap: every name is the real one except
+    ``scaled_dot_product_attention``, which goes to the active tap (when there is one)."""
+
+    def __init__(self, functional: Any) -> None:
+        self._functional = functional
+        self._sdpa = functional.scaled_dot_product_attention
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._functional, name)
+
+    def scaled_dot_product_attention(self, *args: Any, **kwargs: Any) -> Any:
+        return _active_handle(self._sdpa, args, kwargs)
+
+
+def tapped_function(processor: Any) -> Any | None:
+    """The processor class's ``__call__`` rebuilt over a private copy of its module globals in which
+    ``F`` is :class:`_FunctionalShim` and ``dispatch_attention_fn`` (diffusers' backend dispatch) runs under
+    the tap's ``TorchFunctionMode`` (a handful of torch calls). Nothing shared is modified: the copy is
+    used only by the capturing wrapper. None when the processor is not a plain Python class with a
+    ``__call__`` function referring to either name (then the whole call runs under the mode)."""
+    import torch
+    import torch.nn.functional as F
+
+    fn = type(processor).__dict__.get("__call__") or getattr(type(processor), "__call__", None)  # noqa: B004
+    if isinstance(processor, torch.nn.Module) or not isinstance(fn, types.FunctionType):
+        return None
+    names = set(fn.__code__.co_names)
+    g = dict(fn.__globals__)
+    changed = False
+    if "F" in names and g.get("F") is F:
+        g["F"] = _FunctionalShim(F)
+        changed = True
+    dispatch = g.get("dispatch_attention_fn")
+    if "dispatch_attention_fn" in names and callable(dispatch):
+        def dispatch_tapped(*args: Any, **kwargs: Any) -> Any:
+            if getattr(_ACTIVE, "tap", None) is None:
+                return dispatch(*args, **kwargs)
+            with _mode_class()():
+                return dispatch(*args, **kwargs)
+
+        g["dispatch_attention_fn"] = dispatch_tapped
+        changed = True
+    if not changed:
+        return None
+    new = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    return new
+
+
+def _ineligible(q: Any, k: Any, v: Any, a: dict[str, Any]) -> str | None:
+    import torch
+
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return "non-tensor inputs"
+    if q.device.type != "cpu":
+        return f"device {q.device.type} (the log-sum-exp route is CPU-only)"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return "inputs are not (B, H, L, d)"
+    if q.is_nested or q.requires_grad or k.requires_grad or v.requires_grad:
+        return "nested or autograd inputs"
+    if a["dropout_p"] or a["is_causal"] or a["enable_gqa"] or q.shape[1] != k.shape[1]:
+        return "dropout, causal or grouped-query attention"
+    if not (q.dtype == k.dtype == v.dtype):
+        return "mixed input dtypes"
+    return None
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Where the image queries and the text keys sit in the kernel's sequences."""
+
+    queries: slice
+    text: slice
+    n_queries_all: int
+    n_keys_all: int
+    joint: bool
+
+
+def ranges_for(kind: str, call: dict[str, Any], text_len: int | None) -> Ranges | None:
+    """Image-query and text-key ranges for a layer ``kind`` (DESIGN.md 4: SD3 ``[image, text]``, Flux
+    ``[text, image]`` in double and single blocks; cross attention: image queries, text keys)."""
+    hs = call.get("hidden_states")
+    enc = call.get("encoder_hidden_states")
+    if hs is None:
+        return None
+    n_hs = int(hs.shape[2] * hs.shape[3]) if hs.ndim == 4 else int(hs.shape[1])
+    if kind == "cross":
+        if enc is None:
+            return None
+        t = int(enc.shape[1])
+        return Ranges(slice(0, n_hs), slice(0, t), n_hs, t, False)
+    if kind == "joint_image_first":
+        if enc is None:
+            return None
+        t = int(enc.shape[1])
+        return Ranges(slice(0, n_hs), slice(n_hs, n_hs + t), n_hs + t, n_hs + t, True)
+    if kind == "joint_text_first":
+        if enc is None:
+            return None
+        t = int(enc.shape[1])
+        return Ranges(slice(t, t + n_hs), slice(0, t), t + n_hs, t + n_hs, True)
+    if kind == "single_text_first":
+        if text_len is None:
+            return None
+        return Ranges(slice(int(text_len), n_hs), slice(0, int(text_len)), n_hs, n_hs, True)
+    return None
+
+
+def _mask_part(mask: Any, rows: slice, qs: slice, ks: slice) -> Any:
+    m = mask
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    if m.shape[0] > 1:
+        m = m[rows]
+    if m.shape[2] > 1:
+        m = m[:, :, qs]
+    return m[..., ks] if m.shape[3] > 1 else m
+
+
+def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, head_entropy: bool,
+                chunk_bytes: int) -> dict[str, Any] | None:
+    """Per-token planes from a tapped call: ``planes`` (C, Nq) = mean over the conditional rows and heads
+    of [p(kept token)] (cross, C = T) or [p(kept token), text mass, p(kept token) / text mass] (joint,
+    C = 2T + 1), the transpose of :func:`difflens.attention.replay._attend`'s columns. None when the
+    kernel's sequence lengths do not match the layer's layout.
+
+    ``sum_error``: for cross attention the text keys are all the keys, so |sum_j p(j | i) - 1| is checked on
+    every call; for joint attention only the text keys are seen, and the part of the violation they show,
+    max(0, text mass - 1), is reported (the full sum is checked on the first call by the replay route).
+    Computed keys-major, (B, H, T, Nq), so the result needs no transpose.
+    """
+    import torch
+
+    from difflens.attention.measures import spatial_entropy
+
+    q, k, lse = rec.query, rec.key, rec.lse
+    if int(q.shape[2]) != rng.n_queries_all or int(k.shape[2]) != rng.n_keys_all:
+        return None
+    qi = q[rows, :, rng.queries].float()                       # (B, H, Nq, d)
+    kt = k[rows, :, rng.text].float()                          # (B, H, T, d)
+    li = lse[rows, :, rng.queries].unsqueeze(-2)               # (B, H, 1, Nq) float32
+    m = None
+    if rec.mask is not None:
+        m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (.., T, Nq)
+    B, H, Nq, _ = qi.shape
+    T = int(kt.shape[2])
+    per_head_bytes = 4 * B * Nq * T
+    hc = max(1, min(H, chunk_bytes // max(per_head_bytes, 1)))
+    parts, pts = [], []
+    err = None
+    for h0 in range(0, H, hc):
+        h1 = min(H, h0 + hc)
+        s = torch.matmul(kt[:, h0:h1], qi[:, h0:h1].transpose(-1, -2)).mul_(rec.scale)   # (B, hc, T, Nq)
+        if m is not None:
+            s.add_(m[:, h0:h1] if m.shape[1] == H and hc != H else m)
+        p = s.sub_(li[:, h0:h1]).exp_()                        # probabilities of the text keys
+        total = p.sum(-2, keepdim=True)                         # (B, hc, 1, Nq)
+        e = total.amax() if rng.joint else (total - 1.0).abs().amax()
+        err = e if err is None else torch.maximum(err, e)
+        pt = p.index_select(-2, token_keys)
+        pts.append(pt)
+        part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=-2) if rng.joint else pt
+        parts.append(part.sum(dim=(0, 1)))
+        del p, s
+    planes = (parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)).div_(B * H)
+    sum_err = float(err)
+    if rng.joint:
+        sum_err = max(0.0, sum_err - 1.0)
+    ent = None
+    if head_entropy:
+        pt_all = torch.cat(pts, 1) if len(pts) > 1 else pts[0]          # (B, H, T, Nq)
+        ent = spatial_entropy(pt_all.unsqueeze(-1)).float().mean(0)
+    return {"planes": planes, "head_entropy": ent, "sum_error": sum_err, "n_queries": Nq,
+            "transient_bytes": 2 * hc * per_head_bytes}
