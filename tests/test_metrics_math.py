@@ -53,6 +53,30 @@ def brute_prdc(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5)
     }
 
 
+def _near_ties(real: np.ndarray, fake: np.ndarray, rel: float, k_pr: int = 3,
+               k_dc: int = 5) -> dict[str, int]:
+    """Per metric, how many of its counted events (a sample in or out, a pair within a radius) are decided
+    by a distance within ``rel`` (relative) of its radius, in exact float64 distances: the most that a
+    reference computing distances in lower precision can count differently."""
+    r, f = real.astype(np.float64), fake.astype(np.float64)
+
+    def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.stack([np.einsum("ij,ij->i", a - row, a - row) for row in b], axis=1))
+
+    drr, dff, drf = dist(r, r), dist(f, f), dist(r, f)
+    rr_pr, rr_dc = np.sort(drr, axis=1)[:, k_pr], np.sort(drr, axis=1)[:, k_dc]
+    rf_pr = np.sort(dff, axis=1)[:, k_pr]
+
+    def unsure(d: np.ndarray, radius: np.ndarray, axis: int) -> int:  # "within some radius" may flip
+        surely_in = (d <= radius * (1 - rel)).any(axis=axis)
+        surely_out = (d > radius * (1 + rel)).all(axis=axis)
+        return int((~surely_in & ~surely_out).sum())
+
+    return {"precision": unsure(drf, rr_pr[:, None], 0), "recall": unsure(drf, rf_pr[None, :], 1),
+            "density": int((np.abs(drf - rr_dc[:, None]) <= rel * rr_dc[:, None]).sum()),
+            "coverage": int((np.abs(drf.min(axis=1) - rr_dc) <= rel * rr_dc).sum())}
+
+
 # ------------------------------------------------------------------------------------------- statistics
 
 def test_shards_batches_and_permutation_give_one_pass_stats() -> None:
@@ -239,13 +263,18 @@ def test_prdc_equals_torch_fidelity_and_prdc_exactly() -> None:
     mine = prdc(real, fake, block_size=128)
     ref = prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), prc_neighborhood=3,
                                  prc_batch_size=10000, save_cpu_ram=False, verbose=False)
-    # torch-fidelity returns float32 means: compare the counts
-    assert round(mine["precision"] * 800) == round(ref["precision"] * 800)
-    assert round(mine["recall"] * 1000) == round(ref["recall"] * 1000)
-    assert np.float32(mine["precision"]) == np.float32(ref["precision"])
+    # The references are not exact: torch-fidelity compares float32 cdist values (about 1e-6 relative
+    # error), prdc float64 distances rounded to float32, and how they round depends on the CPU's kernels. A
+    # decision within 1e-5 of its threshold (in exact distances) may go either way, so the counts must agree
+    # except for such near-ties, which are counted here and kept rare; difflens itself is exact (brute force
+    # below). torch-fidelity returns float32 means: compare the counts.
+    ties = _near_ties(real, fake, rel=1e-5)
+    assert sum(ties.values()) <= 3, ties  # the allowance never swallows the comparison
+    assert abs(round(mine["precision"] * 800) - round(ref["precision"] * 800)) <= ties["precision"]
+    assert abs(round(mine["recall"] * 1000) - round(ref["recall"] * 1000)) <= ties["recall"]
     ref_dc = prdc_lib.compute_prdc(real, fake, nearest_k=5)
-    assert mine["density"] == ref_dc["density"]
-    assert mine["coverage"] == ref_dc["coverage"]
+    assert abs(mine["density"] - ref_dc["density"]) * 5 * 800 <= ties["density"] + 1e-6
+    assert abs(mine["coverage"] - ref_dc["coverage"]) * 1000 <= ties["coverage"] + 1e-6
     assert 0.2 < mine["precision"] < 0.98 and 0.2 < mine["recall"] < 0.98      # not a degenerate case
     assert mine == brute_prdc(real, fake)
 

@@ -346,3 +346,27 @@ def test_stats_file_with_features_allows_kid_and_knn(tmp_path: Path, capsys) -> 
     assert set(results[0]["metrics"]) == {"fid", "kid", "precision", "recall", "density", "coverage"}
     assert results[0]["metrics"] == results[1]["metrics"]
     assert results[0]["protocol"]["protocol"] == "tf-legacy"  # the file's fingerprint is kept
+
+
+def test_dataset_spec_records_its_reference_size(tmp_path: Path, capsys) -> None:
+    """A dataset read with --reference-size carries it into the fingerprint of its features, so statistics
+    built at another size are refused before any image goes through Inception (the weights file is only
+    hashed before the refusal, so any file serves)."""
+    from difflens.hashing import sha256_file
+    from difflens.refsets.demo_data import write_caption_dataset
+    from difflens.refsets.preprocess import ReferencePreprocess
+
+    data = write_caption_dataset(tmp_path / "data", n=8)
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"only hashed before the refusal")
+    ref = tmp_path / "ref32.npz"
+    from difflens.metrics.stats import GaussianStats, save_stats
+
+    fp = {**_fp(), "weights_sha256": sha256_file(weights), **ReferencePreprocess(32).fingerprint()}
+    save_stats(ref, GaussianStats.from_features(_feats(30, 1, d=2048)), fp)
+    out = tmp_path / "m.json"
+    code, _, err = run(["metrics", "--real", str(ref), "--fake", str(data.parquet), "--reference-size", "16",
+                        "--num-real", "6", "--inception-weights", str(weights), "--metrics", "fid",
+                        "--device", "cpu", "--json", str(out)], capsys)
+    assert_refused(code, err, "different protocols (reference_preprocess: size 32 != size 16)")
+    assert not out.exists()

@@ -20,7 +20,7 @@ fingerprints, weights) before the first image is read, and nothing is written un
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,17 @@ from difflens.metrics.sources import (
     StatsSource,
     resolve_source,
 )
+from difflens.metrics.values import (
+    METRIC_KEYS,
+    Side,
+    check_dims,
+    compute_values,
+    fid_from_features,
+    side_label,
+    side_stats,
+)
 
 METRICS: tuple[str, ...] = ("fid", "kid", "is", "pr", "dc")
-#: JSON keys each metric choice produces.
-METRIC_KEYS = {"fid": ("fid",), "kid": ("kid",), "is": ("is",), "pr": ("precision", "recall"),
-               "dc": ("density", "coverage")}
-FID_MIN_N = 5000
-INCEPTION_DIM = 2048
 DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
 
 
@@ -118,43 +122,16 @@ def available_metrics(real: Source | None, fake: Source | None) -> dict[str, str
     return out
 
 
-@dataclass
-class _Side:
-    """One input side during a run."""
-
-    name: str  # "real" / "fake"
-    flag: str  # "--real" / "--fake"
-    source: Source
-    features: Any | None = None
-    logits: Any | None = None
-    stats: Any | None = None
-    fingerprint: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        """Sample count; -1 when unknown (pytorch-fid statistics files do not record it)."""
-        if self.features is not None:
-            return int(self.features.shape[0])
-        if self.stats is not None:  # merged across ranks (features not gathered)
-            return int(self.stats.n)
-        return int(self.source.n)
-
-    @property
-    def n_or_none(self) -> int | None:
-        return self.n if self.n >= 0 else None
-
-
-def _resolve_side(spec: Any, features_spec: Any, name: str) -> _Side | None:
+def _resolve_side(spec: Any, features_spec: Any, name: str) -> Side | None:
     flag = f"--{name}"
     if spec is not None and features_spec is not None:
         raise DifflensError(f"both {flag} and {flag}-features were given.", "pass only one of them")
     if features_spec is not None:
-        return _Side(name, f"{flag}-features", resolve_source(features_spec, f"{flag}-features",
+        return Side(name, f"{flag}-features", resolve_source(features_spec, f"{flag}-features",
                                                              want_features=True))
     if spec is None:
         return None
-    return _Side(name, flag, resolve_source(spec, flag))
+    return Side(name, flag, resolve_source(spec, flag))
 
 
 def _check_output(path: str | Path | None, flag: str) -> Path | None:
@@ -172,10 +149,10 @@ def _stats_output(path: Path | None, flag: str) -> Path | None:
     return path
 
 
-def _save_targets(real: _Side | None, fake: _Side | None, save_stats: Path | None,
+def _save_targets(real: Side | None, fake: Side | None, save_stats: Path | None,
                   save_real_stats: Path | None, save_fake_stats: Path | None) -> dict[str, Path]:
     """Which side's statistics go where; ``save_stats`` names the one side whose statistics are computed."""
-    def computable(side: _Side | None) -> bool:
+    def computable(side: Side | None) -> bool:
         return side is not None and side.source.kind != "stats"
 
     targets: dict[str, Path] = {}
@@ -291,8 +268,9 @@ def compute_metrics(
         if 0 <= side.n < 2:
             raise DifflensError(f"{side.flag}: {side.n} sample(s); at least 2 are needed.", "add samples")
         if side.n < 0:
-            warnings.append(f"{side.flag} {_where(side)}: the statistics do not record their sample count")
-    _check_dims(r, f)
+            warnings.append(f"{side.flag} {side_label(side)}: the statistics do not record their sample "
+                            "count")
+    check_dims(r, f)
     # Fingerprints of the inputs that carry one; extraction's own is known once the weights are resolved.
     image_sides = [s for s in (r, f) if s is not None and s.source.kind in ("folder", "images")]
     extractor = None
@@ -326,13 +304,13 @@ def compute_metrics(
                                 "difflens assumes it was made with the same Inception, weights and resize "
                                 "protocol")
     if r is not None and f is not None:
-        check_compatible(r.fingerprint, f.fingerprint, f"{r.flag} {_where(r)}", f"{f.flag} {_where(f)}",
-                         cfg.allow_protocol_mismatch, warnings)
+        check_compatible(r.fingerprint, f.fingerprint, f"{r.flag} {side_label(r)}",
+                         f"{f.flag} {side_label(f)}", cfg.allow_protocol_mismatch, warnings)
     if image_sides:  # built only once every cheap check has passed
         extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
 
     # Features: one Inception pass per image source (under torchrun: each rank its share, whole batches).
-    sharded_sides: list[_Side] = []
+    sharded_sides: list[Side] = []
     for side in image_sides:
         from difflens.metrics.extract import extract_features
 
@@ -341,7 +319,7 @@ def compute_metrics(
                                label=side.name, keep_logits=(side.name == "fake" and "is" in chosen),
                                show_progress=show_progress and ctx.is_main)
         side.features, side.logits = ext.pool3, ext.logits
-        side_warnings = ext.log.warnings(f"{side.flag} {_where(side)}")
+        side_warnings = ext.log.warnings(f"{side.flag} {side_label(side)}")
         if sharded:
             sharded_sides.append(side)
             side_warnings = [w for ws in dist.all_gather_json(side_warnings, ctx) for w in ws]
@@ -352,20 +330,20 @@ def compute_metrics(
         dim = int(sharded_sides[0].features.shape[1])
         gather = (any(m in chosen for m in ("kid", "pr", "dc")) or cfg.bootstrap > 0
                   or ("fid" in chosen and len(counts) == 2
-                      and _fid_from_features(counts["real"], counts["fake"], dim)))
+                      and fid_from_features(counts["real"], counts["fake"], dim)))
         from difflens.metrics.shards import combine_shards
 
         for side in sharded_sides:
             side.features, side.logits, side.stats = combine_shards(side.features, side.logits, gather, ctx)
-    _check_dims(r, f)
-    result_metrics = _compute(cfg, chosen, r, f, dev, warnings)
+    check_dims(r, f)
+    result_metrics = compute_values(cfg, chosen, r, f, dev, warnings)
 
     # Statistics to save: computed (and validated) before anything is written.
     to_save = []
     for name, path in targets.items():
         side = r if name == "real" else f
         assert side is not None
-        to_save.append((path, _side_stats(side), side.fingerprint, {"source": side.source.describe()}))
+        to_save.append((path, side_stats(side), side.fingerprint, {"source": side.source.describe()}))
     for path, stats, fp, extra in to_save:
         from difflens.metrics.stats import save_stats as _save
 
@@ -384,11 +362,7 @@ def compute_metrics(
     })
 
 
-def _where(side: _Side) -> str:
-    return str(side.source.path) if side.source.path is not None else f"({side.source.kind})"
-
-
-def _choose_metrics(cfg: MetricsConfig, r: _Side | None, f: _Side | None, saving: bool,
+def _choose_metrics(cfg: MetricsConfig, r: Side | None, f: Side | None, saving: bool,
                     warnings: list[str]) -> tuple[str, ...]:
     requested = cfg.metrics
     avail = available_metrics(r.source if r else None, f.source if f else None)
@@ -412,180 +386,6 @@ def _choose_metrics(cfg: MetricsConfig, r: _Side | None, f: _Side | None, saving
                             "drop it from --metrics or give inputs that allow it (" +
                             "; ".join(f"{m} needs {_needs(m)}" for m in bad) + ")")
     return requested
-
-
-def _dim(side: _Side) -> int:
-    if side.features is not None:
-        return int(side.features.shape[1])
-    if side.stats is not None:
-        return int(side.stats.dim)
-    return INCEPTION_DIM  # images, before extraction
-
-
-def _check_dims(r: _Side | None, f: _Side | None) -> None:
-    if r is None or f is None:
-        return
-    if _dim(r) != _dim(f):
-        raise DifflensError(f"feature dimensions differ: {r.flag} has {_dim(r)}, {f.flag} has {_dim(f)}.",
-                            "compute both with the same extractor and layer (Inception pool3: 2048)")
-
-
-def _side_stats(side: _Side) -> Any:
-    from difflens.metrics.stats import GaussianStats
-
-    if side.stats is None:
-        import numpy as np
-
-        side.stats = GaussianStats.from_features(np.asarray(side.features, dtype=np.float64))
-    return side.stats
-
-
-def _fid_value(real_stats: Any, fake_stats: Any, real_f: Any | None, fake_f: Any | None) -> float:
-    """FID; when both feature matrices are at hand and a covariance is singular (N <= D), the trace term
-    comes from the features (nuclear norm of B A^T, O(N M D)) instead of two D x D eigendecompositions."""
-    import numpy as np
-
-    from difflens.metrics import fid as fid_mod
-
-    if real_f is not None and fake_f is not None and _fid_from_features(len(real_f), len(fake_f),
-                                                                         real_stats.dim):
-        diff = real_stats.mean - fake_stats.mean
-        tr = (float(diff @ diff) + float(np.trace(real_stats.covariance()))
-              + float(np.trace(fake_stats.covariance())))
-        return max(tr - 2.0 * fid_mod.trace_sqrt_product_from_features(real_f, fake_f), 0.0)
-    return float(fid_mod.fid_from_stats(real_stats, fake_stats))
-
-
-def _fid_from_features(n_real: int, n_fake: int, dim: int) -> bool:
-    """Whether FID takes its trace term from the features (a covariance is singular and the product is
-    small); under torchrun the features are then gathered rather than the statistics merged."""
-    return min(n_real, n_fake) <= dim and n_real * n_fake <= 4 * dim * dim
-
-
-def _fid(r: _Side, f: _Side) -> float:
-    return _fid_value(_side_stats(r), _side_stats(f), r.features, f.features)
-
-
-def _counts(*sides: _Side | None) -> dict[str, int | None]:
-    """``n_real``/``n_fake`` of the sides a metric used (None: unknown count)."""
-    return {f"n_{s.name}": s.n_or_none for s in sides if s is not None}
-
-
-def _duplicate_warnings(sides: list[_Side], k: int) -> list[str]:
-    """Exact duplicate feature rows shrink a set's k-NN radii (to 0 for a row that occurs more than k
-    times), which biases precision, recall, density and coverage, and makes them degenerate at radius 0."""
-    from difflens.metrics.validate import duplicate_rows
-
-    out = []
-    for side in sides:
-        dups, largest = duplicate_rows(side.features)
-        if not dups:
-            continue
-        effect = (f"rows that occur more than k={k} times have k-NN radius 0, so precision, recall, density "
-                  "and coverage are degenerate" if largest > k else
-                  "duplicates shrink the k-NN radii and bias precision, recall, density and coverage")
-        out.append(f"{side.flag} {_where(side)}: {dups} of {side.n} feature rows repeat another row "
-                   f"exactly (up to {largest} copies of one row; duplicated images?): {effect}; remove the "
-                   "duplicates")
-    return out
-
-
-def _compute(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, dev: str | None,
-             warnings: list[str]) -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    if "fid" in chosen:
-        assert r is not None and f is not None
-        small = [f"n_{s.name}={s.n}" for s in (r, f) if 0 <= s.n < FID_MIN_N]
-        if small:
-            warnings.append(f"FID: {', '.join(small)} < {FID_MIN_N}: FID is biased upward at small N; "
-                            "compare FIDs only at equal N")
-        singular = [f"n_{s.name}={s.n}" for s in (r, f) if 0 <= s.n <= _dim(s)]
-        if singular:
-            warnings.append(f"FID: {', '.join(singular)} <= feature dimension {_dim(r)}: the covariance is "
-                            "singular (FID is defined but especially noisy)")
-        out["fid"] = {"value": _fid(r, f), **_counts(r, f)}
-    real_f = np.asarray(r.features, dtype=np.float32) if r is not None and r.features is not None else None
-    fake_f = np.asarray(f.features, dtype=np.float32) if f is not None and f.features is not None else None
-    if "kid" in chosen:
-        from difflens.metrics.kid import kernel_inception_distance
-
-        res = kernel_inception_distance(real_f, fake_f, num_subsets=cfg.kid_subsets,
-                                        subset_size=cfg.kid_subset_size, seed=cfg.seed)
-        out["kid"] = {"value": float(res.value), "std": None if res.std is None else float(res.std),
-                      "subset_size": int(res.subset_size), "num_subsets": int(res.num_subsets),
-                      **_counts(r, f)}
-        warnings.extend(w if w.startswith("KID") else f"KID: {w}" for w in res.warnings)
-    if "is" in chosen:
-        from difflens.metrics.inception_score import inception_score, small_sample_warning
-
-        assert f is not None
-        splits = min(cfg.is_splits, f.n)
-        mean, std = inception_score(np.asarray(f.logits), splits=splits, seed=cfg.seed)
-        if cfg.is_splits > f.n:
-            warnings.append(f"IS: {f.n} fake samples, fewer than --is-splits {cfg.is_splits}; used {f.n} "
-                            "splits")
-        note = small_sample_warning(f.n, splits)
-        if note:
-            warnings.append(note)
-        out["is"] = {"value": float(mean), "std": float(std) if splits > 1 else None, "splits": splits,
-                     **_counts(f)}
-    knn_metrics = [k for m in ("pr", "dc") if m in chosen for k in METRIC_KEYS[m]]
-    if knn_metrics:
-        from difflens.metrics.knn import distributed_prdc
-
-        assert r is not None and f is not None
-        warnings.extend(_duplicate_warnings([r, f], min(k for m, k in (("pr", cfg.k_pr), ("dc", cfg.k_dc))
-                                                        if m in chosen)))
-        knn_dev = dev or "cpu"
-        # exact; under torchrun each rank takes the rows of its share (one process: knn.prdc itself)
-        res = distributed_prdc(real_f, fake_f, k_pr=cfg.k_pr, k_dc=cfg.k_dc, device=knn_dev,
-                               metrics=tuple(knn_metrics))
-        for key in knn_metrics:
-            k = cfg.k_pr if key in METRIC_KEYS["pr"] else cfg.k_dc
-            out[key] = {"value": float(res[key]), "k": k, **_counts(r, f)}
-    if cfg.bootstrap:
-        _bootstrap(cfg, chosen, r, f, real_f, fake_f, knn_metrics, dev, out, warnings)
-    return out
-
-
-def _bootstrap(cfg: MetricsConfig, chosen: tuple[str, ...], r: _Side | None, f: _Side | None, real_f: Any,
-               fake_f: Any, knn_metrics: list[str], dev: str | None, out: dict[str, Any],
-               warnings: list[str]) -> None:
-    """Percentile 95% intervals from ``cfg.bootstrap`` resamples (with replacement) of the fake set, drawn
-    by :mod:`difflens.metrics.bootstrap` (the same resamples for every metric); the real set is fixed."""
-    import numpy as np
-
-    from difflens.metrics import bootstrap as bs
-
-    targets = [m for m in ("fid", "kid") if m in chosen] + knn_metrics
-    if not targets:
-        return
-    if fake_f is None:
-        warnings.append("bootstrap: --fake is a statistics file, so no interval can be computed (resampling "
-                        "needs the fake features)")
-        return
-    assert r is not None and f is not None
-    values: dict[str, Any] = {}
-    if "fid" in targets:
-        values["fid"] = bs.bootstrap_fid(_side_stats(r), fake_f, cfg.bootstrap, cfg.seed)
-    if "kid" in targets:
-        values["kid"] = bs.bootstrap_kid(real_f, fake_f, cfg.bootstrap, cfg.seed)
-    if knn_metrics:
-        values.update(bs.bootstrap_prdc(real_f, fake_f, cfg.bootstrap, cfg.seed, k_pr=cfg.k_pr, k_dc=cfg.k_dc,
-                                        device=dev or "cpu", metrics=tuple(knn_metrics)))
-    for key in targets:
-        lo, hi = bs.percentile_interval(np.asarray(values[key]), level=0.95)
-        out[key]["ci95"] = [float(lo), float(hi)]
-    notes = ["the real set" + (" and its k-NN radii" if knn_metrics else "") + " stay fixed"]
-    if "kid" in targets:
-        notes.append("KID's interval comes from the full-set unbiased MMD^2 of each resample")
-    if knn_metrics:
-        notes.append("duplicates in a resample shrink k-NN radii, so read the k-NN intervals as the spread "
-                     "due to the fake sample")
-    warnings.append(f"bootstrap: 95% intervals from {cfg.bootstrap} resamples of the fake set with "
-                    f"replacement ({'; '.join(notes)})")
 
 
 def compute_inception_features(source: Any, *, protocol: str = "tf-legacy",

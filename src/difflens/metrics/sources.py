@@ -246,6 +246,12 @@ def resolve_source(spec: Any, name: str, want_features: bool = False) -> Source:
     if isinstance(spec, (str, Path)):
         return _from_path(Path(spec).expanduser(), name, want_features)
     if hasattr(spec, "m2") and hasattr(spec, "mean") and hasattr(spec, "n"):
+        import numpy as np
+
+        from difflens.metrics.validate import check_covariance, check_mean
+
+        check_mean(np.asarray(spec.mean, dtype=np.float64), name)
+        check_covariance(np.asarray(spec.covariance(), dtype=np.float64), name)
         return StatsSource(stats=spec)
     if isinstance(spec, dict) and all(k in spec for k in STATS_KEYS):
         import numpy as np
@@ -253,7 +259,7 @@ def resolve_source(spec: Any, name: str, want_features: bool = False) -> Source:
         from difflens.metrics.stats import stats_from_mu_sigma
 
         n = int(spec.get("n", 0))
-        stats = stats_from_mu_sigma(np.asarray(spec["mu"]), np.asarray(spec["sigma"]), n)
+        stats = stats_from_mu_sigma(np.asarray(spec["mu"]), np.asarray(spec["sigma"]), n, name=name)
         return StatsSource(stats=stats, fingerprint=spec.get("fingerprint"))
     if hasattr(spec, "shape") and hasattr(spec, "dtype"):
         import numpy as np
