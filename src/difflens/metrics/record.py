@@ -125,6 +125,7 @@ def protocol_record(cfg: Any, chosen: tuple[str, ...], fingerprints: list[dict[s
         rec["weights_random_init"] = w.random_init
         rec["device"] = extractor.device
         rec["batch_size"] = cfg.batch_size
+        rec["inception_impl"] = getattr(cfg, "inception_impl", "reference")
         rec["to_rgb"] = RGB_RULE
     if rec.get("protocol") in PROTOCOL_TEXT:
         rec["resize"] = PROTOCOL_TEXT[rec["protocol"]]
