@@ -112,7 +112,7 @@ def render_scene(seed: int, n_objects: int | None = None) -> Scene:
     if n_objects not in (None, 1, 2):
         from difflens.errors import DifflensError
 
-        raise DifflensError(f"n_objects must be 1 or 2, got {n_objects!r}; fix: pass 1, 2 or None")
+        raise DifflensError(f"n_objects must be 1 or 2, got {n_objects!r}.", "pass 1, 2 or None")
     rng = np.random.default_rng([int(seed), 0x5A1E5])
     n = int(rng.integers(1, 3)) if n_objects is None else int(n_objects)
     color_names = list(COLORS)
@@ -146,9 +146,10 @@ def split_seeds(split: Split, n: int, start: int = 0) -> list[int]:
     from difflens.errors import DifflensError
 
     if split not in ("train", "heldout"):
-        raise DifflensError(f"unknown split {split!r}; fix: use 'train' or 'heldout'")
+        raise DifflensError(f"unknown split {split!r}.", "use 'train' or 'heldout'")
     if n < 0 or start < 0 or start + n > HELDOUT_OFFSET:
-        raise DifflensError(f"seed range {start}..{start + n} out of bounds; fix: keep start + n <= {HELDOUT_OFFSET}")
+        raise DifflensError(f"seed range {start}..{start + n} is out of bounds.",
+                            f"keep 0 <= start and start + n <= {HELDOUT_OFFSET}")
     offset = 0 if split == "train" else HELDOUT_OFFSET
     return [offset + start + i for i in range(n)]
 
