@@ -370,3 +370,35 @@ def test_dataset_spec_records_its_reference_size(tmp_path: Path, capsys) -> None
                         "--device", "cpu", "--json", str(out)], capsys)
     assert_refused(code, err, "different protocols (reference_preprocess: size 32 != size 16)")
     assert not out.exists()
+
+
+def test_stats_build_reports_duplicate_images(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                              capsys) -> None:
+    from PIL import Image
+
+    from difflens.metrics.inception import make_random_inception_weights
+
+    weights = tmp_path_factory.getbasetemp() / "inception-random-seed0" / "weights.pth"
+    if not weights.exists():  # the same session-wide file as test_metrics_cli's
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        make_random_inception_weights(weights, seed=0)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for i in range(3):  # one image three times, one other
+        Image.fromarray(same).save(folder / f"dup{i}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "other.png")
+    out = tmp_path / "ref.npz"
+    # batch size 1: each copy goes through the same kernels alone, so the copies' features are bit-equal on
+    # any CPU (in one batch, rows at different positions could be computed by different SIMD paths)
+    code, _, err = run(["stats", "build", "--real", str(folder), "--out", str(out), "--inception-weights",
+                        str(weights), "--device", "cpu", "--batch-size", "1"], capsys)
+    assert code == 0, err
+    from difflens.refsets.build_stats import read_dataset_info
+
+    info = read_dataset_info(out)
+    assert info is not None
+    dup = [w for w in info["warnings"] if "same Inception features as an earlier image" in w]
+    assert len(dup) == 1 and dup[0].startswith("2 of 4 images"), info["warnings"]
+    assert "2 of 4 images" in " ".join(err.split())  # also shown
