@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.metrics.base import metric_names, resolve_metrics
 from difflens.metrics.fingerprint import PROTOCOLS, check_compatible
 from difflens.metrics.record import finalize, protocol_record
 from difflens.metrics.sources import (
@@ -43,7 +44,7 @@ from difflens.metrics.values import (
     side_stats,
 )
 
-METRICS: tuple[str, ...] = ("fid", "kid", "is", "pr", "dc")
+METRICS: tuple[str, ...] = metric_names("inception")  # fid, kid, is, pr, dc (difflens.metrics.base)
 DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
 
 
@@ -77,18 +78,11 @@ class MetricsConfig:
 
 
 def parse_metrics(spec: str | Iterable[str] | None) -> tuple[str, ...] | None:
-    """``"fid,kid"`` or ``["fid", "kid"]`` -> ``("fid", "kid")`` (validated, order of :data:`METRICS`)."""
+    """``"fid,kid"`` or ``["fid", "kid"]`` -> ``("fid", "kid")`` (validated, aliases resolved, registry order:
+    :func:`difflens.metrics.base.resolve_metrics`)."""
     if spec is None:
         return None
-    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    items = [s for s in items if s]
-    aliases = {"isc": "is", "precision": "pr", "recall": "pr", "prc": "pr", "density": "dc", "coverage": "dc"}
-    items = [aliases.get(s, s) for s in items]
-    unknown = [s for s in items if s not in METRICS]
-    if unknown or not items:
-        raise DifflensError(f"unknown metric(s) in --metrics: {', '.join(unknown) or '(empty)'}.",
-                            f"choose from {','.join(METRICS)}")
-    return tuple(m for m in METRICS if m in items)
+    return resolve_metrics(spec, "inception", "unknown metric(s) in --metrics")
 
 
 def _needs(metric: str) -> str:

@@ -1,10 +1,14 @@
 """What ``difflens metrics`` accepts, stated once for its help text (and checked against README.md by
-``tests/test_help_readme.py``): the metric names, taken from the two metric registries, and the input kinds.
+``tests/test_help_readme.py``): the metric names, taken from the metric registry, and the input kinds.
 
-Light: the standard library and two registries that import neither numpy nor torch.
+Light: the standard library and the registry (:mod:`difflens.metrics.base`), which imports neither numpy
+nor torch.
 """
 
 from __future__ import annotations
+
+from difflens.metrics.base import metric_meanings
+from difflens.metrics.base import metric_names as registered_names
 
 #: Input kinds of ``--real``/``--fake``: (name, detail). The names are what the help and README.md list.
 INPUT_KINDS: tuple[tuple[str, str], ...] = (
@@ -22,16 +26,13 @@ INPUT_KINDS: tuple[tuple[str, str], ...] = (
     ("stats:NAME", "published statistics, see difflens stats list"),
 )
 
-#: What the short metric names stand for (the help text's key).
-METRIC_MEANINGS: dict[str, str] = {"pr": "precision+recall", "dc": "density+coverage", "clip": "CLIP score"}
+#: What the short metric names stand for (the help text's key), from the registry.
+METRIC_MEANINGS: dict[str, str] = metric_meanings()
 
 
 def metric_names() -> tuple[str, ...]:
-    """Every ``--metrics`` name: the Inception metrics, then the embedding metrics (their registries)."""
-    from difflens.metrics.api import METRICS
-    from difflens.metrics.embedding import EMBEDDING_METRICS
-
-    return (*METRICS, *EMBEDDING_METRICS)
+    """Every ``--metrics`` name: the one registry (:mod:`difflens.metrics.base`), Inception group first."""
+    return registered_names()
 
 
 def metrics_help() -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.metrics.base import metric_names, metric_spec
 from difflens.metrics.clip import (
     DEFAULT_CLIP_MODEL,
     PROTOCOL_CMMD,
@@ -22,19 +23,15 @@ from difflens.metrics.clip import (
 from difflens.metrics.feature_cache import FeatureCache, NoCache, inputs_digest
 
 #: ``--metrics`` names of the CLIP/DINOv2 metrics and their JSON keys.
-EMBEDDING_METRICS: dict[str, str] = {"clip": "clip_score", "cmmd": "cmmd", "fd-dinov2": "fd_dinov2"}
+EMBEDDING_METRICS: dict[str, str] = {n: metric_spec(n).keys[0] for n in metric_names("embedding")}
 
 
 def parse_embedding_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """``"clip,cmmd"`` -> ``("clip", "cmmd")``; unknown names are an error. Aliases: clip_score, fd_dinov2."""
-    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    aliases = {"clip_score": "clip", "clip-score": "clip", "fd_dinov2": "fd-dinov2", "fddinov2": "fd-dinov2"}
-    items = [aliases.get(s, s) for s in items]
-    bad = [s for s in items if s not in EMBEDDING_METRICS]
-    if bad or not items:
-        raise DifflensError(f"unknown metric(s): {', '.join(bad) or '(empty)'}.",
-                            f"choose from {','.join(EMBEDDING_METRICS)}")
-    return tuple(m for m in EMBEDDING_METRICS if m in items)
+    """``"clip,cmmd"`` -> ``("clip", "cmmd")``; unknown names are an error. Aliases (clip_score, fd_dinov2,
+    ...) and order come from the one registry, :func:`difflens.metrics.base.resolve_metrics`."""
+    from difflens.metrics.base import resolve_metrics
+
+    return resolve_metrics(spec, "embedding")
 
 
 def compute_embedding_metrics(

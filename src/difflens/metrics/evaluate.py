@@ -46,28 +46,13 @@ class GenerationRequest:
 
 
 def split_metrics(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
-    """(Inception metrics or None for "all the inputs allow", embedding metrics), each name (and alias)
-    recognised by the parser of its own family: `api.parse_metrics`, `embedding.parse_embedding_metrics`."""
-    from difflens.metrics.api import METRICS, parse_metrics
-    from difflens.metrics.embedding import EMBEDDING_METRICS, parse_embedding_metrics
+    """(Inception metrics or None for "all the inputs allow", embedding metrics): the one registry's
+    :func:`difflens.metrics.base.split_by_group` (names and aliases of every metric)."""
+    from difflens.metrics.base import split_by_group
 
     if spec is None:
         return None, ()
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    inception: list[str] = []
-    embedding: list[str] = []
-    for name in names:
-        try:
-            embedding += parse_embedding_metrics(name)
-        except DifflensError:
-            inception.append(name)
-    try:
-        chosen = parse_metrics(inception) if inception else ()
-    except DifflensError:
-        unknown = ", ".join(inception)
-        raise DifflensError(f"unknown metric(s) among {unknown}.",
-                            f"choose from {', '.join((*METRICS, *EMBEDDING_METRICS))}") from None
-    return chosen, tuple(dict.fromkeys(embedding))
+    return split_by_group(spec)
 
 
 def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
