@@ -27,11 +27,15 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
 
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread per test process: the suite runs as two xdist workers on two cores, and tiny
-    models gain nothing from intra-op threads (OpenMP spinning only slows them down)."""
+    models gain nothing from intra-op threads (OpenMP spinning only slows them down).
+
+    Set, not defaulted: tests compare images made by a CLI subprocess (which reads OMP_NUM_THREADS) with
+    images made in this process, and CPU float results may depend on the thread count; a user's
+    OMP_NUM_THREADS=8 must not make the two sides differ."""
     import os
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
