@@ -265,3 +265,47 @@ def test_a_parquet_dataset_streams_through_the_loop(tmp_path: Path) -> None:
     assert np.array_equal(out.features[("c", "mean")], ref.features[("c", "mean")])
     part = extract(src.images[3:7], {"c": ColorStats()}, batch_size=4)
     assert np.array_equal(part.features[("c", "mean")], ref.features[("c", "mean")][3:7])
+
+
+def test_embedding_metrics_decode_each_image_once_for_clip_score_cmmd_and_fd_dinov2(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """CLIP score, CMMD and FD-DINOv2 on the same folders: one pass per image set feeds the three
+    extractors, so every file is decoded once, and the values equal the ones computed metric by metric
+    (the same batches through the same networks: bit-identical)."""
+    from difflens.features.clip import PROTOCOL_CMMD, ClipEncoder
+    from difflens.features.dinov2 import Dinov2Encoder
+    from difflens.metrics import images as image_rule
+    from difflens.metrics.clip import compute_clip_score
+    from difflens.metrics.cmmd import cmmd_from_embeddings
+    from difflens.metrics.dinov2 import fd_from_features
+    from difflens.metrics.embedding import compute_embedding_metrics
+    from difflens.tiny_encoders import save_tiny_clip, save_tiny_dinov2
+
+    clip_dir, dino_dir = save_tiny_clip(tmp_path / "clip"), save_tiny_dinov2(tmp_path / "dinov2")
+    (tmp_path / "f").mkdir()
+    (tmp_path / "r").mkdir()
+    fake = sorted(_folder(tmp_path / "f", _images(5, size=24, seed=4)).iterdir())
+    real = sorted(_folder(tmp_path / "r", _images(6, size=24, seed=5)).iterdir())
+    decoded: list[str] = []
+    real_read = image_rule.read_image
+
+    def counting(path: Any) -> Any:
+        decoded.append(str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(image_rule, "read_image", counting)
+    out = compute_embedding_metrics(["clip", "cmmd", "fd-dinov2"], fake=fake, real=real,
+                                    prompts=["a red cat"] * len(fake), clip_model=str(clip_dir),
+                                    cmmd_clip_model=str(clip_dir), dinov2_model=str(dino_dir), batch_size=4,
+                                    device="cpu", offline=True)
+    assert sorted(decoded) == sorted(str(p) for p in [*fake, *real])
+    monkeypatch.setattr(image_rule, "read_image", real_read)
+    clip = ClipEncoder.load(str(clip_dir), device="cpu", offline=True)
+    dino = Dinov2Encoder.load(str(dino_dir), device="cpu", offline=True)
+    x = clip.encode_images(real, PROTOCOL_CMMD, 4, False)
+    y = clip.encode_images(fake, PROTOCOL_CMMD, 4, False)
+    assert out["metrics"]["cmmd"]["value"] == cmmd_from_embeddings(x, y).to_dict()["value"]
+    fd = fd_from_features(dino.encode_images(real, 4, False), dino.encode_images(fake, 4, False))
+    assert out["metrics"]["fd_dinov2"]["value"] == fd
+    alone = compute_clip_score(fake, ["a red cat"] * len(fake), encoder=clip, batch_size=4)
+    assert out["metrics"]["clip_score"]["value"] == alone.value

@@ -168,13 +168,16 @@ class ClipEncoder:
                        digest: str | None = None, batch_size: int = 32) -> Any:
         """``encode_images`` through the feature cache (``digest``: a precomputed input digest)."""
         cache = cache or NoCache()
-        key = FeatureKey(
+        key = self.feature_key(protocol, digest or inputs_digest(list(images)), len(images))
+        return cache.get_or_compute(key, lambda: self.encode_images(images, protocol, batch_size))
+
+    def feature_key(self, protocol: str, digest: str, n: int) -> FeatureKey:
+        """The feature-cache key of the image embeddings of ``n`` inputs with manifest ``digest``."""
+        return FeatureKey(
             extractor=f"clip-image-{protocol}", model_id=self.model_id, weights_digest=self.weights_digest,
             preprocessing=self.preprocessing(protocol), dtype=self.dtype,
-            device_type=self.device.split(":")[0], inputs_digest=digest or inputs_digest(list(images)),
-            num_inputs=len(images),
+            device_type=self.device.split(":")[0], inputs_digest=digest, num_inputs=n,
         )
-        return cache.get_or_compute(key, lambda: self.encode_images(images, protocol, batch_size))
 
     def text_features(self, texts: Sequence[str], cache: FeatureCache | None = None) -> tuple[Any, int]:
         """``encode_texts`` through the feature cache (each distinct text encoded once): (N, D) embeddings
@@ -241,6 +244,10 @@ class Clip(ExtractorBase):
 
     def forward(self, prepared: Sequence[Any]) -> dict[str, Any]:
         return {"image_embeds": self.encoder.embed_batch(prepared, self.protocol)}
+
+    def cache_key(self, digest: str, n: int) -> FeatureKey:
+        """The feature-cache key of this extractor's features of ``n`` inputs (manifest ``digest``)."""
+        return self.encoder.feature_key(self.protocol, digest, n)
 
 
 def load_clip(model_id: str | None = None, protocol: str = PROTOCOL_PROCESSOR, device: str | None = None,

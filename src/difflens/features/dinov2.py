@@ -99,12 +99,16 @@ class Dinov2Encoder:
     def image_features(self, images: Sequence[Any], cache: FeatureCache | None = None,
                        digest: str | None = None, batch_size: int = 32) -> Any:
         cache = cache or NoCache()
-        key = FeatureKey(
+        key = self.feature_key(digest or inputs_digest(list(images)), len(images))
+        return cache.get_or_compute(key, lambda: self.encode_images(images, batch_size))
+
+    def feature_key(self, digest: str, n: int) -> FeatureKey:
+        """The feature-cache key of the CLS features of ``n`` inputs with manifest ``digest``."""
+        return FeatureKey(
             extractor="dinov2", model_id=self.model_id, weights_digest=self.weights_digest,
             preprocessing=self.preprocessing(), dtype=self.dtype, device_type=self.device.split(":")[0],
-            inputs_digest=digest or inputs_digest(list(images)), num_inputs=len(images),
+            inputs_digest=digest, num_inputs=n,
         )
-        return cache.get_or_compute(key, lambda: self.encode_images(images, batch_size))
 
 
 class Dinov2(ExtractorBase):
@@ -129,6 +133,10 @@ class Dinov2(ExtractorBase):
 
     def forward(self, prepared: Sequence[Any]) -> dict[str, Any]:
         return {"cls": self.encoder.embed_batch(prepared)}
+
+    def cache_key(self, digest: str, n: int) -> FeatureKey:
+        """The feature-cache key of this extractor's features of ``n`` inputs (manifest ``digest``)."""
+        return self.encoder.feature_key(digest, n)
 
 
 def load_dinov2(model_id: str | None = None, device: str | None = None, dtype: str = "float32",

@@ -36,42 +36,46 @@ class FeatureSpace(Protocol):
 
 
 class VaeFeatures:
-    """Mean-pooled VAE-encoder mid-block features of the pipeline's own VAE."""
+    """Mean-pooled VAE-encoder mid-block features of the pipeline's own VAE (the registry's ``vae``
+    extractor, fed the [0,1] float images directly)."""
 
     name = "vae"
 
     def __init__(self, pipe: Any, batch_size: int = 8) -> None:
+        from difflens.features.registry import get_extractor
+
+        self.extractor = get_extractor("vae", pipe=pipe, batch_size=batch_size)
         self.pipe = pipe
         self.batch_size = batch_size
 
     def __call__(self, images: Any) -> Any:
-        from difflens.latent.vae import encode_images
-
-        return encode_images(self.pipe, images, batch_size=self.batch_size, with_features=True)[1]
+        return self.extractor.from_float(images)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "layer": "vae.encoder.mid_block, spatial mean"}
 
 
 class ClipModel:
-    """The metrics mode's CLIP encoder (:class:`difflens.metrics.clip.ClipEncoder`: projected embeddings,
-    images preprocessed by the model's own CLIPProcessor), L2-normalized here."""
+    """The registry's ``clip:<model>`` extractor (:class:`difflens.features.clip.Clip`: projected
+    embeddings, images preprocessed by the model's own CLIPProcessor), L2-normalized here."""
 
     def __init__(self, source: str | Path, device: str, offline: bool = False,
                  dtype: str = "float32") -> None:
-        from difflens.metrics.clip import ClipEncoder
+        from difflens.features.registry import get_extractor
 
-        self.encoder = ClipEncoder.load(str(source), device=device, dtype=dtype, offline=offline,
-                                        flag="--clip-model")
+        self.extractor = get_extractor(f"clip:{source}", device=device, dtype=dtype, offline=offline,
+                                       flag="--clip-model")
+        self.encoder = self.extractor.encoder
         self.source = str(source)
 
     def image_embeddings(self, images: Any, batch_size: int = 32) -> Any:
         """L2-normalized image embeddings (N, D) float64 of [0,1] images (N, 3, H, W)."""
+        from difflens.features.extract import extract
         from difflens.latent.images import to_uint8
         from difflens.metrics.clip import normalize
 
-        arr = to_uint8(images)
-        return normalize(self.encoder.encode_images(list(arr), batch_size=batch_size, show_progress=False))
+        out = extract(to_uint8(images), {"clip": self.extractor}, batch_size=batch_size, strict=True)
+        return normalize(out.features[("clip", "image_embeds")])
 
     def text_embeddings(self, texts: list[str]) -> Any:
         """L2-normalized text embeddings (N, D) float64 (texts beyond 77 tokens are truncated)."""
@@ -94,27 +98,28 @@ class ClipFeatures:
 
 
 class InceptionFeatures:
-    """The metrics mode's FID Inception (:class:`difflens.metrics.inception.InceptionExtractor`:
+    """The registry's ``inception`` extractor (:class:`difflens.features.inception.Inception`:
     torch-fidelity's network, TF1-exact resize to 299): 2048-d pool3 features."""
 
     name = "inception"
 
     def __init__(self, weights: str | Path | None, device: str, offline: bool = False,
                  batch_size: int = 32) -> None:
-        from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+        from difflens.features.registry import get_extractor
 
-        self.weights = resolve_inception_weights(weights, offline=offline)
-        self.extractor = InceptionExtractor(self.weights, device=device)
+        self.extractor = get_extractor("inception", weights=weights, device=device, offline=offline)
+        self.weights = self.extractor.weights
         self.batch_size = batch_size
 
     def __call__(self, images: Any) -> Any:
         import numpy as np
 
+        from difflens.features.extract import extract
         from difflens.latent.images import to_uint8
 
-        arr = list(to_uint8(images))
-        out = [self.extractor(arr[i:i + self.batch_size])[0] for i in range(0, len(arr), self.batch_size)]
-        return np.concatenate(out).astype(np.float64)
+        out = extract(to_uint8(images), {"inception": self.extractor}, batch_size=self.batch_size,
+                      keep=[("inception", "pool3")], strict=True)
+        return out.features[("inception", "pool3")].astype(np.float64)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "weights": str(self.weights.path), "sha256": self.weights.sha256,

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.features.base import PROTOCOLS, check_compatible
 from difflens.metrics.base import metric_names, resolve_metrics
-from difflens.metrics.fingerprint import PROTOCOLS, check_compatible
 from difflens.metrics.record import finalize, protocol_record
 from difflens.metrics.sources import (
     FeaturesSource,
@@ -275,8 +275,8 @@ def compute_metrics(
     if ctx.is_distributed and device in (None, "auto", "cuda"):
         device = ctx.device  # each rank on the GPU of its LOCAL_RANK
     if image_sides:
-        from difflens.metrics.fingerprint import Fingerprint
-        from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+        from difflens.features.base import Fingerprint
+        from difflens.features.inception_weights import resolve_inception_weights
         from difflens.models import resolve_device
 
         weights = resolve_inception_weights(inception_weights, offline=offline)
@@ -301,9 +301,12 @@ def compute_metrics(
         check_compatible(r.fingerprint, f.fingerprint, f"{r.flag} {side_label(r)}",
                          f"{f.flag} {side_label(f)}", cfg.allow_protocol_mismatch, warnings)
     if image_sides:  # built only once every cheap check has passed
-        extractor = InceptionExtractor(weights, device=dev, protocol=cfg.protocol)
+        from difflens.features.inception import load_inception
 
-    # Features: one Inception pass per image source (under torchrun: each rank its share, whole batches).
+        extractor = load_inception(cfg.protocol, weights=weights, device=dev)
+
+    # Features: one pass of the extraction loop per image source (under torchrun: each rank its share,
+    # whole batches).
     sharded_sides: list[Side] = []
     for side in image_sides:
         from difflens.metrics.extract import extract_features
@@ -390,16 +393,16 @@ def compute_inception_features(source: Any, *, protocol: str = "tf-legacy",
 
     Returns ``(pool3 (N, 2048) float32, logits (N, 1008) float32, fingerprint dict, warnings)``.
     """
+    from difflens.features.inception import load_inception
+    from difflens.features.inception_weights import resolve_inception_weights
     from difflens.metrics.extract import extract_features
-    from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
-    from difflens.models import resolve_device
 
     src = resolve_source(source, "source")
     if src.kind not in ("folder", "images"):
         raise DifflensError(f"expected images, got {src.kind}.", "pass a folder or a uint8 image array")
     weights = resolve_inception_weights(inception_weights, offline=offline)
-    extractor = InceptionExtractor(weights, device=resolve_device(device), protocol=protocol)
+    extractor = load_inception(protocol, weights=weights, device=device)
     ext = extract_features(src, extractor, batch_size=batch_size, strict=strict, label="images",
                            show_progress=show_progress)
     warnings = [w for w in (weights.warning(),) if w] + ext.log.warnings("images")
-    return ext.pool3, ext.logits, extractor.fingerprint.to_dict(), warnings
+    return ext.pool3, ext.logits, extractor.fingerprint("pool3").to_dict(), warnings

@@ -14,100 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from difflens.errors import DifflensError
-from difflens.metrics.feature_cache import (
-    FeatureCache,
-    FeatureKey,
-    NoCache,
-    as_rgb_image,
-    batches,
-    inputs_digest,
-    load_hf_model,
-    percentile_ci95,
-    resample_indices,
-    weights_digest_for,
-)
+from difflens.features.dinov2 import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Dinov2Encoder, preprocess
+from difflens.metrics.config import DEFAULT_DINOV2_MODEL
+from difflens.metrics.feature_cache import FeatureCache, percentile_ci95, resample_indices
 from difflens.metrics.results import TwoSetResult
 
-DEFAULT_DINOV2_MODEL = "facebook/dinov2-large"
-IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def preprocess(images: Sequence[Any], size: int = IMAGE_SIZE) -> Any:
-    """(B, 3, size, size) float32: PIL bicubic resize to size x size, /255, ImageNet normalization."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    arrs = []
-    for im in images:
-        pil = as_rgb_image(im)
-        if pil.size != (size, size):
-            pil = pil.resize((size, size), resample=Image.Resampling.BICUBIC)
-        arrs.append(np.asarray(pil, dtype=np.float32) / 255.0)
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-class Dinov2Encoder:
-    """A transformers ``Dinov2Model``; features are CLS tokens after the final layer norm."""
-
-    def __init__(self, model: Any, model_id: str, device: str, dtype: str, weights_digest: str,
-                 image_size: int = IMAGE_SIZE) -> None:
-        self.model = model
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
-        self.weights_digest = weights_digest
-        self.image_size = image_size
-
-    @classmethod
-    def load(cls, model_id: str = DEFAULT_DINOV2_MODEL, device: str | None = None, dtype: str = "float32",
-             offline: bool = False) -> Dinov2Encoder:
-        from transformers import Dinov2Model
-
-        from difflens.models import resolve_device, resolve_dtype
-
-        torch_dtype = resolve_dtype(dtype)
-        dev = resolve_device(device)
-        model = load_hf_model(Dinov2Model, model_id, offline, "DINOv2 model", "--dinov2-model",
-                              dtype=torch_dtype)
-        digest = weights_digest_for(str(model_id), offline)
-        return cls(model.to(dev).eval(), str(model_id), dev, dtype, digest)
-
-    def preprocessing(self) -> dict[str, Any]:
-        return {"resize": f"PIL bicubic {self.image_size}x{self.image_size}, no crop", "scale": "1/255",
-                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "feature": "pooler_output (CLS)"}
-
-    def encode_images(self, images: Sequence[Any], batch_size: int = 32, show_progress: bool = True) -> Any:
-        """CLS features (N, D) float32."""
-        import numpy as np
-        import torch
-
-        from difflens.console import progress
-
-        feats = []
-        chunks = list(batches(list(images), batch_size))
-        it = progress(chunks, len(images), "DINOv2") if show_progress else chunks
-        with torch.inference_mode():
-            for chunk in it:
-                x = preprocess(chunk, self.image_size).to(self.device, dtype=self.model.dtype)
-                feats.append(self.model(pixel_values=x).pooler_output.float().cpu().numpy())
-        return np.concatenate(feats) if feats else np.zeros((0, self.model.config.hidden_size), np.float32)
-
-    def image_features(self, images: Sequence[Any], cache: FeatureCache | None = None,
-                       digest: str | None = None, batch_size: int = 32) -> Any:
-        cache = cache or NoCache()
-        key = FeatureKey(
-            extractor="dinov2", model_id=self.model_id, weights_digest=self.weights_digest,
-            preprocessing=self.preprocessing(), dtype=self.dtype, device_type=self.device.split(":")[0],
-            inputs_digest=digest or inputs_digest(list(images)), num_inputs=len(images),
-        )
-        return cache.get_or_compute(key, lambda: self.encode_images(images, batch_size))
-
+__all__ = ["DEFAULT_DINOV2_MODEL", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SIZE", "Dinov2Encoder", "FdResult",
+           "compute_fd_dinov2", "fd_from_features", "fd_with_bootstrap", "gaussian", "preprocess"]
 
 # ------------------------------------------------------------------------------------------------ math
 

@@ -79,8 +79,10 @@ def compute_embedding_metrics(
 
     cache = cache or NoCache()
     out: dict[str, Any] = {"metrics": {}, "protocol": {}, "warnings": []}
-    fake_digest = inputs_digest(list(fake))  # type: ignore[arg-type]
-    real_digest = inputs_digest(list(real)) if needs_real and real is not None else None
+    fake = fake if isinstance(fake, list) else list(fake)  # type: ignore[arg-type]  # read once (streams)
+    real = real if real is None or isinstance(real, list) or not needs_real else list(real)
+    fake_digest = inputs_digest(fake)
+    real_digest = inputs_digest(real) if needs_real and real is not None else None
     encoders: dict[str, ClipEncoder] = {}
 
     def clip_encoder(model_id: str, flag: str) -> ClipEncoder:
@@ -93,6 +95,30 @@ def compute_embedding_metrics(
         name = preprocessing.get("protocol", "dinov2-bicubic")  # CLIP: processor / cmmd-resize
         out["protocol"][key] = {"protocol": name, "model": model_id, "weights_sha256": digest,
                                 "preprocessing": preprocessing, "dtype": dtype}
+
+    # Features: one pass of the extraction loop per image set feeds every extractor the chosen metrics
+    # need (each image decoded once); the metrics below read them from the cache.
+    from difflens.features.cached import PrefetchedCache, prefetch
+    from difflens.features.clip import Clip
+    from difflens.features.dinov2 import Dinov2
+
+    cache = PrefetchedCache(cache)
+    dino = (Dinov2Encoder.load(dinov2_model, device=device, dtype=dtype, offline=offline)
+            if "fd-dinov2" in chosen else None)
+    fake_jobs: list[Any] = []
+    real_jobs: list[Any] = []
+    if "clip" in chosen:
+        fake_jobs.append(Clip(clip_encoder(clip_model, "--clip-model"), PROTOCOL_PROCESSOR))
+    if "cmmd" in chosen:
+        cmmd_ext = Clip(clip_encoder(cmmd_clip_model, "--cmmd-clip-model"), PROTOCOL_CMMD)
+        fake_jobs.append(cmmd_ext)
+        real_jobs.append(cmmd_ext)
+    if dino is not None:
+        fake_jobs.append(Dinov2(dino))
+        real_jobs.append(fake_jobs[-1])
+    prefetch(fake, fake_digest, fake_jobs, cache, batch_size, label="fake")  # type: ignore[arg-type]
+    if real_jobs and real is not None and real_digest is not None:
+        prefetch(real, real_digest, real_jobs, cache, batch_size, label="real")
 
     if "clip" in chosen:
         enc = clip_encoder(clip_model, "--clip-model")
@@ -114,8 +140,7 @@ def compute_embedding_metrics(
                                                       device=enc.device).to_dict()
         record("cmmd", enc.model_id, enc.weights_digest,
                {**enc.preprocessing(PROTOCOL_CMMD), "sigma": 10.0, "scale": 1000.0})
-    if "fd-dinov2" in chosen:
-        dino = Dinov2Encoder.load(dinov2_model, device=device, dtype=dtype, offline=offline)
+    if dino is not None:
         x = dino.image_features(real, cache, real_digest, batch_size)  # type: ignore[arg-type]
         y = dino.image_features(fake, cache, fake_digest, batch_size)
         out["metrics"]["fd_dinov2"] = fd_with_bootstrap(x, y, bootstrap, seed).to_dict()

@@ -74,22 +74,16 @@ def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
             record["fingerprint"] = fingerprint
         return record, {"registry": spec}, warnings
     if is_dataset_spec(spec):
-        import numpy as np
-
+        from difflens.metrics.sources import ArraySource
         from difflens.refsets.dataset_source import open_image_source
+        from difflens.refsets.dataset_stream import DatasetImages
 
         source = open_image_source(spec, image_column=options.image_column, num=options.num_real,
                                    subset_seed=options.subset_seed, reference_size=options.reference_size,
                                    offline=offline, streaming=options.streaming, strict=strict)
-        batches = list(source.iter_batches(64))
-        shapes = {b.shape[1:] for b in batches}
-        if len(shapes) > 1:
-            raise DifflensError(f"the images of {spec} have different sizes {sorted(shapes)}.",
-                                "pass --reference-size N to resize and center-crop them to one size")
-        if not batches:
-            raise DifflensError(f"{spec} holds no decodable images.", "check --image-column and the data")
         identity = {"identity": source.identity, "preprocessing": source.preprocessing}
-        return np.concatenate(batches), identity, list(source.warnings)
+        # streamed through the extraction loop, never materialized; its read warnings come after the read
+        return ArraySource(images=DatasetImages(source, spec)), identity, []
     return spec, None, []
 
 
@@ -123,6 +117,8 @@ def _image_items(source: Any, flag: str = "--fake") -> Any:
                                 "FD-DINOv2 embed images.",
                                 "pass a folder of images or a uint8 (N, H, W, 3) array")
         return src.images  # type: ignore[union-attr]
+    if getattr(source, "kind", None) == "images":  # a dataset streamed as images (resolve_reference)
+        return source.images
     return source
 
 
@@ -235,6 +231,8 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         warnings += extra.get("warnings", [])
         if "per_prompt" in extra:
             result["per_prompt"] = extra["per_prompt"]
+    for side_input in (real_input, fake_input):  # datasets streamed above report skipped rows once read
+        warnings += list(getattr(getattr(side_input, "images", None), "warnings", None) or [])
     result["warnings"] = list(result.get("warnings", [])) + warnings
     if real_identity or fake_identity:
         result["datasets"] = {"real": real_identity, "fake": fake_identity}
