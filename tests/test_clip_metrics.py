@@ -179,6 +179,7 @@ def test_feature_cache_hits_and_never_serves_stale(encoders: dict[str, Path], tm
     Image.fromarray(_images(1, 99)[0]).save(paths[2])
     changed = enc.image_features(paths, "processor", cache)
     assert cache.misses == 3
+    # bit for bit: the same batch shape through the same model, and no op mixes images within a batch
     assert np.array_equal(changed[[0, 1, 3]], first[[0, 1, 3]]) and not np.array_equal(changed[2], first[2])
     # a cache file holding another key (tampered or colliding) is a miss, not a hit
     import json

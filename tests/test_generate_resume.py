@@ -89,6 +89,8 @@ def test_crash_then_resume_gives_n_valid_distinct_regenerable_samples(
     entries = read_samples(out)
     assert [e.batch_size for e in entries] == [1, 1, 2, 2, 1]
     fresh = load_pipeline(model, device="cpu")  # a fresh load, as a user regenerating later would do
+    # Bit for bit (uint8 PNGs): the same saved weights loaded the same way, the same batch size and one
+    # thread (conftest) give the same kernels on the same inputs; a regeneration is exact or it is wrong.
     # 1: made alone before the crash; 4: made alone after the resume (short last batch). The plain
     # single call pipe(prompt, ..., generator=Generator("cpu").manual_seed(seed)) reproduces them exactly.
     for i in (1, 4):

@@ -52,6 +52,8 @@ def test_decode_matches_the_pipelines_own_decode(tiny_pipeline_dir, family: str)
     if family == "flux":
         assert lat.dim() == 3  # packed tokens (B, h/2 * w/2, 4C)
     decoded = lv.decode_latents(pipe, lat, size=SIZE)
+    # bit for bit: the same VAE on the same latents with the pipeline's own ops (scale, shift, unpack are
+    # exact or the same float ops in the same order), in this process
     assert torch.equal(decoded, img.float())
     # forgetting the shift (or the scale) garbles the decode: the check above would catch it
     raw = lv.unpack_latents(pipe, lat, SIZE) if family == "flux" else lat
@@ -95,6 +97,8 @@ def test_generation_from_noise_and_embeddings_reproduces_the_pipeline(tiny_pipel
     noise, g = initial_noise(pipe, 7, SIZE)
     mine = generate(pipe, encode_text(pipe, PROMPT, st), noise, g, st)
     ref = generate_from_prompt(pipe, PROMPT, 7, st)
+    # bit for bit: both are one pipe(...) call of batch 1 on the same pipeline; the latent path only hands
+    # in the noise and the prompt embeddings the pipeline would have made itself (same kernels, same inputs)
     assert torch.equal(mine, ref)
     other = generate(pipe, encode_text(pipe, PROMPT, st), initial_noise(pipe, 8, SIZE)[0], g, st)
     assert not torch.equal(other, ref)
