@@ -24,7 +24,8 @@ def _spread(key: str, entry: dict[str, Any]) -> str:
     parts = []
     if "std" in entry:
         what = "std over subsets" if key == "kid" else "std over splits"
-        parts.append(f"± {_fmt(entry['std'])} ({what})")
+        parts.append(f"± {_fmt(entry['std'])} ({what})" if entry["std"] is not None else
+                     f"{what}: undefined (see warnings)")
     if "ci95" in entry:
         lo, hi = entry["ci95"]
         parts.append(f"95% CI [{_fmt(lo)}, {_fmt(hi)}]")
