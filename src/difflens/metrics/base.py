@@ -231,3 +231,34 @@ def create_metric(name: str, **settings: Any) -> Metric:
 def metric_meanings() -> dict[str, str]:
     """What the short names stand for (help text)."""
     return {n: s.meaning for n, s in _REGISTRY.items() if s.meaning}
+
+
+# ------------------------------------------------------------------------------------------ state files
+
+
+def split_state(state: dict[str, Any], where: str = "state") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A state dict as (numpy arrays for an ``.npz``, JSON values): no pickle anywhere. Anything else
+    (objects, nested dicts) is a DifflensError naming the entry."""
+    import numpy as np
+
+    arrays: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
+    for key, val in state.items():
+        if isinstance(val, np.ndarray):
+            if val.dtype == object:
+                raise DifflensError(f"{where}: {key!r} is an object array (needs pickle).",
+                                    "store numbers or strings")
+            arrays[key] = val
+        elif isinstance(val, (bool, int, float, str)) or val is None or (
+                isinstance(val, list) and all(isinstance(v, (str, int, float)) for v in val)):
+            plain[key] = val
+        else:
+            raise DifflensError(f"{where}: {key!r} is a {type(val).__name__}, not an array, number or "
+                                "string.",
+                                "state_dict() must return plain arrays and numbers")
+    return arrays, plain
+
+
+def join_state(arrays: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`split_state`."""
+    return {**plain, **arrays}
