@@ -23,8 +23,9 @@ SCRIPTS = Path(__file__).parent / "dist_scripts"
 
 
 def _torchrun(args: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None,
-              timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Launch ``args`` (a script path or ``-m module ...``) on 2 gloo CPU ranks with torchrun."""
+              timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Launch ``args`` (a script path or ``-m module ...``) on 2 gloo CPU ranks with torchrun. The timeout
+    only guards against a hang: about a minute on an idle 2-core machine, past 240 s on a loaded one."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args]
     return subprocess.run(cmd, cwd=tmp_path, env=_env(extra_env), capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -199,7 +200,7 @@ def dist_cli(tiny_pipeline_dir: Callable[[str], Path], tmp_path_factory: pytest.
     try:
         dist = _torchrun([script, str(root / "dist"), *inputs], root)
     finally:
-        out, err = single.communicate(timeout=300)
+        out, err = single.communicate(timeout=900)
     assert single.returncode == 0, (out[-3000:], err[-5000:])
     _ok(dist)
     return {"dist": root / "dist", "single": root / "single"}
