@@ -98,3 +98,25 @@ def build_processor(tokenizer: Any) -> Any:
                                          crop_size={"height": size, "width": size},
                                          image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def t5_stub() -> tuple[Any, Any]:
+    """A tiny ``T5EncoderModel`` whose output is exactly zero (its final RMS-norm weight is 0), with the
+    tiny T5 tokenizer. SD3 without T5 feeds zero rows in T5's place; this stub gives the same zeros while
+    keeping the folder loadable by a plain ``DiffusionPipeline.from_pretrained`` (which needs every
+    component the SD3 pipeline names). Weights seeded independently of the training RNG."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from difflens.tiny.tokenizers import build_t5_tokenizer
+
+    tok = build_t5_tokenizer()
+    cfg = T5Config(vocab_size=len(tok), d_model=MMDIT_CONFIG["joint_attention_dim"], d_kv=16, d_ff=64,
+                   num_layers=1, num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = T5EncoderModel(cfg).eval()
+    with torch.no_grad():
+        model.encoder.final_layer_norm.weight.zero_()
+    return model, tok

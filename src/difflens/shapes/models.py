@@ -58,7 +58,7 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(root: Path, command: str, stages: dict[str, object]) -> Path:
+def write_manifest(root: Path, command: str, stages: dict[str, object], note: str = "") -> Path:
     """Write ``root/manifest.json``: SHA-256 and size of every file under ``root``, command, versions."""
     import diffusers
     import numpy
@@ -69,6 +69,7 @@ def write_manifest(root: Path, command: str, stages: dict[str, object]) -> Path:
              for p in _files(root)}
     record = {
         "command": command,
+        "note": note,
         "stages": stages,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "numpy": numpy.__version__},

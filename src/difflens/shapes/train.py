@@ -13,6 +13,9 @@ Stages (each reads what the earlier ones left in ``--work``; ``all`` runs them i
    "" with probability ``DROPOUT`` (classifier-free guidance); EMA of the weights is saved.
 6. ``mmdit``: ``SD3Transformer2DModel``, rectified flow: x_s = (1 - s) z + s eps, target eps - z, s =
    sigmoid(N(0, 1)) (SD3's logit-normal), timestep 1000 s; same caption dropout and EMA.
+   With ``--attn-weight w`` > 0 (unet and mmdit), w * L_attn is added: the attention supervision of
+   :mod:`difflens.shapes.attn_loss` (the shipped denoisers were fine-tuned with it; see manifest.json).
+   ``--init FOLDER`` continues from an earlier pipeline folder's denoiser.
 7. ``ship``: copy ``clip``, ``unet`` and ``mmdit`` to ``--out`` and write ``manifest.json`` (SHA-256 of every
    file, the command, versions, stage wall times).
 
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from difflens.shapes import configs as C
+from difflens.shapes.attn_loss import CaptureCrossAttn, CollapsedZeros, attention_loss, word_targets
 from difflens.shapes.world import COLORS, render_images, split_seeds
 
 STAGES = ("data", "vae", "clip", "latents", "unet", "mmdit", "ship")
@@ -233,6 +236,7 @@ def stage_unet(work: Path, args: argparse.Namespace) -> None:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
+    from diffusers.models.attention_processor import AttnProcessor2_0
 
     seed = _seed(args.seed, "unet")
     rng = np.random.default_rng(seed)
@@ -249,6 +253,11 @@ def stage_unet(work: Path, args: argparse.Namespace) -> None:
     with torch.no_grad():
         emb = pipe.encode_prompt(table, "cpu", 1, False)[0]
     train_sched = DDPMScheduler(**C.SD_SCHEDULER)
+    store: list[Any] = []
+    if args.attn_weight > 0:
+        tokens, cover = (torch.from_numpy(a) for a in word_targets(work, len(z)))
+        unet.set_attn_processor({name: CaptureCrossAttn(store) if name.endswith("attn2.processor") else proc
+                                 for name, proc in unet.attn_processors.items()})
 
     def forward(idx: np.ndarray) -> Any:
         x0 = z[idx]
@@ -256,43 +265,17 @@ def stage_unet(work: Path, args: argparse.Namespace) -> None:
         c[rng.random(len(idx)) < DROPOUT] = len(table) - 1
         t = torch.from_numpy(rng.integers(0, 1000, size=len(idx)))
         eps = torch.randn_like(x0)
+        store.clear()
         pred = unet(train_sched.add_noise(x0, eps, t), t, encoder_hidden_states=emb[c]).sample
-        return (pred - eps).pow(2).mean()
+        loss = (pred - eps).pow(2).mean()
+        if args.attn_weight > 0:
+            keep = torch.from_numpy(c != len(table) - 1)
+            loss = loss + args.attn_weight * attention_loss(store, tokens[idx], cover[idx], keep)
+        return loss
 
     _denoiser_loop("unet", unet, forward, len(z), args.unet_steps, args.batch, args.lr, rng)
+    unet.set_attn_processor(AttnProcessor2_0())
     pipe.save_pretrained(work / "unet", safe_serialization=True)
-
-
-class _CollapsedZeros:
-    """Training-only SD3 joint attention in which the ``T5_ROWS`` identical zero text rows are one row
-    whose attention logit gets + ln(T5_ROWS): identical keys/values give identical softmax terms, so this
-    equals the full computation (checked in :func:`stage_mmdit`) at a fraction of the cost."""
-
-    def __init__(self, rows: int) -> None:
-        self.bias = math.log(rows)
-
-    def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None, **_: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        b, n = hidden_states.shape[:2]
-        h = attn.heads
-
-        def split(x: Any) -> Any:
-            return x.view(b, -1, h, x.shape[-1] // h).transpose(1, 2)
-
-        q = torch.cat([split(attn.to_q(hidden_states)), split(attn.add_q_proj(encoder_hidden_states))], 2)
-        k = torch.cat([split(attn.to_k(hidden_states)), split(attn.add_k_proj(encoder_hidden_states))], 2)
-        v = torch.cat([split(attn.to_v(hidden_states)), split(attn.add_v_proj(encoder_hidden_states))], 2)
-        mask = torch.zeros(k.shape[2], dtype=q.dtype)
-        mask[-1] = self.bias
-        mask = mask.view(1, 1, 1, -1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(b, -1, q.shape[-1] * h)
-        img, txt = out[:, :n], out[:, n:]
-        if not attn.context_pre_only:
-            txt = attn.to_add_out(txt)
-        return attn.to_out[1](attn.to_out[0](img)), txt
 
 
 def stage_mmdit(work: Path, args: argparse.Namespace) -> None:
@@ -327,12 +310,17 @@ def stage_mmdit(work: Path, args: argparse.Namespace) -> None:
     with torch.no_grad():
         full = dit(hidden_states=x, encoder_hidden_states=emb[:2], pooled_projections=pooled[:2],
                    timestep=t).sample
-        dit.set_attn_processor(_CollapsedZeros(T5_ROWS))
+        dit.set_attn_processor(CollapsedZeros(T5_ROWS))
         fast = dit(hidden_states=x, encoder_hidden_states=short[:2], pooled_projections=pooled[:2],
                    timestep=t).sample
     diff = (full - fast).abs().max().item()
     _log(f"collapsed zero rows vs full sequence: max |diff| {diff:.2e}")
     assert diff < 1e-4, diff
+
+    store: list[Any] = []
+    if args.attn_weight > 0:
+        tokens, cover = (torch.from_numpy(a) for a in word_targets(work, len(z)))
+        dit.set_attn_processor(CollapsedZeros(T5_ROWS, store))
 
     def forward(idx: np.ndarray) -> Any:
         x0 = z[idx]
@@ -341,13 +329,18 @@ def stage_mmdit(work: Path, args: argparse.Namespace) -> None:
         s = torch.sigmoid(torch.from_numpy(rng.standard_normal(len(idx))).float())
         eps = torch.randn_like(x0)
         xs = (1 - s)[:, None, None, None] * x0 + s[:, None, None, None] * eps
+        store.clear()
         pred = dit(hidden_states=xs, encoder_hidden_states=short[c], pooled_projections=pooled[c],
                    timestep=s * 1000).sample
-        return (pred - (eps - x0)).pow(2).mean()
+        loss = (pred - (eps - x0)).pow(2).mean()
+        if args.attn_weight > 0:
+            keep = torch.from_numpy(c != len(table) - 1)
+            loss = loss + args.attn_weight * attention_loss(store, tokens[idx], cover[idx], keep)
+        return loss
 
     _denoiser_loop("mmdit", dit, forward, len(z), args.mmdit_steps, args.batch, args.lr, rng)
     dit.set_attn_processor(JointAttnProcessor2_0())
-    t5, t5_tok = t5_stub()
+    t5, t5_tok = C.t5_stub()
     pipe.register_modules(text_encoder_3=t5, tokenizer_3=t5_tok)
     with torch.no_grad():  # the stub changes nothing: same prompt embeddings as the training used
         again = pipe.encode_prompt(table[:4], table[:4], table[:4], device="cpu",
@@ -355,28 +348,6 @@ def stage_mmdit(work: Path, args: argparse.Namespace) -> None:
                                    max_sequence_length=T5_ROWS)[0]
     assert torch.equal(again, emb[:4])
     pipe.save_pretrained(work / "mmdit", safe_serialization=True)
-
-
-def t5_stub() -> tuple[Any, Any]:
-    """A tiny ``T5EncoderModel`` whose output is exactly zero (its final RMS-norm weight is 0), with the
-    tiny T5 tokenizer. SD3 without T5 feeds zero rows in T5's place; this stub gives the same zeros while
-    keeping the folder loadable by a plain ``DiffusionPipeline.from_pretrained`` (which needs every
-    component the SD3 pipeline names). Weights seeded independently of the training RNG."""
-    import torch
-    from transformers import T5Config, T5EncoderModel
-
-    from difflens.tiny.tokenizers import build_t5_tokenizer
-
-    tok = build_t5_tokenizer()
-    cfg = T5Config(vocab_size=len(tok), d_model=C.MMDIT_CONFIG["joint_attention_dim"], d_kv=16, d_ff=64,
-                   num_layers=1, num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                   decoder_start_token_id=tok.pad_token_id)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = T5EncoderModel(cfg).eval()
-    with torch.no_grad():
-        model.encoder.final_layer_norm.weight.zero_()
-    return model, tok
 
 
 def stage_ship(work: Path, args: argparse.Namespace) -> None:
@@ -392,7 +363,12 @@ def stage_ship(work: Path, args: argparse.Namespace) -> None:
     for f in sorted(work.glob("time-*.json")):
         rec = json.loads(f.read_text())
         times[rec["stage"]] = rec["runs"]
-    write_manifest(out, command=_command(), stages=times)
+    note = ("Toy models of the shapes world (difflens.shapes.world), not real text-to-image models. "
+            "Each stage "
+            "lists its runs in order; a run with --init continued the denoiser of the folder it names (the "
+            "earlier run's output, renamed). Runs with --attn-weight > 0 added the attention supervision of "
+            "difflens.shapes.attn_loss, so word maps sit on their objects by construction.")
+    write_manifest(out, command=_command(), stages=times, note=note)
     _log(f"shipped to {out}")
 
 
@@ -414,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mmdit-steps", type=int, default=2000)
     p.add_argument("--init", default=None,
                    help="unet/mmdit: continue from the denoiser of this earlier pipeline folder")
+    p.add_argument("--attn-weight", type=float, default=0.0,
+                   help="unet/mmdit: weight of the attention-supervision term (difflens.shapes.attn_loss)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     args = p.parse_args(argv)
