@@ -82,7 +82,9 @@ def test_fid_kid_is_agree_with_torch_fidelity(setup: dict[str, Any]) -> None:
     assert m["kid"]["value"] == pytest.approx(tf["kernel_inception_distance_mean"], rel=1e-4)
     assert m["kid"]["std"] == pytest.approx(tf["kernel_inception_distance_std"], rel=1e-3)
     assert m["kid"]["subset_size"] == KID_SUBSET
-    assert m["is"]["value"] == pytest.approx(tf["inception_score_mean"], rel=1e-6)
+    # batch 7 here vs 16 in torch-fidelity: features may differ by float32 noise where the conv kernel is
+    # picked by batch size (bit-identical on an AVX2 CPU), hence 1e-4 as for FID and KID, IS included
+    assert m["is"]["value"] == pytest.approx(tf["inception_score_mean"], rel=1e-4)
     assert m["is"]["std"] == pytest.approx(tf["inception_score_std"], rel=1e-4, abs=1e-9)
     assert m["fid"]["value"] > 1e-3 and m["is"]["value"] > 1.0001  # not degenerate
 

@@ -69,7 +69,10 @@ def test_stats_file_gives_the_same_fid_as_the_images(data: CaptionDataset, weigh
     fid_images = compute_metrics(real=images, inception_weights=weights, device="cpu", batch_size=6,
                                  **common)["metrics"]["fid"]["value"]
     assert fid_file > 0
-    assert fid_file == pytest.approx(fid_images, rel=1e-6)
+    # batches of 4 (stats build) vs one of 6: bit-identical features on an AVX2 CPU, but a conv kernel may
+    # be picked by batch size elsewhere (features then agree to ~2e-5 relative, see test_metrics_agreement);
+    # another subset or another resize moves FID by far more than 1e-4
+    assert fid_file == pytest.approx(fid_images, rel=1e-4)
     # the kept features are the ones the statistics summarize
     kept = GaussianStats.from_features(extra["features"])
     assert extra["features"].shape == (6, 2048) and extra["features"].dtype == np.float32
