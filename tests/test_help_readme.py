@@ -168,6 +168,6 @@ def test_analyze_seed_help_states_the_policy(capsys, monkeypatch) -> None:
     text = _help(["analyze"], capsys, monkeypatch)
     found = re.search(r"--seed .*?metrics sampling uses (\d+)", text)
     assert found and "default 0" in text
-    from difflens.metrics.api import DEFAULT_SEED
+    from difflens.metrics.config import DEFAULT_SEED
 
     assert int(found.group(1)) == DEFAULT_SEED == 2020

@@ -31,9 +31,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
+from difflens.config import DTYPES
 from difflens.errors import DifflensError
 
-DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 DEVICE_KINDS: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
 STDOUT = "-"
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difflens.config import RUNTIME
 from difflens.errors import DifflensError
 
 ALL_MODES = ("metrics", "schedule", "attention", "latent")
@@ -37,10 +38,10 @@ class AnalysisConfig:
     prompts: str | None = None
     num_samples: int = 32
     prompt: str = "a photo of a cat sitting on a bench"
-    seed: int = 0
-    device: str | None = None
-    dtype: str = "float32"
-    offline: bool = False
+    seed: int = RUNTIME.seed
+    device: str | None = RUNTIME.device
+    dtype: str = RUNTIME.dtype
+    offline: bool = RUNTIME.offline
     label: str | None = None
     mode_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 

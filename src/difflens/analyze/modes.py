@@ -11,25 +11,46 @@ from pathlib import Path
 from typing import Any
 
 from difflens.analyze.config import AnalysisConfig
+from difflens.attention.config import AttentionConfig
+from difflens.config import defaults
 from difflens.errors import DifflensError
+from difflens.latent.config import InterpolateConfig, OodConfig
+from difflens.metrics.config import EmbeddingConfig, GenerationRequest, MetricsConfig
+from difflens.schedule.config import ScheduleConfig
+
+#: Each mode's config (the single source of defaults, shared with the CLI and the Python API).
+_METRICS, _EMBEDDING = MetricsConfig(), EmbeddingConfig()
+_GENERATION = GenerationRequest(model="", num_samples=0)
+_SCHEDULE, _ATTENTION = ScheduleConfig(), AttentionConfig("", "")
+_INTERPOLATE, _OOD = InterpolateConfig(), OodConfig()
+
+#: Where analyze's defaults deliberately differ from the single-command defaults (and why).
+ANALYZE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "metrics": {"metrics": "fid,kid,is,pr,dc",  # every Inception metric by name (generated + real images)
+                "per_prompt": True},  # the report shows the worst-aligned prompts when clip is asked for
+    "latent": {"frames": 6, "steps": 20},  # one steps value serves interpolation and OOD reconstruction
+}
 
 #: The options of each mode's table in analysis.toml, with their defaults. `read_config_file` checks a
 #: file's keys (and value types) against these before any mode runs.
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "metrics": {"metrics": "fid,kid,is,pr,dc", "bootstrap": 0, "inception_weights": None,
-                "protocol": "tf-legacy", "batch_size": 50, "kid_subset_size": 1000, "steps": None,
-                "guidance": None, "height": None, "width": None, "samples_dir": None,
-                "embedding_metrics": None, "clip_model": "openai/clip-vit-large-patch14",
-                "cmmd_clip_model": None, "dinov2_model": None, "per_prompt": True},
-    "schedule": {"steps": 50, "spacing": None, "height": None, "width": None, "scheduler": None,
-                 "compare": []},
-    "attention": {"steps": 20, "height": None, "width": None, "layers": None, "stride": 1, "words": None,
-                  "guidance": None, "word_agg": "mean", "max_sequence_length": None},
-    "latent": {"frames": 6, "method": "slerp", "steps": 20, "seeds": None, "size": None,
-               "features": "vae", "clip_model": None, "inception_weights": None,
-               "max_sequence_length": None,
-               "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": "all",
-               "ood_noise_levels": "0.25,0.5,0.75"},
+    "metrics": {"metrics": ANALYZE_OVERRIDES["metrics"]["metrics"], "bootstrap": _METRICS.bootstrap,
+                "inception_weights": None, "protocol": _METRICS.protocol, "batch_size": _METRICS.batch_size,
+                "kid_subset_size": _METRICS.kid_subset_size, "steps": _GENERATION.steps,
+                "guidance": _GENERATION.guidance, "height": _GENERATION.height, "width": _GENERATION.width,
+                "samples_dir": _GENERATION.samples_dir, "embedding_metrics": None,
+                "clip_model": _EMBEDDING.clip_model, "cmmd_clip_model": _EMBEDDING.cmmd_clip_model,
+                "dinov2_model": _EMBEDDING.dinov2_model,
+                "per_prompt": ANALYZE_OVERRIDES["metrics"]["per_prompt"]},
+    "schedule": {**defaults(_SCHEDULE, ("steps", "spacing", "height", "width", "scheduler")), "compare": []},
+    "attention": defaults(_ATTENTION, ("steps", "height", "width", "layers", "stride", "words", "guidance",
+                                       "word_agg", "max_sequence_length")),
+    "latent": {"frames": ANALYZE_OVERRIDES["latent"]["frames"], "method": _INTERPOLATE.method,
+               "steps": ANALYZE_OVERRIDES["latent"]["steps"], "seeds": None, "size": _INTERPOLATE.size,
+               "features": _INTERPOLATE.features, "clip_model": _INTERPOLATE.clip_model,
+               "inception_weights": None, "max_sequence_length": _INTERPOLATE.max_sequence_length,
+               "ood_reference": None, "ood_test": None, "ood_images": None, "ood_methods": _OOD.methods,
+               "ood_noise_levels": _OOD.noise_levels},
 }
 
 
@@ -59,7 +80,6 @@ def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
     metrics against --real and the embedding metrics (CLIP score, CMMD, FD-DINOv2) listed in
     `embedding_metrics`, through the same function as `difflens metrics`."""
     from difflens.atomic import write_json
-    from difflens.metrics.api import DEFAULT_SEED
     from difflens.metrics.evaluate import GenerationRequest, evaluate
 
     opts = _take(cfg.options("metrics"), "metrics")
@@ -80,7 +100,7 @@ def run_metrics(cfg: AnalysisConfig, out: Path) -> dict[str, Any]:
                                       and "clip" in opts["embedding_metrics"]),
                       offline=cfg.offline, device=cfg.device, protocol=opts["protocol"],
                       inception_weights=opts["inception_weights"], batch_size=opts["batch_size"],
-                      seed=DEFAULT_SEED,  # sampling seed as in difflens metrics; cfg.seed drives generation
+                      seed=_METRICS.seed,  # sampling seed as in difflens metrics; cfg.seed drives generation
                       bootstrap=opts["bootstrap"], kid_subset_size=opts["kid_subset_size"])
     write_json(out / "metrics.json", result)
     notes = [w for w in result.get("warnings", []) if "random" in w.lower()]

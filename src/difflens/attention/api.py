@@ -16,6 +16,7 @@ from typing import Any
 
 from difflens.attention.aggregate import AggregateResult, OnlineAggregator, estimate_bytes, mib
 from difflens.attention.checks import capture_checks, check
+from difflens.attention.config import AttentionConfig
 from difflens.attention.layout import AttnLayer, denoiser_of, detect_layers, select_layers
 from difflens.attention.replay import DEFAULT_CHUNK_BYTES
 from difflens.attention.words import (
@@ -42,31 +43,6 @@ NORMALIZATION = {
                    "(each resized bilinearly to the latent grid), then over steps (`maps`) or per step "
                    "(`per_step`, every `stride`-th step)",
 }
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """Resolved options of one attention run."""
-
-    model: str
-    prompt: str
-    steps: int = 20
-    seed: int = 0
-    height: int | None = None
-    width: int | None = None
-    layers: str | None = None
-    stride: int = 1
-    words: tuple[str, ...] | None = None
-    device: str | None = None
-    guidance: float | None = None
-    dtype: str = "float32"
-    word_agg: str = "mean"
-    all_tokens: bool = False
-    breakdown: bool = False
-    max_memory_mb: float = 2048.0
-    image_check: bool = True
-    max_sequence_length: int | None = None
-    offline: bool = False
 
 
 @dataclass
@@ -125,22 +101,15 @@ def _validate_config(cfg: AttentionConfig) -> None:
 
 def _call_kwargs(pipe: Any, family: str, cfg: AttentionConfig, height: int, width: int,
                  max_seq: int | None) -> dict[str, Any]:
-    params = inspect.signature(pipe.__call__).parameters
-    kw: dict[str, Any] = {"prompt": cfg.prompt, "num_inference_steps": cfg.steps, "height": height,
-                          "width": width, "output_type": "np"}
-    if "num_images_per_prompt" in params:
-        kw["num_images_per_prompt"] = 1
-    if cfg.guidance is not None:
-        kw["guidance_scale"] = float(cfg.guidance)
-    if max_seq is not None and "max_sequence_length" in params:
-        kw["max_sequence_length"] = int(max_seq)
-    if family == "pixart":
-        # Keep the asked size (no aspect-ratio binning) and the prompt text we tokenize ourselves.
-        if "use_resolution_binning" in params:
-            kw["use_resolution_binning"] = False
-        if "clean_caption" in params:
-            kw["clean_caption"] = False
-    return kw
+    from difflens.pipeline_call import call_kwargs, call_parameters
+
+    one = "num_images_per_prompt" in call_parameters(pipe)
+    extra: dict[str, Any] = {"num_images_per_prompt": 1} if one else {}
+    # PixArt: keep the asked size (no aspect-ratio binning) and the prompt text we tokenize ourselves.
+    pixart = family == "pixart"
+    return call_kwargs(pipe, output_type="np", steps=cfg.steps, guidance=cfg.guidance, height=height,
+                       width=width, max_sequence_length=max_seq, keep_size=pixart, raw_prompt=pixart,
+                       prompt=cfg.prompt, **extra)
 
 
 def plan_attention(cfg: AttentionConfig, pipe: Any) -> Plan:

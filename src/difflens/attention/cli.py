@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
+from difflens.attention.config import AttentionConfig
 from difflens.errors import DifflensError
+
+_A = AttentionConfig("", "")  # the defaults
 
 attention_app = typer.Typer(
     name="attention",
@@ -39,9 +42,10 @@ def attention(
                                                       "the training noise range (VP: timestep round(L(T-1)); "
                                                       "flow matching: sigma = L). Repeat or comma-separate "
                                                       "for several."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default 20)."),
-    seed: int = typer.Option(0, "--seed", help='Seed: generator=torch.Generator("cpu").manual_seed(SEED) '
-                                               "(with --image: the noise added to the latent)."),
+    steps: int | None = typer.Option(None, "--steps", help=f"Denoising steps (default {_A.steps})."),
+    seed: int = typer.Option(_A.seed, "--seed",
+                             help='Seed: generator=torch.Generator("cpu").manual_seed(SEED) '
+                                  "(with --image: the noise added to the latent)."),
     height: int | None = typer.Option(None, "--height", help="Image height in pixels "
                                                              "(default: the model's)."),
     width: int | None = typer.Option(None, "--width", help="Image width in pixels (default: the model's)."),
@@ -49,32 +53,34 @@ def attention(
                                       help="Comma-separated globs or name fragments of the layers to capture "
                                            "(default: every cross/joint-attention layer)."),
     stride: int | None = typer.Option(None, "--stride", help="Keep the per-step maps of every K-th step "
-                                                             "(0, K, 2K...; default 1)."),
+                                                             f"(0, K, 2K...; default {_A.stride})."),
     words: str | None = typer.Option(None, "--words", help="Comma-separated prompt words to map "
                                                            "(default: every word)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: auto)."),
+    device: str | None = typer.Option(_A.device, "--device", help="cpu, cuda, cuda:N (default: auto)."),
     guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale "
                                                                    "(default: the pipeline's)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
-    word_agg: str = typer.Option("mean", "--word-agg", help="Aggregate a multi-token word by mean or max."),
-    all_tokens: bool = typer.Option(False, "--all-tokens", help="Also map start/end/padding positions."),
-    breakdown: bool = typer.Option(False, "--breakdown", help="Also keep per-layer maps and "
+    dtype: str = typer.Option(_A.dtype, "--dtype", help="float32, float16 or bfloat16."),
+    word_agg: str = typer.Option(_A.word_agg, "--word-agg",
+                                 help="Aggregate a multi-token word by mean or max."),
+    all_tokens: bool = typer.Option(_A.all_tokens, "--all-tokens",
+                                    help="Also map start/end/padding positions."),
+    breakdown: bool = typer.Option(_A.breakdown, "--breakdown", help="Also keep per-layer maps and "
                                                               "per-head entropy."),
-    max_memory_mb: float = typer.Option(2048.0, "--max-memory-mb", help="Budget for the capture's "
+    max_memory_mb: float = typer.Option(_A.max_memory_mb, "--max-memory-mb", help="Budget for the capture's "
                                                                         "maps (MiB)."),
-    max_sequence_length: int | None = typer.Option(None, "--max-sequence-length",
+    max_sequence_length: int | None = typer.Option(_A.max_sequence_length, "--max-sequence-length",
                                                    help="T5 sequence length for SD3/Flux/PixArt "
                                                         "(default: the pipeline's)."),
-    no_image_check: bool = typer.Option(False, "--no-image-check",
+    no_image_check: bool = typer.Option(not _A.image_check, "--no-image-check",
                                         help="Skip the extra generation (with --image: the extra denoiser "
                                              "passes) that proves the capture changes nothing."),
-    offline: bool = typer.Option(False, "--offline", help="Never touch the network."),
+    offline: bool = typer.Option(_A.offline, "--offline", help="Never touch the network."),
 ) -> None:
     """Map which image regions each prompt word drives, per step and over the whole generation (or per
     noise level on a given image with --image)."""
     if ctx.invoked_subcommand is not None:
         return
-    from difflens.attention.api import AttentionConfig, run_attention, write_outputs
+    from difflens.attention.api import run_attention, write_outputs
     from difflens.preflight import preflight
 
     for flag, value in (("--model", model), ("--prompt", prompt), ("--out", out)):
@@ -111,9 +117,9 @@ def attention(
         if noise_level:
             raise DifflensError("--noise-level applies to a given image.",
                                 "pass --image IMG with it, or drop --noise-level to generate")
-        cfg = AttentionConfig(model=model, prompt=prompt, steps=20 if steps is None else steps, seed=seed,
-                              height=height, width=width, layers=layers,
-                              stride=1 if stride is None else stride, words=word_list, device=device,
+        cfg = AttentionConfig(model=model, prompt=prompt, steps=_A.steps if steps is None else steps,
+                              seed=seed, height=height, width=width, layers=layers,
+                              stride=_A.stride if stride is None else stride, words=word_list, device=device,
                               guidance=guidance, dtype=dtype,
                               word_agg=word_agg, all_tokens=all_tokens, breakdown=breakdown,
                               max_memory_mb=max_memory_mb, image_check=not no_image_check,

@@ -30,34 +30,13 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from difflens.attention.config import ImageAttentionConfig
 from difflens.errors import DifflensError
 from difflens.hashing import sha256_file
-
-
-@dataclass(frozen=True)
-class ImageAttentionConfig:
-    """Resolved options of one given-image attention run."""
-
-    model: str
-    prompt: str
-    image: str
-    noise_levels: tuple[float, ...] = (0.5,)
-    seed: int = 0
-    layers: str | None = None
-    words: tuple[str, ...] | None = None
-    device: str | None = None
-    dtype: str = "float32"
-    word_agg: str = "mean"
-    all_tokens: bool = False
-    breakdown: bool = False
-    max_memory_mb: float = 2048.0
-    max_sequence_length: int | None = None
-    offline: bool = False
-    prediction_check: bool = True
 
 
 def parse_noise_levels(values: Any) -> tuple[float, ...]:

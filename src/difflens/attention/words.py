@@ -22,10 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from difflens.attention.config import WORD_AGGREGATIONS
 from difflens.errors import DifflensError
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
-WORD_AGGREGATIONS = ("mean", "max")
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from difflens.config import RUNTIME
 from difflens.errors import DifflensError
 from difflens.generate.manifest import MANIFEST_NAME, read_samples, read_settings
 from difflens.generate.options import GenerateOptions, GenerationReport
 from difflens.generate.runner import run_generation
 
+_G = GenerateOptions(num_samples=1)  # the defaults
+
 
 def generate(model: str | Path, prompts: str | Path | Sequence[str], num_samples: int, out_dir: str | Path, *,
-             steps: int | None = None, guidance: float | None = None, seed: int = 0,
-             batch_size: int | None = None, height: int | None = None, width: int | None = None,
-             negative_prompt: str | None = None, dtype: str = "float32", device: str | None = None,
-             offline: bool = False, pipe: Any = None) -> GenerationReport:
+             steps: int | None = _G.steps, guidance: float | None = _G.guidance, seed: int = _G.seed,
+             batch_size: int | None = _G.batch_size, height: int | None = _G.height,
+             width: int | None = _G.width, negative_prompt: str | None = _G.negative_prompt,
+             dtype: str = RUNTIME.dtype, device: str | None = RUNTIME.device, offline: bool = RUNTIME.offline,
+             pipe: Any = None) -> GenerationReport:
     """Generate ``num_samples`` images from a text-to-image pipeline into ``out_dir``, resumably.
 
     ``prompts`` is a prompts file (txt/jsonl/csv) or a list of prompts, cycled to ``num_samples``.

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import typer
 
+from difflens.config import RUNTIME
+from difflens.generate.options import GenerateOptions
+
+_G = GenerateOptions(num_samples=1)  # the defaults
+
 
 def register(app: typer.Typer) -> None:
     """Add this mode's commands to the main app."""
@@ -18,21 +23,24 @@ def register(app: typer.Typer) -> None:
                                           "column; cycled to reach --num-samples."),
         num_samples: int = typer.Option(..., "--num-samples", help="Number of images to generate."),
         out: Path = typer.Option(..., "--out", help="Output folder (rerun the same command to resume)."),
-        steps: int | None = typer.Option(None, "--steps",
+        steps: int | None = typer.Option(_G.steps, "--steps",
                                             help="Denoising steps (default: the pipeline's default)."),
-        guidance: float | None = typer.Option(None, "--guidance",
+        guidance: float | None = typer.Option(_G.guidance, "--guidance",
                                                  help="Guidance scale (default: the pipeline's default)."),
-        seed: int = typer.Option(0, "--seed", help="Run seed; sample i uses a seed derived from (seed, i)."),
-        batch_size: int | None = typer.Option(None, "--batch-size",
+        seed: int = typer.Option(_G.seed, "--seed",
+                                 help="Run seed; sample i uses a seed derived from (seed, i)."),
+        batch_size: int | None = typer.Option(_G.batch_size, "--batch-size",
                                                  help="Images per pipeline call (default: chosen "
                                                       "automatically from measured throughput)."),
-        height: int | None = typer.Option(None, "--height", help="Image height in pixels."),
-        width: int | None = typer.Option(None, "--width", help="Image width in pixels."),
-        negative_prompt: str | None = typer.Option(None, "--negative-prompt",
+        height: int | None = typer.Option(_G.height, "--height", help="Image height in pixels."),
+        width: int | None = typer.Option(_G.width, "--width", help="Image width in pixels."),
+        negative_prompt: str | None = typer.Option(_G.negative_prompt, "--negative-prompt",
                                                       help="Negative prompt for every sample."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
-        device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
-        offline: bool = typer.Option(False, "--offline", help="Never contact the hub; use the local cache."),
+        dtype: str = typer.Option(RUNTIME.dtype, "--dtype", help="float32, float16 or bfloat16."),
+        device: str | None = typer.Option(RUNTIME.device, "--device",
+                                             help="cpu, cuda, cuda:1 (default: auto)."),
+        offline: bool = typer.Option(RUNTIME.offline, "--offline",
+                                     help="Never contact the hub; use the local cache."),
     ) -> None:
         """Generate images from a text-to-image model, resumably, with a manifest of prompts and seeds."""
         from difflens.console import console

@@ -1,4 +1,6 @@
-"""What a ``difflens generate`` call is asked (:class:`GenerateOptions`) and what it reports."""
+"""What a ``difflens generate`` call is asked (:class:`GenerateOptions`: the generate mode's frozen config,
+the single source of the defaults of ``difflens generate`` and :func:`difflens.generate.api.generate`) and
+what it reports."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difflens.config import RUNTIME
 from difflens.errors import DifflensError
 from difflens.generate.manifest import RunSettings
 
@@ -17,7 +20,7 @@ class GenerateOptions:
     num_samples: int
     steps: int | None = None
     guidance: float | None = None
-    seed: int = 0
+    seed: int = RUNTIME.seed
     batch_size: int | None = None  # None: chosen automatically
     height: int | None = None
     width: int | None = None

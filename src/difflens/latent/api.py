@@ -11,9 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from difflens.config import RUNTIME
 from difflens.errors import DifflensError
-from difflens.latent.features import DEFAULT_CLIP_MODEL, FEATURE_SPACES
-from difflens.latent.ood import DEFAULT_LEVELS, MIN_REFERENCE
+from difflens.latent.config import DirectionConfig, EncodeConfig, InterpolateConfig, OodConfig
+from difflens.latent.features import FEATURE_SPACES
+from difflens.metrics.config import DEFAULT_CLIP_MODEL
+
+_R, _E, _I, _D, _O = RUNTIME, EncodeConfig(), InterpolateConfig(), DirectionConfig(), OodConfig()  # defaults
 
 LATENT_SUFFIXES = (".npz", ".safetensors")
 
@@ -140,8 +144,9 @@ def _common(pipe: Any, label: str) -> dict[str, Any]:
 # --- encode -----------------------------------------------------------------------------------------------
 
 def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report: str | Path | None = None,
-           size: int | None = None, dtype: str = "float32", device: str | None = None, offline: bool = False,
-           batch_size: int = 8, strict: bool = False) -> dict[str, Any]:
+           size: int | None = None, dtype: str = _R.dtype, device: str | None = _R.device,
+           offline: bool = _R.offline, batch_size: int = _E.batch_size,
+           strict: bool = _E.strict) -> dict[str, Any]:
     """Encode images to the model's normalized latents (written to ``out``: .npz or .safetensors) and
     report the VAE round-trip PSNR per image (``report``, default: ``out`` with suffix .json).
 
@@ -206,11 +211,12 @@ def encode(images: Sequence[str | Path], model: Any, out: str | Path, *, report:
 
 def interpolate(model: Any, out: str | Path, *, prompt: str | None = None, prompt2: str | None = None,
                 seeds: str | Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
-                frames: int = 8, method: str = "slerp", steps: int = 25, guidance: float | None = None,
-                size: int | None = None, max_sequence_length: int | None = None, features: str = "vae",
-                clip_model: str | Path | None = None, inception_weights: str | Path | None = None,
-                dtype: str = "float32", device: str | None = None, offline: bool = False,
-                batch_size: int = 8) -> dict[str, Any]:
+                frames: int = _I.frames, method: str = _I.method, steps: int = _I.steps,
+                guidance: float | None = _I.guidance, size: int | None = _I.size,
+                max_sequence_length: int | None = _I.max_sequence_length, features: str = _I.features,
+                clip_model: str | Path | None = _I.clip_model, inception_weights: str | Path | None = None,
+                dtype: str = _R.dtype, device: str | None = _R.device, offline: bool = _R.offline,
+                batch_size: int = _I.batch_size) -> dict[str, Any]:
     """Interpolate between two seeds, two prompts (or both), or two images; write frames, a strip, the
     step-distance plot and ``interpolation.json`` into ``out``."""
     from difflens.atomic import save_image, write_json
@@ -288,10 +294,11 @@ def interpolate(model: Any, out: str | Path, *, prompt: str | None = None, promp
 # --- direction --------------------------------------------------------------------------------------------
 
 def direction(model: Any, out: str | Path, *, prompt: str, positives: Sequence[str], negatives: Sequence[str],
-              scales: str | Sequence[float] = "-2,-1,0,1,2", seed: int = 0, steps: int = 25,
-              guidance: float | None = None, size: int | None = None, max_sequence_length: int | None = None,
-              clip_model: str | Path | None = DEFAULT_CLIP_MODEL, dtype: str = "float32",
-              device: str | None = None, offline: bool = False) -> dict[str, Any]:
+              scales: str | Sequence[float] = _D.scales, seed: int = _D.seed, steps: int = _D.steps,
+              guidance: float | None = _D.guidance, size: int | None = _D.size,
+              max_sequence_length: int | None = _D.max_sequence_length,
+              clip_model: str | Path | None = _D.clip_model, dtype: str = _R.dtype,
+              device: str | None = _R.device, offline: bool = _R.offline) -> dict[str, Any]:
     """Apply the mean text-embedding difference of the (positive, negative) pairs to ``prompt`` at each scale
     (same seed); write the images, a grid and ``direction.json`` with the CLIP-measured effect.
     ``clip_model=None`` (CLI: ``--clip-model none``) skips the measurement."""
@@ -350,13 +357,14 @@ def _float_list(values: Sequence[Any]) -> list[float]:
 # --- ood --------------------------------------------------------------------------------------------------
 
 def ood(model: Any, out: str | Path, *, reference: Sequence[str | Path], test: Sequence[str | Path],
-        ood_images: Sequence[str | Path] | None = None, methods: str | Sequence[str] = "all",
-        features: str = "vae", clip_model: str | Path | None = None,
+        ood_images: Sequence[str | Path] | None = None, methods: str | Sequence[str] = _O.methods,
+        features: str = _O.features, clip_model: str | Path | None = _O.clip_model,
         inception_weights: str | Path | None = None,
-        noise_levels: str | Sequence[float] = DEFAULT_LEVELS, steps: int = 20, seed: int = 0,
-        size: int | None = None, max_sequence_length: int | None = None, min_reference: int = MIN_REFERENCE,
-        dtype: str = "float32", device: str | None = None, offline: bool = False,
-        batch_size: int = 8, strict: bool = False) -> dict[str, Any]:
+        noise_levels: str | Sequence[float] = _O.noise_levels, steps: int = _O.steps, seed: int = _O.seed,
+        size: int | None = _O.size, max_sequence_length: int | None = _O.max_sequence_length,
+        min_reference: int = _O.min_reference, dtype: str = _R.dtype, device: str | None = _R.device,
+        offline: bool = _R.offline, batch_size: int = _O.batch_size,
+        strict: bool = _O.strict) -> dict[str, Any]:
     """Score --test (label 0) and --ood (label 1) images against --reference images by each method; write
     ``scores.csv``, ``ood.json`` and one histogram per method into ``out``.
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from difflens.config import RUNTIME
+from difflens.latent.config import DirectionConfig, EncodeConfig, InterpolateConfig, OodConfig
 from difflens.latent.ood import METHODS as OOD_METHODS  # standard library only at import
 
 latent_app = typer.Typer(
@@ -21,19 +23,23 @@ latent_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+_ENC, _INT, _DIR, _OOD = EncodeConfig(), InterpolateConfig(), DirectionConfig(), OodConfig()  # the defaults
 _MODEL = typer.Option(..., "--model", help="Hub id or local diffusers pipeline folder.")
-_DTYPE = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16.")
-_DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: auto).")
-_OFFLINE = typer.Option(False, "--offline", help="Never touch the network (local files and cache only).")
+_DTYPE = typer.Option(RUNTIME.dtype, "--dtype", help="float32, float16 or bfloat16.")
+_DEVICE = typer.Option(RUNTIME.device, "--device", help="cpu, cuda, cuda:N (default: auto).")
+_OFFLINE = typer.Option(RUNTIME.offline, "--offline",
+                        help="Never touch the network (local files and cache only).")
 _HEIGHT = typer.Option(None, "--height", help="Image height in pixels (default: the model's own size). The "
                                                "latent mode works on square images: --width must be equal "
                                                "or left out.")
 _WIDTH = typer.Option(None, "--width", help="Image width in pixels (default: the model's own size; equal to "
                                             "--height).")
 _SIZE = typer.Option(None, "--size", help="Shorthand for --height N --width N.")
-_STRICT = typer.Option(False, "--strict", help="Unreadable or oversized images are an error (default: "
-                                               "skipped with a warning, as in difflens metrics).")
-_BATCH = typer.Option(8, "--batch-size", help="Images per VAE / feature / reconstruction batch.")
+_STRICT = typer.Option(RUNTIME.strict, "--strict",
+                       help="Unreadable or oversized images are an error (default: "
+                            "skipped with a warning, as in difflens metrics).")
+_BATCH = typer.Option(_ENC.batch_size, "--batch-size",  # 8 in every latent command
+                        help="Images per VAE / feature / reconstruction batch.")
 _MSL = typer.Option(None, "--max-sequence-length",
                     help="T5 token limit for SD3/Flux/PixArt (default: the pipeline's own).")
 _GUIDANCE = typer.Option(None, "--guidance", help="Guidance scale (default: the pipeline's).")
@@ -95,15 +101,15 @@ def interpolate(
                                      help="A,B: interpolate initial noise (default 0,1; with --prompt2 one "
                                           "seed, default 0)."),
     images: str | None = typer.Option(None, "--images", help="X,Y: interpolate the two images' VAE latents."),
-    frames: int = typer.Option(8, "--frames", help="Number of frames, both ends included (>= 2)."),
-    method: str = typer.Option("slerp", "--method", help="slerp (keeps the Gaussian norm) or lerp."),
-    steps: int = typer.Option(25, "--steps", help="Denoising steps per frame."),
+    frames: int = typer.Option(_INT.frames, "--frames", help="Number of frames, both ends included (>= 2)."),
+    method: str = typer.Option(_INT.method, "--method", help="slerp (keeps the Gaussian norm) or lerp."),
+    steps: int = typer.Option(_INT.steps, "--steps", help="Denoising steps per frame."),
     guidance: float | None = _GUIDANCE,
     height: int | None = _HEIGHT,
     width: int | None = _WIDTH,
     size: int | None = _SIZE,
     max_sequence_length: int | None = _MSL,
-    features: str = typer.Option("vae", "--features", help=_FEATURES_HELP),
+    features: str = typer.Option(_INT.features, "--features", help=_FEATURES_HELP),
     clip_model: str | None = typer.Option(None, "--clip-model",
                                           help="CLIP for --features clip (default "
                                                "openai/clip-vit-large-patch14)."),
@@ -143,15 +149,16 @@ def direction(
     positive: list[str] = typer.Option(..., "--positive", help="Positive prompt (repeat for more pairs)."),
     negative: list[str] = typer.Option(..., "--negative", help="Negative prompt, paired with --positive."),
     prompt: str = typer.Option(..., "--prompt", help="Base prompt the direction is applied to."),
-    scales: str = typer.Option("-2,-1,0,1,2", "--scales", help="Comma-separated scales, e.g. -2,-1,0,1,2."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial noise, the same for every scale."),
-    steps: int = typer.Option(25, "--steps", help="Denoising steps per image."),
+    scales: str = typer.Option(_DIR.scales, "--scales", help="Comma-separated scales, e.g. -2,-1,0,1,2."),
+    seed: int = typer.Option(_DIR.seed, "--seed",
+                             help="Seed of the initial noise, the same for every scale."),
+    steps: int = typer.Option(_DIR.steps, "--steps", help="Denoising steps per image."),
     guidance: float | None = _GUIDANCE,
     height: int | None = _HEIGHT,
     width: int | None = _WIDTH,
     size: int | None = _SIZE,
     max_sequence_length: int | None = _MSL,
-    clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model",
+    clip_model: str = typer.Option(_DIR.clip_model, "--clip-model",
                                    help="CLIP that measures the effect (folder or hub id); 'none' skips it."),
     dtype: str = _DTYPE,
     device: str | None = _DEVICE,
@@ -184,17 +191,18 @@ def ood(
                                                  help="Known out-of-distribution images (label 1): enables "
                                                       "AUROC, AUPR and FPR95."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    method: str = typer.Option(",".join(OOD_METHODS), "--method",
+    method: str = typer.Option(_OOD.methods, "--method",
                                help=f"Comma list of {', '.join(OOD_METHODS)}, or all (every method)."),
-    features: str = typer.Option("vae", "--features", help=_FEATURES_HELP + " Used by mahalanobis."),
+    features: str = typer.Option(_OOD.features, "--features", help=_FEATURES_HELP + " Used by mahalanobis."),
     clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP for --features clip."),
     inception_weights: Path | None = typer.Option(None, "--inception-weights",
                                                   help="Inception weights for --features inception."),
-    noise_levels: str = typer.Option("0.25,0.5,0.75", "--noise-levels",
+    noise_levels: str = typer.Option(_OOD.noise_levels, "--noise-levels",
                                      help="Reconstruction noise levels (img2img strengths in (0, 1])."),
-    steps: int = typer.Option(20, "--steps", help="Schedule length for reconstruction."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the reconstruction noise (same for every image)."),
-    min_reference: int = typer.Option(10, "--min-reference",
+    steps: int = typer.Option(_OOD.steps, "--steps", help="Schedule length for reconstruction."),
+    seed: int = typer.Option(_OOD.seed, "--seed",
+                             help="Seed of the reconstruction noise (same for every image)."),
+    min_reference: int = typer.Option(_OOD.min_reference, "--min-reference",
                                       help="Refuse to run with fewer reference images than this."),
     height: int | None = _HEIGHT,
     width: int | None = _WIDTH,

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from difflens.errors import DifflensError
 
 FEATURE_SPACES = ("vae", "clip", "inception")
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # the metrics mode's default (CLIP score)
 
 
 class FeatureSpace(Protocol):

@@ -18,6 +18,7 @@ from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.latent.vae import is_packed, pack_latents, pipeline_family, require_vae
+from difflens.pipeline_call import call_kwargs
 
 #: Families whose text encoder is T5 and whose call takes ``max_sequence_length``.
 _SEQ_LEN_FAMILIES = ("sd3", "flux", "pixart")
@@ -152,16 +153,11 @@ def generate(pipe: Any, cond: TextCond, noise: Any, generator: Any, settings: Ge
     latents = noise.to(device=pipe._execution_device, dtype=pipe.dtype)
     if is_packed(pipe):
         latents = pack_latents(pipe, latents)
-    kwargs: dict[str, Any] = dict(height=settings.size, width=settings.size,
-                                  num_inference_steps=settings.steps, latents=latents, generator=generator,
-                                  output_type="pt", **cond.kwargs())
-    if settings.guidance is not None:
-        kwargs["guidance_scale"] = float(settings.guidance)
-    msl = sequence_length(pipe, settings)
-    if msl is not None:
-        kwargs["max_sequence_length"] = msl
-    if family == "pixart":
-        kwargs["use_resolution_binning"] = False  # generate at exactly settings.size
+    kwargs = call_kwargs(pipe, output_type="pt", steps=settings.steps, guidance=settings.guidance,
+                         height=settings.size, width=settings.size,
+                         max_sequence_length=sequence_length(pipe, settings),
+                         keep_size=family == "pixart",  # generate at exactly settings.size
+                         latents=latents, generator=generator, **cond.kwargs())
     with torch.no_grad():
         out = pipe(**kwargs).images
     return out[0].float().cpu()
@@ -172,16 +168,11 @@ def generate_from_prompt(pipe: Any, prompt: str, seed: int, settings: Generation
     reference the latent mode's own generation path must reproduce."""
     import torch
 
-    kwargs: dict[str, Any] = dict(prompt=prompt, height=settings.size, width=settings.size,
-                                  num_inference_steps=settings.steps,
-                                  generator=torch.Generator("cpu").manual_seed(int(seed)), output_type="pt")
-    if settings.guidance is not None:
-        kwargs["guidance_scale"] = float(settings.guidance)
-    msl = sequence_length(pipe, settings)
-    if msl is not None:
-        kwargs["max_sequence_length"] = msl
-    if pipeline_family(pipe) == "pixart":
-        kwargs["use_resolution_binning"] = False
-        kwargs["clean_caption"] = False
+    pixart = pipeline_family(pipe) == "pixart"
+    kwargs = call_kwargs(pipe, output_type="pt", steps=settings.steps, guidance=settings.guidance,
+                         height=settings.size, width=settings.size,
+                         max_sequence_length=sequence_length(pipe, settings), keep_size=pixart,
+                         raw_prompt=pixart, prompt=prompt,
+                         generator=torch.Generator("cpu").manual_seed(int(seed)))
     with torch.no_grad():
         return pipe(**kwargs).images[0].float().cpu()

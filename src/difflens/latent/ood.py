@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.pipeline_call import call_kwargs
 
 METHODS = ("latent-zscore", "mahalanobis", "reconstruction")
 MIN_REFERENCE = 10
@@ -208,14 +209,14 @@ class Reconstructor:
         from difflens.latent.generation import sequence_length
 
         pipe = self._img2img()
-        kwargs: dict[str, Any] = dict(prompt=[""] * len(images), image=images, strength=strength,
-                                      num_inference_steps=self.steps, generator=self._generators(len(images)),
-                                      output_type="pt")
-        if self.family != "flux":
-            kwargs["guidance_scale"] = 1.0  # empty prompt: guidance would change nothing but the cost
-        if self.family in ("sd3", "flux"):
-            kwargs.update(height=images.shape[-2], width=images.shape[-1])
-            kwargs["max_sequence_length"] = sequence_length(self.pipe, self.settings)
+        t5 = self.family in ("sd3", "flux")
+        kwargs = call_kwargs(pipe, output_type="pt", steps=self.steps,
+                             # empty prompt: guidance would change nothing but the cost (Flux: distilled)
+                             guidance=None if self.family == "flux" else 1.0,
+                             height=images.shape[-2] if t5 else None, width=images.shape[-1] if t5 else None,
+                             max_sequence_length=sequence_length(self.pipe, self.settings) if t5 else None,
+                             prompt=[""] * len(images), image=images, strength=strength,
+                             generator=self._generators(len(images)))
         with torch.no_grad():
             out = pipe(**kwargs).images
         return out.float().cpu()
@@ -242,9 +243,10 @@ class Reconstructor:
         kw = {k: v.repeat(len(images), *([1] * (v.dim() - 1))) for k, v in cond.kwargs().items()}
         try:
             with torch.no_grad():
-                out = pipe(latents=noisy, timesteps=[int(t) for t in sub], guidance_scale=1.0,
-                           height=size, width=size, output_type="pt", use_resolution_binning=False,
-                           max_sequence_length=sequence_length(pipe, self.settings), **kw).images
+                out = pipe(**call_kwargs(pipe, output_type="pt", guidance=1.0, height=size, width=size,
+                                         max_sequence_length=sequence_length(pipe, self.settings),
+                                         keep_size=True, latents=noisy, timesteps=[int(t) for t in sub],
+                                         **kw)).images
         except ValueError as exc:
             raise DifflensError(f"reconstruction failed with {type(sched).__name__}: {exc}",
                                 "use a scheduler that accepts custom timesteps, or drop the reconstruction "

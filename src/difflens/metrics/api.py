@@ -20,13 +20,13 @@ fingerprints, weights) before the first image is read, and nothing is written un
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
-from difflens.features.base import PROTOCOLS, check_compatible
+from difflens.features.base import check_compatible
 from difflens.metrics.base import metric_names, resolve_metrics
+from difflens.metrics.config import MetricsConfig
 from difflens.metrics.record import finalize, protocol_record
 from difflens.metrics.sources import (
     FeaturesSource,
@@ -45,36 +45,7 @@ from difflens.metrics.values import (
 )
 
 METRICS: tuple[str, ...] = metric_names("inception")  # fid, kid, is, pr, dc (difflens.metrics.base)
-DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """Every setting that changes a metric value (recorded in ``protocol.settings``)."""
-
-    metrics: tuple[str, ...] | None = None
-    protocol: str = "tf-legacy"
-    batch_size: int = 50
-    seed: int = DEFAULT_SEED
-    kid_subset_size: int = 1000
-    kid_subsets: int = 100
-    is_splits: int = 10
-    k_pr: int = 3
-    k_dc: int = 5
-    bootstrap: int = 0
-    strict: bool = False
-    allow_protocol_mismatch: bool = False
-
-    def validate(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise DifflensError(f"unknown --protocol {self.protocol!r}.",
-                                f"use one of {', '.join(PROTOCOLS)}")
-        checks = (("--batch-size", self.batch_size, 1), ("--kid-subset-size", self.kid_subset_size, 2),
-                  ("--kid-subsets", self.kid_subsets, 1), ("--is-splits", self.is_splits, 1),
-                  ("--bootstrap", self.bootstrap, 0))
-        for flag, value, low in checks:
-            if value < low:
-                raise DifflensError(f"{flag} must be at least {low}, got {value}.", f"pass {flag} >= {low}")
+_D = MetricsConfig()  # the defaults
 
 
 def parse_metrics(spec: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -183,18 +154,18 @@ def compute_metrics(
     *,
     real_features: Any = None,
     fake_features: Any = None,
-    protocol: str = "tf-legacy",
+    protocol: str = _D.protocol,
     inception_weights: str | Path | None = None,
     device: str | None = None,
-    batch_size: int = 50,
-    seed: int = DEFAULT_SEED,
-    kid_subset_size: int = 1000,
-    kid_subsets: int = 100,
-    is_splits: int = 10,
-    bootstrap: int = 0,
+    batch_size: int = _D.batch_size,
+    seed: int = _D.seed,
+    kid_subset_size: int = _D.kid_subset_size,
+    kid_subsets: int = _D.kid_subsets,
+    is_splits: int = _D.is_splits,
+    bootstrap: int = _D.bootstrap,
     offline: bool = False,
-    strict: bool = False,
-    allow_protocol_mismatch: bool = False,
+    strict: bool = _D.strict,
+    allow_protocol_mismatch: bool = _D.allow_protocol_mismatch,
     save_stats: str | Path | None = None,
     save_real_stats: str | Path | None = None,
     save_fake_stats: str | Path | None = None,

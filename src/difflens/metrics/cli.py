@@ -12,7 +12,19 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add this mode's commands to the main app."""
+    from difflens.config import RUNTIME
     from difflens.metrics.catalog import inputs_help, metrics_help  # light: lists from the registries
+    from difflens.metrics.config import (
+        DEFAULT_CMMD_CLIP_MODEL,
+        DEFAULT_DINOV2_MODEL,
+        DatasetOptions,
+        EmbeddingConfig,
+        GenerationRequest,
+        MetricsConfig,
+    )
+
+    m, e, d = MetricsConfig(), EmbeddingConfig(), DatasetOptions()  # the defaults
+    g = GenerationRequest(model="", num_samples=0)
 
     @app.command("metrics")
     def metrics_command(
@@ -27,25 +39,27 @@ def register(app: typer.Typer) -> None:
         fake_features: str | None = typer.Option(
             None, "--fake-features", help="Precomputed (N, D) fake features (.npy or .npz, as "
                                           "--real-features); no extraction."),
-        metrics: str | None = typer.Option(None, "--metrics", help=metrics_help()),
+        metrics: str | None = typer.Option(m.metrics, "--metrics", help=metrics_help()),
         inception_weights: str | None = typer.Option(
             None, "--inception-weights",
             help="Inception weights file (torch-fidelity format). Default: $DIFFLENS_WEIGHTS_DIR, then the "
                  "torch hub cache, then a download."),
-        protocol: str = typer.Option("tf-legacy", "--protocol",
+        protocol: str = typer.Option(m.protocol, "--protocol",
                                      help="Resize protocol: tf-legacy (torch-fidelity-exact) or clean "
                                           "(clean-fid's PIL bicubic)."),
-        device: str | None = typer.Option(None, "--device",
+        device: str | None = typer.Option(RUNTIME.device, "--device",
                                           help="cpu or cuda (default: cuda when available)."),
-        batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception forward pass."),
-        seed: int = typer.Option(2020, "--seed", help="Seed for KID subsets, IS split order and bootstrap. "
+        batch_size: int = typer.Option(m.batch_size, "--batch-size",
+                                       help="Images per Inception forward pass."),
+        seed: int = typer.Option(m.seed, "--seed", help="Seed for KID subsets, IS split order and bootstrap. "
                                  "2020 is torch-fidelity's default, so KID matches it; every other seed "
                                  "option of difflens defaults to 0."),
         kid_subset_size: int = typer.Option(
-            1000, "--kid-subset-size", help="KID subset size (shrunk to the smaller set, with a warning)."),
-        kid_subsets: int = typer.Option(100, "--kid-subsets", help="Number of KID subsets."),
-        is_splits: int = typer.Option(10, "--is-splits", help="Number of IS splits."),
-        bootstrap: int = typer.Option(0, "--bootstrap",
+            m.kid_subset_size, "--kid-subset-size",
+            help="KID subset size (shrunk to the smaller set, with a warning)."),
+        kid_subsets: int = typer.Option(m.kid_subsets, "--kid-subsets", help="Number of KID subsets."),
+        is_splits: int = typer.Option(m.is_splits, "--is-splits", help="Number of IS splits."),
+        bootstrap: int = typer.Option(m.bootstrap, "--bootstrap",
                                       help="B > 0: 95% intervals for fid, kid, precision, recall, density "
                                            "and coverage from B resamples of the fake set."),
         json_out: Path | None = typer.Option(
@@ -59,14 +73,14 @@ def register(app: typer.Typer) -> None:
                                                     help="Write the real set's statistics (.npz)."),
         save_fake_stats: Path | None = typer.Option(None, "--save-fake-stats",
                                                     help="Write the fake set's statistics (.npz)."),
-        offline: bool = typer.Option(False, "--offline",
+        offline: bool = typer.Option(RUNTIME.offline, "--offline",
                                      help="Never download weights (also set by HF_HUB_OFFLINE=1 or "
                                           "DIFFLENS_OFFLINE=1)."),
-        strict: bool = typer.Option(False, "--strict",
+        strict: bool = typer.Option(m.strict, "--strict",
                                     help="Unreadable or oversized images (over PIL's MAX_IMAGE_PIXELS) are "
                                          "an error (default: skipped with a warning)."),
         allow_protocol_mismatch: bool = typer.Option(
-            False, "--allow-protocol-mismatch",
+            m.allow_protocol_mismatch, "--allow-protocol-mismatch",
             help="Compare statistics made under different fingerprints (protocol, weights, dtype) anyway."),
         model: str | None = typer.Option(
             None, "--model", help="Generate the fake set from this diffusers pipeline (hub id or folder), "
@@ -79,37 +93,43 @@ def register(app: typer.Typer) -> None:
         samples_dir: str | None = typer.Option(
             None, "--samples-dir", help="Where --model writes its samples (default: a cache folder keyed "
                                         "by the settings; rerunning resumes)."),
-        steps: int | None = typer.Option(None, "--steps", help="Inference steps for --model."),
-        guidance: float | None = typer.Option(None, "--guidance", help="Guidance scale for --model."),
-        gen_seed: int = typer.Option(0, "--gen-seed",
+        steps: int | None = typer.Option(g.steps, "--steps", help="Inference steps for --model."),
+        guidance: float | None = typer.Option(g.guidance, "--guidance", help="Guidance scale for --model."),
+        gen_seed: int = typer.Option(g.seed, "--gen-seed",
                                      help="Base seed of generated samples (--model), as generate --seed."),
-        gen_batch_size: int | None = typer.Option(None, "--gen-batch-size",
+        gen_batch_size: int | None = typer.Option(g.batch_size, "--gen-batch-size",
                                                   help="Generation batch size (default: measured)."),
-        height: int | None = typer.Option(None, "--height", help="Image height for --model."),
-        width: int | None = typer.Option(None, "--width", help="Image width for --model."),
-        negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="For --model."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16 (for --model)."),
-        clip_model: str = typer.Option("openai/clip-vit-large-patch14", "--clip-model",
+        height: int | None = typer.Option(g.height, "--height", help="Image height for --model."),
+        width: int | None = typer.Option(g.width, "--width", help="Image width for --model."),
+        negative_prompt: str | None = typer.Option(g.negative_prompt, "--negative-prompt",
+                                                   help="For --model."),
+        dtype: str = typer.Option(g.dtype, "--dtype", help="float32, float16 or bfloat16 (for --model)."),
+        clip_model: str = typer.Option(e.clip_model, "--clip-model",
                                        help="CLIP model (hub id or folder) for --metrics clip."),
         cmmd_clip_model: str | None = typer.Option(
-            None, "--cmmd-clip-model",
-            help="CLIP model for cmmd (default openai/clip-vit-large-patch14-336)."),
+            e.cmmd_clip_model, "--cmmd-clip-model",
+            help=f"CLIP model for cmmd (default {DEFAULT_CMMD_CLIP_MODEL})."),
         dinov2_model: str | None = typer.Option(
-            None, "--dinov2-model", help="DINOv2 model for fd-dinov2 (default facebook/dinov2-large)."),
-        per_prompt: bool = typer.Option(False, "--per-prompt",
+            e.dinov2_model, "--dinov2-model",
+            help=f"DINOv2 model for fd-dinov2 (default {DEFAULT_DINOV2_MODEL})."),
+        per_prompt: bool = typer.Option(e.per_prompt, "--per-prompt",
                                         help="CLIP score per prompt and the worst-aligned prompts."),
-        image_column: str = typer.Option("image", "--image-column", help="Image column of dataset specs."),
+        image_column: str = typer.Option(d.image_column, "--image-column",
+                                         help="Image column of dataset specs."),
         caption_column: str | None = typer.Option(
-            None, "--caption-column",
+            d.caption_column, "--caption-column",
             help="Caption column of a --prompts dataset (default caption), or of the manifest.jsonl, "
                  "metadata.jsonl or metadata.csv of a --fake folder (default: the first of prompt, text, "
                  "caption)."),
-        num_real: int | None = typer.Option(None, "--num-real",
+        num_real: int | None = typer.Option(d.num_real, "--num-real",
                                             help="Reproducible subset of N dataset rows."),
-        subset_seed: int = typer.Option(0, "--subset-seed", help="Seed of the --num-real subset."),
+        subset_seed: int = typer.Option(d.subset_seed, "--subset-seed",
+                                        help="Seed of the --num-real subset."),
         reference_size: int | None = typer.Option(
-            None, "--reference-size", help="Resize (shorter side, bicubic) and center-crop dataset images."),
-        streaming: bool = typer.Option(False, "--streaming", help="Stream hf: datasets instead of caching."),
+            d.reference_size, "--reference-size",
+            help="Resize (shorter side, bicubic) and center-crop dataset images."),
+        streaming: bool = typer.Option(d.streaming, "--streaming",
+                                       help="Stream hf: datasets instead of caching."),
     ) -> None:
         """FID, KID, IS, precision/recall, density/coverage (Inception), CLIP score, CMMD and FD-DINOv2
         between a reference set and generated images (a folder, or samples generated from --model)."""

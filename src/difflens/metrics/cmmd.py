@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.metrics.config import DEFAULT_CMMD_CLIP_MODEL
 from difflens.metrics.feature_cache import FeatureCache, percentile_ci95, resample_indices
 from difflens.metrics.results import TwoSetResult
 
-DEFAULT_CMMD_CLIP_MODEL = "openai/clip-vit-large-patch14-336"
 SIGMA = 10.0
 SCALE = 1000.0
 BLOCK_BYTES = 128 * 1024 * 1024  # one float64 kernel block at most this large

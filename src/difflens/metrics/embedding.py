@@ -11,16 +11,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from difflens.config import RUNTIME
 from difflens.errors import DifflensError
 from difflens.metrics.base import metric_names, metric_spec
 from difflens.metrics.clip import (
-    DEFAULT_CLIP_MODEL,
     PROTOCOL_CMMD,
     PROTOCOL_PROCESSOR,
     ClipEncoder,
     compute_clip_score,
 )
+from difflens.metrics.config import (
+    DEFAULT_CMMD_CLIP_MODEL,
+    DEFAULT_DINOV2_MODEL,
+    EmbeddingConfig,
+    MetricsConfig,
+)
 from difflens.metrics.feature_cache import FeatureCache, NoCache, inputs_digest
+
+_E, _M = EmbeddingConfig(), MetricsConfig()  # the defaults
 
 #: ``--metrics`` names of the CLIP/DINOv2 metrics and their JSON keys.
 EMBEDDING_METRICS: dict[str, str] = {n: metric_spec(n).keys[0] for n in metric_names("embedding")}
@@ -36,10 +44,11 @@ def parse_embedding_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 def compute_embedding_metrics(
     metrics: str | Sequence[str], *, fake: Sequence[Any] | None, real: Sequence[Any] | None = None,
-    prompts: Sequence[str] | None = None, clip_model: str = DEFAULT_CLIP_MODEL,
-    cmmd_clip_model: str | None = None, dinov2_model: str | None = None, per_prompt: bool = False,
-    lowest: int = 10, bootstrap: int = 0, seed: int = 0, device: str | None = None, dtype: str = "float32",
-    offline: bool = False, cache: FeatureCache | None = None, batch_size: int = 32,
+    prompts: Sequence[str] | None = None, clip_model: str = _E.clip_model,
+    cmmd_clip_model: str | None = _E.cmmd_clip_model, dinov2_model: str | None = _E.dinov2_model,
+    per_prompt: bool = _E.per_prompt, lowest: int = 10, bootstrap: int = _M.bootstrap, seed: int = _M.seed,
+    device: str | None = RUNTIME.device, dtype: str = RUNTIME.dtype, offline: bool = RUNTIME.offline,
+    cache: FeatureCache | None = None, batch_size: int = _E.batch_size,
 ) -> dict[str, Any]:
     """CLIP score, CMMD and FD-DINOv2 in one call: one feature pass per (extractor, preprocessing, set).
 
@@ -49,8 +58,8 @@ def compute_embedding_metrics(
     "per_prompt": {...} (with ``per_prompt``), "protocol": {key: {model, weights_sha256, preprocessing,
     dtype}}, "warnings": [...]}``. ``ci95`` comes from resampling the fake set (``bootstrap`` > 0).
     """
-    from difflens.metrics.cmmd import DEFAULT_CMMD_CLIP_MODEL, cmmd_from_embeddings
-    from difflens.metrics.dinov2 import DEFAULT_DINOV2_MODEL, Dinov2Encoder, fd_with_bootstrap
+    from difflens.metrics.cmmd import cmmd_from_embeddings
+    from difflens.metrics.dinov2 import Dinov2Encoder, fd_with_bootstrap
 
     chosen = parse_embedding_metrics(metrics)
     cmmd_clip_model = cmmd_clip_model or DEFAULT_CMMD_CLIP_MODEL

@@ -9,40 +9,13 @@ which of them a request needs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.metrics.config import DatasetOptions, EmbeddingConfig, GenerationRequest, MetricsConfig
 
-
-@dataclass(frozen=True)
-class DatasetOptions:
-    """How to read `hf:`/parquet/arrow specs (see difflens.refsets)."""
-
-    image_column: str = "image"
-    caption_column: str | None = None  # None: "caption" for datasets, prompt/text/caption for --fake folders
-    num_real: int | None = None
-    subset_seed: int = 0
-    reference_size: int | None = None
-    streaming: bool = False
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """Generate-then-evaluate: samples of `model` for `prompts`."""
-
-    model: str
-    num_samples: int
-    samples_dir: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int = 0
-    batch_size: int | None = None
-    height: int | None = None
-    width: int | None = None
-    negative_prompt: str | None = None
-    dtype: str = "float32"
+_M, _E = MetricsConfig(), EmbeddingConfig()  # the defaults
 
 
 def split_metrics(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
@@ -141,11 +114,19 @@ def _readable(items: Any, prompts: list[str] | None, flag: str, strict: bool,
 
 def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | None = None, *,
              prompts: str | None = None, generation: GenerationRequest | None = None,
-             datasets: DatasetOptions | None = None, clip_model: str = "openai/clip-vit-large-patch14",
-             cmmd_clip_model: str | None = None, dinov2_model: str | None = None, per_prompt: bool = False,
-             offline: bool = False, strict: bool = False, device: str | None = None,
-             **inception_kwargs: Any) -> dict[str, Any]:
-    """Everything `difflens metrics` can do, as a function. `inception_kwargs` go to compute_metrics."""
+             datasets: DatasetOptions | None = None, clip_model: str = _E.clip_model,
+             cmmd_clip_model: str | None = _E.cmmd_clip_model, dinov2_model: str | None = _E.dinov2_model,
+             per_prompt: bool = _E.per_prompt, offline: bool = False, strict: bool = _M.strict,
+             device: str | None = None, real_features: Any = None, fake_features: Any = None,
+             protocol: str = _M.protocol, inception_weights: str | Path | None = None,
+             batch_size: int = _M.batch_size, seed: int = _M.seed, kid_subset_size: int = _M.kid_subset_size,
+             kid_subsets: int = _M.kid_subsets, is_splits: int = _M.is_splits, bootstrap: int = _M.bootstrap,
+             allow_protocol_mismatch: bool = _M.allow_protocol_mismatch, save_stats: str | Path | None = None,
+             save_real_stats: str | Path | None = None,
+             save_fake_stats: str | Path | None = None) -> dict[str, Any]:
+    """Everything `difflens metrics` can do, as a function. The Inception settings go to
+    :func:`difflens.metrics.api.compute_metrics`; ``seed`` and ``bootstrap`` serve the embedding metrics too
+    (one sampling seed, :data:`difflens.metrics.config.DEFAULT_SEED` by default, as on the command line)."""
     from difflens.metrics.api import compute_metrics
 
     datasets = datasets or DatasetOptions()
@@ -199,13 +180,19 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         preprocessing = {side: ident["preprocessing"] for side, ident in (("real", real_identity),
                          ("fake", fake_identity)) if ident and ident.get("preprocessing")}
         result = compute_metrics(real_input, fake_input, inception, offline=offline, strict=strict,
-                                 device=device, preprocessing=preprocessing or None, **inception_kwargs)
+                                 device=device, preprocessing=preprocessing or None,
+                                 real_features=real_features, fake_features=fake_features, protocol=protocol,
+                                 inception_weights=inception_weights, batch_size=batch_size, seed=seed,
+                                 kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                                 is_splits=is_splits, bootstrap=bootstrap,
+                                 allow_protocol_mismatch=allow_protocol_mismatch,
+                                 save_stats=save_stats, save_real_stats=save_real_stats,
+                                 save_fake_stats=save_fake_stats)
     else:
         from difflens.versions import collect_versions
 
         result = {"metrics": {}, "n_real": None, "n_fake": None,
-                  "protocol": {"settings": {"metrics": [], "seed": int(inception_kwargs.get("seed", 0)),
-                                            "bootstrap": int(inception_kwargs.get("bootstrap", 0))}},
+                  "protocol": {"settings": {"metrics": [], "seed": int(seed), "bootstrap": int(bootstrap)}},
                   "versions": collect_versions(), "warnings": []}
     if embedding:
         from difflens.metrics.embedding import compute_embedding_metrics
@@ -222,7 +209,7 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
             embedding, fake=fake_items, real=real_items,
             prompts=fake_prompts, clip_model=clip_model, cmmd_clip_model=cmmd_clip_model,
             dinov2_model=dinov2_model, per_prompt=per_prompt,
-            bootstrap=int(inception_kwargs.get("bootstrap", 0)), seed=int(inception_kwargs.get("seed", 0)),
+            bootstrap=int(bootstrap), seed=int(seed),
             device=device, offline=offline, cache=FeatureCache())
         result["metrics"].update(extra["metrics"])
         result.setdefault("protocol", {})["embedding"] = extra.get("protocol", {})

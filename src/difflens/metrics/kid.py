@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from difflens.errors import DifflensError
-
-DEFAULT_SEED = 2020  # torch_fidelity.defaults: rng_seed
+from difflens.metrics.config import DEFAULT_SEED  # torch_fidelity.defaults: rng_seed
 
 
 @dataclass

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import typer
 
+from difflens.config import RUNTIME
+from difflens.metrics.config import DatasetOptions, MetricsConfig
+
+_M, _D = MetricsConfig(), DatasetOptions()  # the defaults: stats build reads datasets as difflens metrics
+
 stats_app = typer.Typer(
     name="stats", help="Reference statistics: build them once from a dataset, or fetch published ones.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -22,30 +27,34 @@ def build_command(
     keep_features: bool = typer.Option(False, "--keep-features",
                                        help="Also store the pool3 features (N x 2048) for KID and "
                                             "precision/recall."),
-    image_column: str = typer.Option("image", "--image-column", help="Dataset column holding the images."),
-    num_real: int | None = typer.Option(None, "--num-real", help="Use a reproducible subset of this many "
-                                                                 "rows (default: all rows)."),
-    subset_seed: int = typer.Option(0, "--subset-seed", help="Seed of the --num-real subset."),
-    reference_size: int | None = typer.Option(None, "--reference-size",
+    image_column: str = typer.Option(_D.image_column, "--image-column",
+                                     help="Dataset column holding the images."),
+    num_real: int | None = typer.Option(_D.num_real, "--num-real",
+                                        help="Use a reproducible subset of this many "
+                                             "rows (default: all rows)."),
+    subset_seed: int = typer.Option(_D.subset_seed, "--subset-seed", help="Seed of the --num-real subset."),
+    reference_size: int | None = typer.Option(_D.reference_size, "--reference-size",
                                               help="Resize the shorter side (PIL bicubic, antialiased) "
                                                    "and center-crop to this size, e.g. 256 (default: as "
                                                    "stored)."),
     inception_weights: Path | None = typer.Option(None, "--inception-weights",
                                                   help="Inception weights file (default: the published "
                                                        "TF-2015-12-05 file from the usual caches)."),
-    protocol: str = typer.Option("tf-legacy", "--protocol",
+    protocol: str = typer.Option(_M.protocol, "--protocol",
                                  help="Inception resize protocol: tf-legacy (torch-fidelity/TTUR) or clean "
                                       "(clean-fid)."),
     clip_model: str | None = typer.Option(None, "--clip-model",
                                           help="Also store CLIP image embeddings (CMMD protocol) of this "
                                                "CLIP model (hub id or folder)."),
-    offline: bool = typer.Option(False, "--offline", help="Never download; use local caches only."),
-    streaming: bool = typer.Option(False, "--streaming", help="Stream an hf: dataset instead of preparing "
-                                                              "it in the local cache."),
-    strict: bool = typer.Option(False, "--strict", help="Fail on an image that cannot be decoded (default: "
-                                                        "skip it, count it and report it)."),
-    batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception batch."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
+    offline: bool = typer.Option(RUNTIME.offline, "--offline", help="Never download; use local caches only."),
+    streaming: bool = typer.Option(_D.streaming, "--streaming",
+                                   help="Stream an hf: dataset instead of preparing "
+                                        "it in the local cache."),
+    strict: bool = typer.Option(_M.strict, "--strict",
+                                help="Fail on an image that cannot be decoded (default: "
+                                     "skip it, count it and report it)."),
+    batch_size: int = typer.Option(_M.batch_size, "--batch-size", help="Images per Inception batch."),
+    device: str | None = typer.Option(RUNTIME.device, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
 ) -> None:
     """Compute the Gaussian statistics of a reference set once, with its fingerprint and dataset identity."""
     from difflens.console import console

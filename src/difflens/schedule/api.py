@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.schedule.config import ScheduleConfig
 
+_S = ScheduleConfig()  # the defaults
 DEFAULT_SIZE = 1024
 
 NON_FINITE_NOTE = (
@@ -142,9 +144,9 @@ def analyze_one(source: Any, steps: int, spacing: str | None, height: int | None
     }
 
 
-def analyze_schedules(specs: Sequence[str], steps: int = 50, spacing: str | None = None,
-                      height: int | None = None, width: int | None = None,
-                      scheduler: str | None = None) -> dict[str, Any]:
+def analyze_schedules(specs: Sequence[str], steps: int = _S.steps, spacing: str | None = _S.spacing,
+                      height: int | None = _S.height, width: int | None = _S.width,
+                      scheduler: str | None = _S.scheduler) -> dict[str, Any]:
     """Analyze every spec (preset, scheduler_config.json, pipeline folder or hub id; see
     :mod:`difflens.schedule.sources`) and return the result dict written as ``schedule.json``.
 

@@ -7,6 +7,10 @@ from typing import Any
 
 import typer
 
+from difflens.schedule.config import ScheduleConfig
+
+_S = ScheduleConfig()  # the defaults
+
 
 def register(app: typer.Typer) -> None:
     """Add this mode's commands to the main app."""
@@ -19,17 +23,18 @@ def register(app: typer.Typer) -> None:
                  "sdxl, sd3, flux), a scheduler_config.json, a pipeline folder (its scheduler/ subfolder) "
                  "or a hub id. Append @SchedulerClass to swap the sampler, e.g. "
                  "sd15@EulerDiscreteScheduler."),
-        steps: int = typer.Option(50, "--steps", min=1, help="Inference steps to trace."),
+        steps: int = typer.Option(_S.steps, "--steps", min=1, help="Inference steps to trace."),
         spacing: str | None = typer.Option(
-            None, "--spacing", help="Override timestep_spacing: leading, trailing or linspace (default: "
-                                    "the config's)."),
-        height: int | None = typer.Option(None, "--height", help="Image height in pixels, for dynamic "
+            _S.spacing, "--spacing",
+            help="Override timestep_spacing: leading, trailing or linspace (default: the config's)."),
+        height: int | None = typer.Option(_S.height, "--height", help="Image height in pixels, for dynamic "
                                                                  "shifting (Flux; default 1024)."),
-        width: int | None = typer.Option(None, "--width", help="Image width in pixels, for dynamic "
+        width: int | None = typer.Option(_S.width, "--width", help="Image width in pixels, for dynamic "
                                                                "shifting (Flux; default 1024)."),
         scheduler: str | None = typer.Option(
-            None, "--scheduler", help="Swap the sampler class (e.g. EulerDiscreteScheduler) while keeping "
-                                      "each model's config, for every SPEC without its own @Class."),
+            _S.scheduler, "--scheduler",
+            help="Swap the sampler class (e.g. EulerDiscreteScheduler) while keeping each model's config, "
+                 "for every SPEC without its own @Class."),
         out: Path | None = typer.Option(
             None, "--out", help="Folder for schedule.json, one CSV per schedule and PNG plots (default: "
                                 "print the tables only)."),

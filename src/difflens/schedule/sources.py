@@ -23,11 +23,12 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from difflens.errors import DifflensError
+from difflens.schedule.config import Spacing
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS: tuple[str, ...] = get_args(Spacing)
 
 #: Presets and the pipeline class that uses each (pipelines can call set_timesteps differently).
 PRESET_PIPELINES: dict[str, str | None] = {

@@ -1,0 +1,97 @@
+"""The metrics mode's settings: frozen, typed, the single source of its defaults.
+
+``difflens metrics`` (its typer options), :func:`difflens.metrics.api.compute_metrics`,
+:func:`difflens.metrics.evaluate.evaluate` and the ``[metrics]`` table of ``analysis.toml`` take their
+defaults from these classes. Standard library only at import (the CLI reads it while building its options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from difflens.config import RUNTIME, Dtype
+from difflens.errors import DifflensError
+
+__all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_CMMD_CLIP_MODEL", "DEFAULT_DINOV2_MODEL", "DEFAULT_SEED",
+           "DatasetOptions", "EmbeddingConfig", "GenerationRequest", "MetricsConfig", "Protocol"]
+
+#: Inception resize protocols: ``tf-legacy`` (torch-fidelity's TF1-exact bilinear) or ``clean`` (clean-fid's
+#: PIL bicubic). :data:`difflens.features.base.PROTOCOLS` lists the same names (a test checks).
+Protocol = Literal["tf-legacy", "clean"]
+
+DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # CLIP score (and the latent mode's CLIP features)
+DEFAULT_CMMD_CLIP_MODEL = "openai/clip-vit-large-patch14-336"  # google-research/cmmd's model
+DEFAULT_DINOV2_MODEL = "facebook/dinov2-large"  # FD-DINOv2 (Stein et al. 2023: ViT-L/14)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Every setting that changes an Inception metric value (recorded in ``protocol.settings``)."""
+
+    metrics: tuple[str, ...] | None = None  # None: every metric the inputs allow
+    protocol: Protocol = "tf-legacy"
+    batch_size: int = 50
+    seed: int = DEFAULT_SEED  # KID subsets, IS split order, bootstrap resampling (embedding metrics too)
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    is_splits: int = 10
+    k_pr: int = 3
+    k_dc: int = 5
+    bootstrap: int = 0
+    strict: bool = RUNTIME.strict
+    allow_protocol_mismatch: bool = False
+
+    def validate(self) -> None:
+        from difflens.features.base import PROTOCOLS
+
+        if self.protocol not in PROTOCOLS:
+            raise DifflensError(f"unknown --protocol {self.protocol!r}.",
+                                f"use one of {', '.join(PROTOCOLS)}")
+        checks = (("--batch-size", self.batch_size, 1), ("--kid-subset-size", self.kid_subset_size, 2),
+                  ("--kid-subsets", self.kid_subsets, 1), ("--is-splits", self.is_splits, 1),
+                  ("--bootstrap", self.bootstrap, 0))
+        for flag, value, low in checks:
+            if value < low:
+                raise DifflensError(f"{flag} must be at least {low}, got {value}.", f"pass {flag} >= {low}")
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The CLIP/DINOv2 metrics' models (CLIP score, CMMD, FD-DINOv2)."""
+
+    clip_model: str = DEFAULT_CLIP_MODEL
+    cmmd_clip_model: str | None = None  # None: DEFAULT_CMMD_CLIP_MODEL
+    dinov2_model: str | None = None  # None: DEFAULT_DINOV2_MODEL
+    per_prompt: bool = False
+    batch_size: int = 32  # images per CLIP/DINOv2 forward pass (the Python API; the CLI keeps it)
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read `hf:`/parquet/arrow specs (see difflens.refsets)."""
+
+    image_column: str = "image"
+    caption_column: str | None = None  # None: "caption" for datasets, prompt/text/caption for --fake folders
+    num_real: int | None = None
+    subset_seed: int = 0
+    reference_size: int | None = None
+    streaming: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Generate-then-evaluate: samples of `model` for `prompts` (``None``: the pipeline's default)."""
+
+    model: str
+    num_samples: int
+    samples_dir: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = RUNTIME.seed
+    batch_size: int | None = None  # None: measured
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = None
+    dtype: Dtype = RUNTIME.dtype
