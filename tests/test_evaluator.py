@@ -42,7 +42,6 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     real, fake = natural_crops(N, 32, seed=1), natural_crops(N, 32, seed=2)
     ref = compute_metrics(real, fake, METRICS, inception_weights=weights, show_progress=False, **OPTS)
     from difflens.features.registry import get_extractor
-
     from difflens.metrics.config import MetricsConfig
 
     shared = get_extractor("inception", weights=weights, device="cpu",  # built once for every evaluator

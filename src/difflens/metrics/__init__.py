@@ -2,7 +2,8 @@
 CLIP/DINOv2-based metrics.
 
 Importing this package is light; the public functions are loaded on first use:
-``compute_metrics``, ``compute_inception_features`` (from :mod:`difflens.metrics.api`) and
+``compute_metrics``, ``compute_inception_features`` (from :mod:`difflens.metrics.api`), ``Evaluator``
+(the training-loop API, :mod:`difflens.metrics.evaluator`) and
 ``make_random_inception_weights`` (from :mod:`difflens.metrics.inception`).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
+    "Evaluator": "difflens.metrics.evaluator",
     "compute_metrics": "difflens.metrics.api",
     "compute_inception_features": "difflens.metrics.api",
     "make_random_inception_weights": "difflens.metrics.inception",
