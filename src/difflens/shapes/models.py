@@ -12,12 +12,12 @@ wall time, and the library versions. No torch is imported here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal
 
 from difflens.errors import DifflensError
+from difflens.hashing import sha256_file
 
 Family = Literal["unet", "mmdit"]
 FAMILIES: tuple[str, ...] = ("unet", "mmdit")
@@ -44,14 +44,6 @@ def pretrained(family: Family = "unet") -> str:
 def pretrained_clip() -> str:
     """Local folder of the shipped ``CLIPModel`` + ``CLIPTokenizer``."""
     return _folder("clip")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(root: Path) -> list[Path]:
