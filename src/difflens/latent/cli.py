@@ -82,7 +82,9 @@ def encode(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(files={"--out": out, "--report": report}, dtype=dtype, device=device)
     size = _side(height, width, size)
     res = api.encode(images, model, out, report=report, size=size, dtype=dtype, device=device,
                      offline=offline, batch_size=batch_size, strict=strict)
@@ -128,7 +130,9 @@ def interpolate(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     size = _side(height, width, size)
     image_list = [p for p in images.split(",") if p.strip()] if images is not None else None
     res = api.interpolate(model, out, prompt=prompt, prompt2=prompt2, seeds=seeds, images=image_list,
@@ -170,7 +174,9 @@ def direction(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     size = _side(height, width, size)
     res = api.direction(model, out, prompt=prompt, positives=positive, negatives=negative, scales=scales,
                         seed=seed, steps=steps, guidance=guidance, size=size,
@@ -220,7 +226,9 @@ def ood(
     """
     from difflens.console import console
     from difflens.latent import api
+    from difflens.preflight import preflight
 
+    preflight(folders={"--out": out}, dtype=dtype, device=device)
     size = _side(height, width, size)
     res = api.ood(model, out, reference=reference, test=test, ood_images=ood_images or None, methods=method,
                   features=features, clip_model=clip_model, inception_weights=inception_weights,
