@@ -15,6 +15,7 @@ from difflens.report.summarize import (
     check_matrix,
     collect_checks,
     failed_checks,
+    faithfulness_tables,
     fmt_number,
     headlines,
     metric_rows,
@@ -96,6 +97,7 @@ def build_context(runs: list[RunData]) -> dict[str, Any]:
                 "checks": collect_checks(mode),
                 "matrix": check_matrix(collect_checks(mode)),
                 "ood": ood_rows(mode) if name == "latent" else [],
+                "faithfulness": faithfulness_tables(mode) if name == "attention" else [],
                 "smoothness": smoothness_rows(mode) if name == "latent" else [],
                 "images": [{"uri": data_uri(p), "caption": str(p.relative_to(run.path / name))}
                            for p in mode.images],

@@ -136,3 +136,34 @@ def check_matrix(checks: list[Check]) -> CheckMatrix | None:
         return None
     names = list(dict.fromkeys(c.name for c in checks))
     return CheckMatrix(names, sources, {(c.name, c.source): c for c in checks})
+
+
+@dataclass(frozen=True)
+class FaithfulnessTable:
+    """One `difflens attention score` record: where it came from and one row per word (and overall)."""
+
+    source: str
+    what: str
+    #: name, n, mIoU@0.4, best mIoU @ threshold, pointing, AUROC
+    rows: list[tuple[str, str, str, str, str, str]]
+
+
+def faithfulness_tables(mode: ModeData) -> list[FaithfulnessTable]:
+    """Every attention-score record (``"mode": "attention_score"``) among the mode's JSON files."""
+    tables = []
+    for path, content in mode.results.items():
+        if not (isinstance(content, dict) and content.get("mode") == "attention_score"):
+            continue
+        demo = content.get("demo") or {}
+        what = (f"{len(content.get('runs', []))} run(s) scored against their masks"
+                + (f"; noise levels {demo['noise_levels']}" if demo.get("noise_levels") else ""))
+
+        def row(name: str, s: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
+            best = f"{fmt_number(s.get('best_miou'), 3)} @ {fmt_number(s.get('best_threshold'), 2)}"
+            return (name, fmt_number(s.get("n")), fmt_number(s.get("miou"), 3), best,
+                    fmt_number(s.get("pointing"), 3), fmt_number(s.get("auroc"), 3))
+
+        rows = [row("overall", content.get("overall") or {})]
+        rows += [row(w, s) for w, s in (content.get("per_word") or {}).items() if isinstance(s, dict)]
+        tables.append(FaithfulnessTable(path, what, rows))
+    return tables

@@ -1,0 +1,65 @@
+"""The demo's shapes-world data (held-out scenes, digits) and the report's attention-faithfulness section.
+
+The demo itself (`make demo`) takes a minute or more on 2 cores and is run by hand; these tests cover what
+it builds on, fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def test_demo_image_sets_are_disjoint_held_out_scenes_and_digits() -> None:
+    from difflens.demo.extras import SCORED
+    from difflens.demo.run import N_OOD, N_REAL
+    from difflens.demo.shapes_data import STARTS, digits_rgb, heldout_shapes
+    from difflens.shapes import split_seeds
+
+    sizes = {"real": N_REAL, "ood_reference": N_OOD, "ood_test": N_OOD, "scored": SCORED}
+    seen: set[int] = set()
+    for key, n in sizes.items():
+        seeds = set(split_seeds("heldout", n, start=STARTS[key]))
+        assert not seeds & seen, key  # no scene serves as reference and as test
+        seen |= seeds
+    train = set(split_seeds("train", 12000))
+    assert not seen & train
+
+    images, captions, seeds = heldout_shapes(3, STARTS["scored"])
+    assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8 and len(captions) == 3
+    assert all(c.startswith("a ") for c in captions)
+    # background pixels (the corners hold no object often enough) are light
+    assert np.median(images.reshape(-1, 3), axis=0).min() > 200
+
+    digits = digits_rgb(4)
+    assert digits.shape == (4, 64, 64, 3) and digits.dtype == np.uint8
+    assert (digits[..., 0] == digits[..., 2]).all()  # gray, replicated to RGB
+    assert digits.max() > 200 and digits.min() < 10  # white ink on black: not the shapes' light background
+
+
+def test_report_shows_faithfulness_scores(tmp_path: Path) -> None:
+    from difflens.report.render import write_report
+
+    run = tmp_path / "run"
+    (run / "attention").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"model": "m", "label": "demo", "config": {}, "versions": {},
+                                              "notes": [], "fingerprints": {},
+                                              "modes": {"attention": {"status": "ok", "seconds": 1.0}}}))
+
+    def summary(miou: float) -> dict:
+        return {"n": 8, "miou": miou, "best_miou": miou + 0.1, "best_threshold": 0.25, "pointing": 0.875,
+                "auroc": 0.9123}
+
+    record = {"mode": "attention_score", "runs": [{"run": "a"}, {"run": "b"}], "overall": summary(0.4321),
+              "per_word": {"circle": summary(0.6789), "red": summary(0.1234)},
+              "demo": {"noise_levels": [0.2, 0.4]}}
+    (run / "attention" / "faithfulness-unet.json").write_text(json.dumps(record))
+    html = write_report([run]).read_text()
+    assert "Attention faithfulness: faithfulness-unet.json" in html
+    for text in ("0.432", "0.679", "0.123", "0.533 @ 0.25", "0.875", "0.912", "noise levels [0.2, 0.4]"):
+        assert text in html, text
+    # one row per word plus the overall row
+    section = html.split("Attention faithfulness")[1].split("</table>")[0]
+    assert section.count("<tr>") == 4
