@@ -1,5 +1,5 @@
 """CLI: `difflens analyze` (every mode, one report), `difflens report` (rebuild, compare runs),
-`difflens demo` (offline, tiny built-in model)."""
+`difflens demo` (offline, the shipped shapes-world models)."""
 
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def demo(
     out: Path = typer.Option(Path("demo-run"), "--out", help="Run folder for the demo."),
     modes: str = typer.Option("metrics,schedule,attention,latent", "--modes", help="Comma list of modes."),
 ) -> None:
-    """Run every mode offline on a tiny random-weight pipeline and small real image sets (about a minute
-    on a laptop CPU). The numbers show the tool working, not a model's quality."""
+    """Run every mode offline on the shapes-world models shipped with difflens (toy models trained in this
+    repository on coloured shapes, not real text-to-image models; the Inception network is random-init)."""
     from difflens.analyze.config import parse_modes
     from difflens.demo.run import run_demo
     from difflens.preflight import preflight
