@@ -78,8 +78,10 @@ def test_fold_equals_conv_then_batchnorm(weights: Any) -> None:
     reference network untouched."""
     import torch
 
-    ext = make_inception_extractor(weights, "cpu", impl="fast")
-    ref_block, fast_block = ext.reference_model.Conv2d_2a_3x3, ext.model.Conv2d_2a_3x3
+    ref = make_inception_extractor(weights, "cpu", impl="reference")
+    net = ref.model
+    fast_net = fold_batchnorm(net)            # on a copy: the reference network stays as it was
+    ref_block, fast_block = net.Conv2d_2a_3x3, fast_net.Conv2d_2a_3x3
     assert isinstance(ref_block.bn, torch.nn.BatchNorm2d) and isinstance(fast_block.bn, torch.nn.Identity)
     x = torch.randn(2, 32, 21, 17, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

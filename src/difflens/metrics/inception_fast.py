@@ -34,15 +34,16 @@ IMPLS: tuple[str, ...] = ("fast", "reference")
 DEFAULT_IMPL: InceptionImpl = "reference"
 
 
-def fold_batchnorm(model: Any) -> Any:
-    """A copy of torch-fidelity's Inception with every ``BasicConv2d``'s batch-norm folded into its
-    convolution (float64 arithmetic, one rounding to float32), in channels-last memory format."""
-    import copy
+def fold_batchnorm(model: Any, copy: bool = True) -> Any:
+    """torch-fidelity's Inception with every ``BasicConv2d``'s batch-norm folded into its convolution
+    (float64 arithmetic, one rounding to float32), in channels-last memory format; on a copy unless
+    ``copy=False`` (then ``model`` itself is changed and returned)."""
+    import copy as copy_module
 
     import torch
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
 
-    fused = copy.deepcopy(model).eval()
+    fused = (copy_module.deepcopy(model) if copy else model).eval()
     n = 0
     with torch.no_grad():
         for module in fused.modules():
@@ -50,9 +51,10 @@ def fold_batchnorm(model: Any) -> Any:
                 continue
             conv, bn = module.conv, module.bn
             s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-            new = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                                  padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                                  device=conv.weight.device, dtype=conv.weight.dtype)
+            new = torch.nn.utils.skip_init(   # no random init: every value is overwritten below
+                torch.nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                device=conv.weight.device, dtype=conv.weight.dtype)
             new.weight.copy_((conv.weight.double() * s[:, None, None, None]).to(conv.weight.dtype))
             new.bias.copy_((bn.bias.double() - bn.running_mean.double() * s).to(conv.weight.dtype))
             module.conv = new
@@ -71,8 +73,7 @@ class FastInceptionExtractor(InceptionExtractor):
 
     def __init__(self, weights: InceptionWeights, device: str = "cpu", protocol: str = "tf-legacy") -> None:
         super().__init__(weights, device=device, protocol=protocol)
-        self.reference_model = self.model
-        self.model = fold_batchnorm(self.model)
+        self.model = fold_batchnorm(self.model, copy=False)
 
     def __call__(self, images: list[Any]) -> tuple[Any, Any]:
         """Features of a list of prepared images (HWC arrays) -> (pool3, logits) float32 numpy arrays."""
