@@ -53,7 +53,7 @@ def _evaluator(assets: dict[str, Any], **kw: Any) -> Any:
     from difflens.metrics import Evaluator
 
     ext = {"inception": assets["inception"]} if "inception_weights" not in kw else None
-    return Evaluator(METRICS, inception_weights=assets["weights"], extractors=ext, **{**OPTS, **kw})
+    return Evaluator(METRICS, **{"inception_weights": assets["weights"], "extractors": ext, **OPTS, **kw})
 
 
 def _feed(ev: Any, real: Any, fake: Any, batch: int) -> Any:
@@ -181,5 +181,40 @@ def test_two_torchrun_ranks_equal_one_process(assets: dict[str, Any], tmp_path: 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["share"] for r in ranks] == [[0, N // 2], [N // 2, N]]
     for r in ranks:
+        assert r["dist"].pop("distributed")["world_size"] == 2  # as compute_metrics records under torchrun
         _assert_record(r["dist"], r["single"])
     assert ranks[0]["dist"]["metrics"] == ranks[1]["dist"]["metrics"]  # every rank, the same record
+
+
+class _StubWeights:
+    sha256, path, source, standard, random_init = "0" * 64, "stub.pth", "test", False, True
+
+    def warning(self) -> str:
+        return "stub weights"
+
+
+class _StubInception:
+    """A cheap deterministic extractor (a fixed projection of the pixels) for the Evaluator's own logic."""
+
+    name, layers, device, weights = "inception", ("pool3", "logits"), "cpu", _StubWeights()
+
+    def __call__(self, images: Any) -> dict[str, Any]:
+        x = np.stack(images).astype(np.float32).reshape(len(images), -1)
+        proj = np.random.default_rng(0).normal(size=(x.shape[1], 32)).astype(np.float32) / 100
+        f = x @ proj
+        return {"pool3": f, "logits": f[:, :16]}
+
+
+def test_every_image_counts_whatever_the_update_and_chunk_sizes() -> None:
+    """Updates that straddle the chunk boundary keep every image, in order (stub extractor: fast)."""
+    from difflens.metrics import Evaluator
+
+    rng = np.random.default_rng(1)
+    real, fake = (rng.integers(0, 255, (17, 8, 8, 3), dtype=np.uint8) for _ in range(2))
+    records = []
+    for update in (1, 5, 17):
+        ev = Evaluator(METRICS, extractors={"inception": _StubInception()}, batch_size=6, **OPTS)
+        records.append(_feed(ev, real, fake, update).compute())
+        assert records[-1]["n_real"] == records[-1]["n_fake"] == 17
+    for rec in records[1:]:
+        _assert_record(rec, records[0])

@@ -165,11 +165,11 @@ class Evaluator:
                 raise DifflensError(f"images of {size[0]}x{size[1]} after {self._size[0]}x{self._size[1]}: "
                                     "this extractor needs one image size.", "resize every image to one size")
             self._size = size
-        pending = self._pending[real]
         for i in range(len(arr)):
-            pending.append((arr[i], prompts[i] if needs_prompts and prompts is not None else None))
-            if len(pending) == self.cfg.batch_size:
-                self._flush(real)
+            prompt = prompts[i] if needs_prompts and prompts is not None else None
+            self._pending[real].append((arr[i], prompt))
+            if len(self._pending[real]) == self.cfg.batch_size:
+                self._flush(real)  # (replaces the pending list)
 
     def _flush(self, real: bool) -> None:
         import numpy as np
@@ -213,8 +213,9 @@ class Evaluator:
                                 f"{other.names}).", "merge evaluators built with the same arguments")
         self.flush()
         other.flush()
-        for name in set(self.fingerprints) & set(other.fingerprints):
-            if not name.startswith("saved:") and self.fingerprints[name] != other.fingerprints[name]:
+        mine, theirs = _plain_fingerprints(self.fingerprints), _plain_fingerprints(other.fingerprints)
+        for name in set(mine) & set(theirs):
+            if mine[name] != theirs[name]:
                 raise DifflensError(f"cannot merge evaluators whose {name} extractors differ (weights or "
                                     "protocol).", "use the same weights and protocol in both")
         for name, m in self.metrics.items():
@@ -275,7 +276,7 @@ class Evaluator:
                 warnings.extend(res.warnings)
         inception = tuple(n for n in self.names if metric_spec(n).group == "inception")
         embedding = tuple(n for n in self.names if metric_spec(n).group == "embedding")
-        ext = self._extractors.get("inception") if inception else None
+        ext = self._extractor("inception") if inception else None  # (a loaded state: built here)
         fp = self.fingerprints.get("inception") or self.fingerprints.get("saved:inception")
         protocol = (protocol_record(self.cfg, inception, [fp, fp], ext, values) if inception else
                     {"settings": {"metrics": [], "seed": self.cfg.seed, "bootstrap": self.cfg.bootstrap}})
@@ -283,8 +284,12 @@ class Evaluator:
             protocol["settings"]["metrics"] = [*protocol["settings"]["metrics"], *embedding]
             protocol["embedding"] = {metric_spec(n).keys[0]: self.fingerprints.get(
                 next(r.extractor for r in metrics[n].requirements())) for n in embedding}
+        from difflens.distributed import get_context
+
+        dist = get_context()
+        synced = {"distributed": dist.describe()} if self.sync_on_compute and dist.is_distributed else {}
         return finalize({"metrics": values, "n_real": None, "n_fake": None, "protocol": protocol,
-                         "versions": collect_versions(), "warnings": warnings})
+                         "versions": collect_versions(), "warnings": warnings, **synced})
 
     # ------------------------------------------------------------------------------------ save, load
 
@@ -329,21 +334,27 @@ class Evaluator:
             raise DifflensError(f"evaluator state {p} is format {header.get('format')!r} version "
                                 f"{header.get('version')!r}; this difflens reads {FORMAT!r} version "
                                 f"{STATE_VERSION}.", "recompute the state with this version of difflens")
-        saved_opts = {**header["options"], **options}
         cfg = header["config"]
+        if options.pop("protocol", cfg["protocol"]) != cfg["protocol"]:
+            raise DifflensError(f"evaluator state {p} was made with protocol {cfg['protocol']!r}.",
+                                f"load it with protocol={cfg['protocol']!r}")
+        saved_opts = {**header["options"], **options}
         ev = cls(header["metrics"], device=device, protocol=cfg["protocol"],
                  inception_impl=cfg["inception_impl"],
                  batch_size=cfg["batch_size"], seed=cfg["seed"], kid_subset_size=cfg["kid_subset_size"],
                  kid_subsets=cfg["kid_subsets"], is_splits=cfg["is_splits"], bootstrap=cfg["bootstrap"],
                  **saved_opts)
-        if options.get("protocol", cfg["protocol"]) != cfg["protocol"]:
-            raise DifflensError(f"evaluator state {p} was made with protocol {cfg['protocol']!r}.",
-                                f"load it with protocol={cfg['protocol']!r}")
         for name, m in ev.metrics.items():
             arrays = {k.split("/", 1)[1]: v for k, v in data.items() if k.split("/", 1)[0] == name}
             m.load_state_dict(join_state(arrays, header["states"][name]))
         ev.fingerprints = {f"saved:{k}": v for k, v in header["fingerprints"].items()}
         return ev
+
+
+def _plain_fingerprints(fps: dict[str, Any]) -> dict[str, Any]:
+    """Extractor fingerprints by name, those of a loaded state included (``saved:<name>``)."""
+    return {**{k.removeprefix("saved:"): v for k, v in fps.items() if k.startswith("saved:")},
+            **{k: v for k, v in fps.items() if not k.startswith("saved:")}}
 
 
 def _as_uint8_nhwc(images: Any) -> Any:
