@@ -220,10 +220,29 @@ def load_inception(protocol: str = "tf-legacy", weights: Any = None, device: str
                                                                                                offline)
     dev = resolve_device(device)
     if impl is None or impl == "reference":
-        return Inception(InceptionExtractor(resolved, device=dev, protocol=protocol))
+        ext = Inception(InceptionExtractor(resolved, device=dev, protocol=protocol))
+        release_freed_heap()
+        return ext
     try:
         from difflens.metrics.inception_fast import make_inception_extractor  # type: ignore[import-not-found]
     except ImportError:
         raise DifflensError(f"Inception implementation {impl!r} is not available in this version.",
                             "use impl='reference'") from None
-    return Inception(make_inception_extractor(resolved, device=dev, protocol=protocol, impl=impl))
+    ext = Inception(make_inception_extractor(resolved, device=dev, protocol=protocol, impl=impl))
+    release_freed_heap()
+    return ext
+
+
+def release_freed_heap() -> None:
+    """Give the heap pages freed while loading (the weights are read twice, ~2 x 95 MB) back to the OS
+    (glibc ``malloc_trim``; about 90 MB of peak RSS in a statistics build). A no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
