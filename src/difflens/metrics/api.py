@@ -156,6 +156,7 @@ def compute_metrics(
     fake_features: Any = None,
     protocol: str = _D.protocol,
     inception_weights: str | Path | None = None,
+    inception_impl: str = _D.inception_impl,
     device: str | None = None,
     batch_size: int = _D.batch_size,
     seed: int = _D.seed,
@@ -182,6 +183,8 @@ def compute_metrics(
         real_features, fake_features: precomputed (N, D) features (``.npy`` or array) instead of images.
         protocol: ``tf-legacy`` (torch-fidelity-exact) or ``clean`` (clean-fid's resize).
         inception_weights: explicit weights file; else looked up (see :mod:`difflens.metrics.inception`).
+        inception_impl: ``reference`` (torch-fidelity's module, bit-identical features) or ``fast``
+            (folded batch-norm, channels-last; :mod:`difflens.metrics.inception_fast`).
         device: ``cpu``, ``cuda`` or None (auto).
         batch_size: images per Inception forward pass (does not change features beyond float32 noise).
         seed: seeds KID subsets, IS split shuffling and bootstrap resampling.
@@ -205,7 +208,8 @@ def compute_metrics(
     """
     from difflens.versions import collect_versions
 
-    cfg = MetricsConfig(metrics=parse_metrics(metrics), protocol=protocol, batch_size=batch_size, seed=seed,
+    cfg = MetricsConfig(metrics=parse_metrics(metrics), protocol=protocol,  # type: ignore[arg-type]
+                        inception_impl=inception_impl, batch_size=batch_size, seed=seed,  # type: ignore[arg-type]
                         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, is_splits=is_splits,
                         bootstrap=bootstrap, strict=strict, allow_protocol_mismatch=allow_protocol_mismatch)
     cfg.validate()
@@ -274,7 +278,7 @@ def compute_metrics(
     if image_sides:  # built only once every cheap check has passed
         from difflens.features.inception import load_inception
 
-        extractor = load_inception(cfg.protocol, weights=weights, device=dev)
+        extractor = load_inception(cfg.protocol, weights=weights, device=dev, impl=cfg.inception_impl)
 
     # Features: one pass of the extraction loop per image source (under torchrun: each rank its share,
     # whole batches).

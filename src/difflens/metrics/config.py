@@ -19,6 +19,10 @@ __all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_CMMD_CLIP_MODEL", "DEFAULT_DINOV2_MODE
 #: Inception resize protocols: ``tf-legacy`` (torch-fidelity's TF1-exact bilinear) or ``clean`` (clean-fid's
 #: PIL bicubic). :data:`difflens.features.base.PROTOCOLS` lists the same names (a test checks).
 Protocol = Literal["tf-legacy", "clean"]
+#: Inception implementations (difflens.metrics.inception_fast): ``reference`` (default: torch-fidelity's
+#: module as is, bit-identical features) or ``fast`` (batch-norm folded into the convolutions,
+#: channels-last; features within 1e-6 of the feature scale, FID within about 1e-6 relative).
+InceptionImpl = Literal["fast", "reference"]
 
 DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and IS split order
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # CLIP score (and the latent mode's CLIP features)
@@ -32,6 +36,7 @@ class MetricsConfig:
 
     metrics: tuple[str, ...] | None = None  # None: every metric the inputs allow
     protocol: Protocol = "tf-legacy"
+    inception_impl: InceptionImpl = "reference"
     batch_size: int = 50
     seed: int = DEFAULT_SEED  # KID subsets, IS split order, bootstrap resampling (embedding metrics too)
     kid_subset_size: int = 1000
@@ -49,6 +54,9 @@ class MetricsConfig:
         if self.protocol not in PROTOCOLS:
             raise DifflensError(f"unknown --protocol {self.protocol!r}.",
                                 f"use one of {', '.join(PROTOCOLS)}")
+        if self.inception_impl not in ("fast", "reference"):
+            raise DifflensError(f"unknown --inception-impl {self.inception_impl!r}.",
+                                "use fast or reference")
         checks = (("--batch-size", self.batch_size, 1), ("--kid-subset-size", self.kid_subset_size, 2),
                   ("--kid-subsets", self.kid_subsets, 1), ("--is-splits", self.is_splits, 1),
                   ("--bootstrap", self.bootstrap, 0))
