@@ -266,6 +266,8 @@ class Evaluator:
         from difflens.versions import collect_versions
 
         self.flush()
+        inception = tuple(n for n in self.names if metric_spec(n).group == "inception")
+        ext = self._extractor("inception") if inception else None  # (a loaded state: built here)
         metrics = self._synced()
         ctx = ComputeContext(chosen=self.names, device=self.options["device"])
         values: dict[str, Any] = {}
@@ -274,9 +276,7 @@ class Evaluator:
             for key, res in m.compute(ctx).items():
                 values[key] = res.to_json()
                 warnings.extend(res.warnings)
-        inception = tuple(n for n in self.names if metric_spec(n).group == "inception")
         embedding = tuple(n for n in self.names if metric_spec(n).group == "embedding")
-        ext = self._extractor("inception") if inception else None  # (a loaded state: built here)
         fp = self.fingerprints.get("inception") or self.fingerprints.get("saved:inception")
         protocol = (protocol_record(self.cfg, inception, [fp, fp], ext, values) if inception else
                     {"settings": {"metrics": [], "seed": self.cfg.seed, "bootstrap": self.cfg.bootstrap}})
