@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from difflens.errors import DifflensError
-from difflens.metrics import inception as inc
+from difflens.features import inception as inception_net
+from difflens.features import inception_weights as inc
 from difflens.metrics.fingerprint import Fingerprint, check_compatible
 from difflens.metrics.images import (
     ReadLog,
@@ -328,8 +329,8 @@ def test_resizes_match_references() -> None:
     for shape in ((2, 3, 32, 48), (1, 3, 299, 299), (1, 3, 400, 350)):
         x = torch.from_numpy(rng.integers(0, 256, shape).astype(np.float32))
         ref = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
-        assert torch.equal(inc.tf_resize(x), ref)
+        assert torch.equal(inception_net.tf_resize(x), ref)
     clean = make_resizer("PIL", False, "bicubic", (299, 299))
     for hw in ((32, 48), (512, 300)):
         img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
-        np.testing.assert_array_equal(inc.clean_resize(img), clean(img))
+        np.testing.assert_array_equal(inception_net.clean_resize(img), clean(img))
