@@ -58,7 +58,7 @@ def test_report_shows_faithfulness_scores(tmp_path: Path) -> None:
     (run / "attention" / "faithfulness-unet.json").write_text(json.dumps(record))
     html = write_report([run]).read_text()
     assert "Attention faithfulness: faithfulness-unet.json" in html
-    for text in ("0.432", "0.679", "0.123", "0.533 @ 0.25", "0.875", "0.912", "noise levels [0.2, 0.4]"):
+    for text in ("0.432", "0.679", "0.123", "0.532 @ 0.25", "0.875", "0.912", "noise levels [0.2, 0.4]"):
         assert text in html, text
     # one row per word plus the overall row
     section = html.split("Attention faithfulness")[1].split("</table>")[0]
