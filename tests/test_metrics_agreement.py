@@ -101,7 +101,7 @@ def test_precision_recall_equal_torch_fidelity(setup: dict[str, Any]) -> None:
 
 def test_json_schema_and_fingerprint(setup: dict[str, Any]) -> None:
     dl = setup["dl"]
-    assert set(dl) == {"metrics", "n_real", "n_fake", "protocol", "versions", "warnings"}
+    assert set(dl) == {"schema_version", "metrics", "n_real", "n_fake", "protocol", "versions", "warnings"}
     assert (dl["n_real"], dl["n_fake"]) == (N, N)
     assert set(dl["metrics"]) == {"fid", "kid", "is", "precision", "recall", "density", "coverage"}
     assert all(isinstance(v["value"], float) for v in dl["metrics"].values())

@@ -19,7 +19,9 @@ from rich.console import Console
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+#: soft_wrap: a long line (a path in a warning) is never broken at the console width, so a log file or a
+#: pipe keeps every path whole and greppable; tables still lay out to the width.
+console = Console(stderr=True, soft_wrap=True)
 
 #: Off a terminal (a log file, a pipe, CI), progress is a plain line at least this often, and at the end.
 PROGRESS_LOG_INTERVAL_S: float = 30.0
