@@ -160,7 +160,7 @@ def test_save_load_round_trip_and_pytorch_fid_files(tmp_path) -> None:
     with pytest.raises(DifflensError, match="not found"):
         load_stats(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DifflensError, match="is a text file, not an .npz"):
+    with pytest.raises(DifflensError, match=r"is a text file, not an \.npz"):
         load_stats(tmp_path / "junk.npz")
     with pytest.raises(DifflensError, match="reserved"):
         save_stats(tmp_path / "clash.npz", st, fp, extra={"mu": np.zeros(2)})
