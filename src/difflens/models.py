@@ -111,3 +111,12 @@ def default_size(pipe: Any) -> int | None:
     if isinstance(sample, (list, tuple)):
         sample = sample[0]
     return int(sample) * vsf if sample else None
+
+
+def required_default_size(pipe: Any) -> int:
+    """:func:`default_size`, or a clear error when the pipeline does not tell it."""
+    size = default_size(pipe)
+    if size is None:
+        raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.",
+                            "pass --height and --width")
+    return size

@@ -54,13 +54,9 @@ def _size_multiple(pipe: Any) -> int:
 
 def default_size(pipe: Any) -> int:
     """The pipeline's default height/width in pixels."""
-    from difflens.models import default_size as pipeline_default_size
+    from difflens.models import required_default_size
 
-    size = pipeline_default_size(pipe)
-    if size is None:
-        raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.",
-                            "pass --height and --width")
-    return size
+    return required_default_size(pipe)
 
 
 def resolve_settings(pipe: Any, model: str | Path, prompts: Sequence[str], options: GenerateOptions,

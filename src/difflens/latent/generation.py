@@ -54,13 +54,9 @@ class TextCond:
 
 def default_size(pipe: Any) -> int:
     """The pipeline's default image size in pixels (the size ``__call__`` uses without height/width)."""
-    from difflens.models import default_size as pipeline_default_size
+    from difflens.models import required_default_size
 
-    size = pipeline_default_size(pipe)
-    if size is None:
-        raise DifflensError(f"cannot tell the default image size of {type(pipe).__name__}.",
-                            "pass --height and --width")
-    return size
+    return required_default_size(pipe)
 
 
 def size_multiple(pipe: Any) -> int:
