@@ -1,5 +1,5 @@
 # Two entry points, each creating .venv as needed:
-#   make demo   install and run the offline demo (tiny built-in model, real sample images)
+#   make demo   install and run the offline demo (the shipped shapes-world models, rendered scenes)
 #   make test   install (with test dependencies and Chromium) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
