@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difflens.cli import main
+from cli_helpers import assert_one_line_error
+from cli_helpers import run_cli as run
 from difflens.metrics.images import IMAGE_EXTENSIONS, ImageReadError, ReadLog, iter_folder_images, read_image
 
 
@@ -41,23 +42,6 @@ def _smooth(folder: Path, n: int, seed: int, prefix: str) -> None:
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / f"{prefix}{i:02d}.png")
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len([ln for ln in err.strip().splitlines() if ln.strip()]) == 1, err
-    for w in words:
-        assert w in err, (w, err)
 
 
 def test_one_extension_list_and_tiff_in_both_modes(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difflens.cli import main
+from cli_helpers import run_cli as run
 
 D = 16
 
@@ -26,16 +26,6 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         make_random_inception_weights(path, seed=0)
     return path
 
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_bad(code: int, err: str, *words: str) -> None:

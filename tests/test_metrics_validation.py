@@ -12,21 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from difflens.cli import main
+from cli_helpers import run_cli as run
 
 D = 16
 LIBRARY_ADVICE = ("allow_pickle", "weights_only", "pickled", "unsafely", "pickle.load")
 
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_refused(code: int, err: str, *words: str) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difflens.cli import main
+from cli_helpers import assert_one_line_error as _assert_one_line_error
+from cli_helpers import run_cli as _run
 from difflens.errors import DifflensError
 from difflens.generate.pairs import read_paired_folder
 
@@ -49,24 +50,6 @@ def _write_jsonl(path: Path, rows: list[dict], trailing_newline: bool = True) ->
     path.write_text(text + ("\n" if trailing_newline else ""), encoding="utf-8")
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in err, (w, err)
 
 
 def _make_folder(root: Path, kind: str) -> tuple[Path, list[str], list[str]]:
