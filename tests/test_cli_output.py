@@ -16,18 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from difflens.cli import main
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_helpers import run_cli as run
 
 
 @pytest.fixture

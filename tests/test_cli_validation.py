@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from difflens.cli import main
+from cli_helpers import run_cli as _run
 
 HEAVY = ("torch", "diffusers", "transformers")
 
@@ -126,16 +126,6 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
     ("demo-out", lambda d: ["demo", "--out", str(d.plain / "demo")], ("is a file",)),
 ]
 
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, out: str, err: str, words: tuple[str, ...]) -> None:
