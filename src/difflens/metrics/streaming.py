@@ -106,7 +106,23 @@ def _values(name: str, cfg: _Cfg, r: Any, f: Any, ctx: ComputeContext | None,
     return results
 
 
-class _TwoSided(Metric):
+class RowsPair:
+    """The feature rows of both sides: merged by concatenation, reset keeping the real side on request."""
+
+    rows: dict[str, Rows]
+
+    def merge(self, other: Metric) -> None:
+        self.check_mergeable(other)  # type: ignore[attr-defined]
+        assert isinstance(other, RowsPair)
+        for side in ("real", "fake"):
+            self.rows[side].extend(other.rows[side])
+
+    def reset(self, keep_real: bool = False) -> None:
+        for side in ("fake",) if keep_real else ("real", "fake"):
+            self.rows[side].clear()
+
+
+class _TwoSided(RowsPair, Metric):
     """Keeps the ``pool3`` rows of both sides."""
 
     def __init__(self, seed: int = 2020, bootstrap: int = 0, **settings: Any) -> None:
@@ -122,16 +138,6 @@ class _TwoSided(Metric):
 
     def update(self, batch: FeatureBatch) -> None:
         self.rows["real" if batch.real else "fake"].add(batch.features[(INCEPTION, POOL3)])
-
-    def merge(self, other: Metric) -> None:
-        self.check_mergeable(other)
-        assert isinstance(other, _TwoSided)
-        for side in ("real", "fake"):
-            self.rows[side].extend(other.rows[side])
-
-    def reset(self, keep_real: bool = False) -> None:
-        for side in ("fake",) if keep_real else ("real", "fake"):
-            self.rows[side].clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {f"{s}_features": self._arr(s) for s in ("real", "fake")}

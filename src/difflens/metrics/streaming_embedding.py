@@ -17,7 +17,7 @@ import numpy as np
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch, Metric, MetricResult, Requirement
 from difflens.metrics.config import DEFAULT_CLIP_MODEL, DEFAULT_CMMD_CLIP_MODEL, DEFAULT_DINOV2_MODEL
-from difflens.metrics.streaming import Rows
+from difflens.metrics.streaming import Rows, RowsPair
 
 IMAGE_EMBEDS = "image_embeds"
 TEXT_EMBEDS = "text_embeds"
@@ -107,7 +107,7 @@ class ClipScoreMetric(Metric):
         return per_prompt_breakdown(self.prompts, self._values(), lowest).to_dict()
 
 
-class _Embeddings(Metric):
+class _Embeddings(RowsPair, Metric):
     """Keeps the embedding rows of both sides."""
 
     group = "embedding"
@@ -126,16 +126,6 @@ class _Embeddings(Metric):
 
     def update(self, batch: FeatureBatch) -> None:
         self.rows["real" if batch.real else "fake"].add(batch.features[(self.extractor, self.layer)])
-
-    def merge(self, other: Metric) -> None:
-        self.check_mergeable(other)
-        assert isinstance(other, _Embeddings)
-        for side in ("real", "fake"):
-            self.rows[side].extend(other.rows[side])
-
-    def reset(self, keep_real: bool = False) -> None:
-        for side in ("fake",) if keep_real else ("real", "fake"):
-            self.rows[side].clear()
 
     def state_dict(self) -> dict[str, Any]:
         out = {}
