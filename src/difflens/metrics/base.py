@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 from difflens.errors import DifflensError
 
 SideName = Literal["real", "fake", "both"]
-Group = Literal["inception", "embedding"]
+Group = Literal["inception", "embedding", "features"]  # features: run by metrics/route.py
 LayerKey = tuple[str, str]  # (extractor name, layer)
 
 
@@ -127,6 +127,8 @@ class ComputeContext:
     chosen: tuple[str, ...] = ()
     device: str | None = None
     warnings: list[str] = field(default_factory=list)
+    bootstrap: int = 0  # B > 0: ci95 from B bootstrap resamples
+    seed: int = 0  # seeds the resampling
 
 
 # ------------------------------------------------------------------------------------------- registry
