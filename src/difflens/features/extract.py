@@ -138,9 +138,19 @@ def _prepared(items: Iterable[Any], decoded: bool, preps: list[Any], workers: in
                 fut.cancel()
 
 
-def _run(extractor: Any, images: list[Any]) -> dict[str, Any]:
+def _run(extractor: Any, images: list[Any], prompts: list[str] | None = None) -> dict[str, Any]:
+    """One batch through one extractor; a ``prompted`` extractor (a preference model scoring image and
+    prompt together) also gets the batch's prompts, one per image."""
     forward = getattr(extractor, "forward", None)
-    out = forward(images) if forward is not None and hasattr(extractor, "prepare") else extractor(images)
+    kwargs = {"prompts": prompts} if getattr(extractor, "prompted", False) else {}
+    if kwargs and prompts is None:
+        raise DifflensError(f"extractor {getattr(extractor, 'name', extractor)!r} scores images against "
+                            "their prompts, but no prompts were given.",
+                            "pass --prompts FILE, or a folder with a manifest.jsonl / metadata.jsonl")
+    if forward is not None and hasattr(extractor, "prepare"):
+        out = forward(images, **kwargs)
+    else:
+        out = extractor(images, **kwargs)
     if not isinstance(out, Mapping):
         raise DifflensError(f"extractor {getattr(extractor, 'name', extractor)!r} returned "
                             f"{type(out).__name__}, not a dict of layer -> (N, D) array.",
@@ -151,11 +161,12 @@ def _run(extractor: Any, images: list[Any]) -> dict[str, Any]:
 def feature_batches(source: Any, extractors: Mapping[str, Any], *, batch_size: int = DEFAULT_BATCH_SIZE,
                     keep: Iterable[LayerKey] | None = None, strict: bool = False, label: str = "images",
                     log: ReadLog | None = None, workers: int | None = None,
-                    split_sizes: bool = False) -> Iterator[FeatureChunk]:
+                    split_sizes: bool = False, prompts: list[str] | None = None) -> Iterator[FeatureChunk]:
     """Stream a source through every extractor (``{name: extractor}``), one :class:`FeatureChunk` per
     batch of ``batch_size`` readable images (``split_sizes``: a batch also ends where the image size
     changes). ``keep``: the (extractor, layer) pairs to return (default all). Unreadable items are skipped
-    and listed in ``log`` (``strict``: DifflensError at the first)."""
+    and listed in ``log`` (``strict``: DifflensError at the first). ``prompts``: one per source item (in
+    source order), handed to ``prompted`` extractors for the images of each batch."""
     import numpy as np
 
     if batch_size < 1:
@@ -178,7 +189,8 @@ def feature_batches(source: Any, extractors: Mapping[str, Any], *, batch_size: i
         for name, images in zip(names, batch, strict=True):
             if not images:
                 continue
-            for layer, arr in _run(extractors[name], images).items():
+            batch_prompts = [prompts[i] for i in kept] if prompts is not None else None
+            for layer, arr in _run(extractors[name], images, batch_prompts).items():
                 if wanted is None or (name, layer) in wanted:
                     feats[(name, layer)] = np.asarray(arr)
         return FeatureChunk(feats, list(kept), consumed)

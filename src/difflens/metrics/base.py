@@ -112,6 +112,14 @@ class Metric:
         """The settings that change this metric's value (compared before a merge or a load)."""
         return {}
 
+    def build_extractors(self, device: str | None, offline: bool) -> dict[str, Any]:
+        """The extractors of :meth:`requirements`, keyed by their registry names (override to pass
+        options such as a checkpoint path)."""
+        from difflens.features.registry import get_extractor
+
+        return {r.extractor: get_extractor(r.extractor, device=device, offline=offline)
+                for r in self.requirements()}
+
     def check_mergeable(self, other: Metric) -> None:
         if type(other) is not type(self) or other.settings() != self.settings():
             raise DifflensError(f"cannot merge metric {self.name!r} with {other.name!r} "

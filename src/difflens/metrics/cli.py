@@ -159,6 +159,8 @@ def register(app: typer.Typer) -> None:
             negative_prompt=negative_prompt, dtype=dtype)
         datasets = DatasetOptions(image_column=image_column, caption_column=caption_column, num_real=num_real,
                                   subset_seed=subset_seed, reference_size=reference_size, streaming=streaming)
+        # settings of the features-group metrics (metrics/route.py), one dict per metric name
+        metric_options: dict[str, dict[str, object]] = {}
         result = evaluate(
             real, fake, metrics, prompts=prompts, generation=generation, datasets=datasets,
             clip_model=clip_model, cmmd_clip_model=cmmd_clip_model, dinov2_model=dinov2_model,
@@ -168,7 +170,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, is_splits=is_splits,
             bootstrap=bootstrap, allow_protocol_mismatch=allow_protocol_mismatch,
-            save_stats=save_stats, save_real_stats=save_real_stats, save_fake_stats=save_fake_stats)
+            save_stats=save_stats, save_real_stats=save_real_stats, save_fake_stats=save_fake_stats,
+            metric_options=metric_options)
         from difflens.distributed import is_main
 
         if not is_main():  # under torchrun every rank holds the result; rank 0 writes and prints it

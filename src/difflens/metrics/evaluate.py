@@ -28,6 +28,16 @@ def split_metrics(spec: str | Sequence[str] | None) -> tuple[tuple[str, ...] | N
     return split_by_group(spec)
 
 
+def features_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The chosen metrics of the ``features`` group (run by :mod:`difflens.metrics.route`)."""
+    from difflens.metrics.base import metric_spec, resolve_metrics
+
+    if spec is None:
+        return ()
+    return tuple(n for n in resolve_metrics(spec, None, "unknown metric(s) among")
+                 if metric_spec(n).group == "features")
+
+
 def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
                       strict: bool) -> tuple[Any, dict[str, Any] | None, list[str]]:
     """A `stats:NAME` or dataset spec becomes statistics or a uint8 image array; anything else is passed
@@ -124,14 +134,18 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
              kid_subsets: int = _M.kid_subsets, is_splits: int = _M.is_splits, bootstrap: int = _M.bootstrap,
              allow_protocol_mismatch: bool = _M.allow_protocol_mismatch, save_stats: str | Path | None = None,
              save_real_stats: str | Path | None = None,
-             save_fake_stats: str | Path | None = None) -> dict[str, Any]:
+             save_fake_stats: str | Path | None = None,
+             metric_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything `difflens metrics` can do, as a function. The Inception settings go to
     :func:`difflens.metrics.api.compute_metrics`; ``seed`` and ``bootstrap`` serve the embedding metrics too
-    (one sampling seed, :data:`difflens.metrics.config.DEFAULT_SEED` by default, as on the command line)."""
+    (one sampling seed, :data:`difflens.metrics.config.DEFAULT_SEED` by default, as on the command line).
+    Metrics of the ``features`` group run through :mod:`difflens.metrics.route`, each built with
+    ``metric_options[name]`` (e.g. ``{"hpsv2": {"checkpoint": "hps.pt"}}``)."""
     from difflens.metrics.api import compute_metrics
 
     datasets = datasets or DatasetOptions()
     inception, embedding = split_metrics(metrics)
+    featured = features_metrics(metrics)
     if per_prompt and "clip" not in embedding:
         raise DifflensError("--per-prompt breaks down the CLIP score, which is not among --metrics.",
                             "add clip to --metrics")
@@ -196,17 +210,33 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         result = {"metrics": {}, "n_real": None, "n_fake": None,
                   "protocol": {"settings": {"metrics": [], "seed": int(seed), "bootstrap": int(bootstrap)}},
                   "versions": collect_versions(), "warnings": []}
+    if embedding or featured:
+        from difflens.metrics.route import _is_stats
+
+        reported = inception is None or bool(inception)  # the Inception pass already listed skipped files
+        fake_items, fake_prompts, w = _readable(_image_items(fake_input), fake_prompts, "--fake", strict,
+                                                reported) if fake_input is not None else (None, None, [])
+        warnings += w
+        real_is_stats = real_input is not None and _is_stats(real_input)
+        real_items, _, w = (_readable(_image_items(real_input, "--real"), None, "--real", strict, reported)
+                            if real_input is not None and not real_is_stats else (None, None, []))
+        warnings += w
+    if featured:
+        from difflens.metrics.route import compute_registered
+
+        extra = compute_registered(featured, real_input if real_is_stats else real_items, fake_items,
+                                   prompts=fake_prompts, metric_options=metric_options, device=device,
+                                   offline=offline, batch_size=batch_size, strict=strict,
+                                   bootstrap=int(bootstrap), seed=int(seed), show_progress=True)
+        result["metrics"].update(extra["metrics"])
+        result.setdefault("protocol", {})["features"] = extra["protocol"]
+        settings = result["protocol"].setdefault("settings", {})
+        settings["metrics"] = [*settings.get("metrics", []), *featured]
+        warnings += extra["warnings"]
     if embedding:
         from difflens.metrics.embedding import compute_embedding_metrics
         from difflens.metrics.feature_cache import FeatureCache
 
-        reported = inception is None or bool(inception)  # the Inception pass already listed skipped files
-        fake_items, fake_prompts, w = _readable(_image_items(fake_input), fake_prompts, "--fake", strict,
-                                                reported)
-        warnings += w
-        real_items, _, w = (_readable(_image_items(real_input, "--real"), None, "--real", strict, reported)
-                            if real_input is not None else (None, None, []))
-        warnings += w
         extra = compute_embedding_metrics(
             embedding, fake=fake_items, real=real_items,
             prompts=fake_prompts, clip_model=clip_model, cmmd_clip_model=cmmd_clip_model,

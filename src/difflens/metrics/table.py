@@ -54,10 +54,10 @@ def render(result: dict[str, Any], console: Any | None = None) -> None:
         table.add_column("metric", style="bold")
         table.add_column("value", justify="right")
         table.add_column("spread")
-        for key in ORDER:
-            if key in metrics:
-                entry = metrics[key]
-                table.add_row(LABELS[key], _fmt(entry.get("value")), _spread(key, entry))
+        for key in [*(k for k in ORDER if k in metrics), *(k for k in metrics if k not in ORDER)]:
+            entry = metrics[key]  # the known metrics first, then every other registered metric's keys
+            if isinstance(entry, dict):
+                table.add_row(LABELS.get(key, key), _fmt(entry.get("value")), _spread(key, entry))
         out.print(table)
     sha = proto.get("weights_sha256")
     line = f"n_real={_fmt(result.get('n_real'))}  n_fake={_fmt(result.get('n_fake'))}  "
