@@ -9,8 +9,9 @@ fast) and must give:
 * a state round trip through ``.npz`` + JSON (no pickle): the state arrays bit for bit, the value exactly.
 
 Tolerances: rows-based metrics (KID, IS, P/R/D/C, CLIP score, CMMD, FD-DINOv2) see the same rows in the
-same order whatever the batching, so their values are compared exactly; FID streams float64 Gaussian
-statistics whose merge order changes the rounding (Chan's update), so it is compared to 1e-9 relative,
+same order whatever the batching, so their values are compared exactly; FID (and fd-clip, sFID, the
+real side of FID-infinity, Vendi's Gram matrix: ``STREAMED``) streams float64 Gaussian statistics or sums
+whose merge order changes the rounding (Chan's update), so it is compared to 1e-9 relative,
 far above float64 noise (~1e-15) and far below any real change. Under a permutation, sums are taken in
 another order: 1e-9 relative for the float metrics, exact for the k-NN counts (P/R/D/C).
 """
@@ -36,9 +37,12 @@ from difflens.metrics.base import (
 )
 
 N_REAL, N_FAKE = 41, 29
-DIMS = {"pool3": 12, "logits": 20, "image_embeds": 8, "cls": 10}
+DIMS = {"pool3": 12, "logits": 20, "image_embeds": 8, "cls": 10, "spatial": 14}
 SETTINGS: dict[str, dict[str, Any]] = {"kid": {"kid_subset_size": 10, "kid_subsets": 6},
-                                       "is": {"is_splits": 3}}
+                                       "is": {"is_splits": 3},
+                                       "fid-inf": {"min_fake": 10, "points": 4}}  # 29 fake rows here
+#: metrics whose state is float64 sums (Gaussian statistics, Gram matrices): merge order changes rounding
+STREAMED = ("fid", "fd-clip", "sfid", "fid-inf", "vendi")
 COUNTS = ("pr", "dc")  # exact k-NN counts: exact under any row order
 
 
@@ -97,7 +101,7 @@ def _assert_same(a: dict[str, Any], b: dict[str, Any], rel: float) -> None:
 
 
 def _merge_rel(name: str) -> float:
-    return 1e-9 if name == "fid" else 0.0
+    return 1e-9 if name in STREAMED else 0.0
 
 
 ALL = metric_names()

@@ -13,7 +13,8 @@ same weights file. difflens runs the same layers in the same order (:func:`forwa
   bicubic (antialiased) to 299x299, clipped to [0, 255], then ``(x - 128) / 128`` and the same network.
 
 :class:`InceptionExtractor` returns ``(pool3, logits)``; :class:`Inception` is its
-:class:`~difflens.features.base.Extractor` face (layers ``pool3`` (2048) and ``logits`` (1008, unbiased)).
+:class:`~difflens.features.base.Extractor` face (layers ``pool3`` (2048), ``logits`` (1008, unbiased) and
+``spatial`` (2023, sFID's; see :func:`spatial_features`)).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from difflens.numerics import strict_float32
 INPUT_SIZE = 299
 FEATURES = ("2048", "logits_unbiased")
 LOGITS_LAYER = "logits_unbiased (1008)"
+SPATIAL_CHANNELS = 7
+SPATIAL_LAYER = "mixed_6/conv[..., :7] = Mixed_6d.branch1x1, NHWC-flattened (2023)"
 
 
 def tf_resize(x: Any) -> Any:
@@ -164,11 +167,30 @@ def same_size_runs(images: list[Any]) -> Iterator[list[Any]]:
         yield run
 
 
+def spatial_features(branch1x1: Any) -> Any:
+    """sFID's features (Nash et al. 2021, as the ADM evaluator computes them) from the output of
+    ``Mixed_6d.branch1x1`` ((B, 192, 17, 17), NCHW): the first 7 channels, flattened in TF's NHWC order,
+    ``(h * 17 + w) * 7 + c`` -> (B, 2023) float32 numpy.
+
+    Which layer: guided-diffusion's evaluations/evaluator.py reads the TF tensor ``mixed_6/conv:0``
+    (``FID_SPATIAL_NAME``) and keeps ``spatial[..., :7]`` (``_create_feature_graph``). In the TF Inception
+    graph (classify_image_graph_def.pb) ``mixed_6`` is the third 17x17 block after the reduction
+    ``mixed_3``, and ``mixed_6/conv`` its 1x1 branch, the ReLU after ``mixed_6/conv/conv2d_params`` and
+    ``mixed_6/conv/batchnorm``; torch-fidelity's weight conversion maps exactly those to
+    ``Mixed_6d.branch1x1.conv`` / ``.bn`` (toshas/torch-fidelity utils/util_convert_inception_weights.py,
+    lines 137-138), and its ``BasicConv2d`` is conv -> batch-norm -> ReLU, so the module's output is that
+    tensor (in NCHW: channel c at [:, c], hence the permute before flattening)."""
+    x = branch1x1[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1)
+    return x.reshape(x.shape[0], -1).float().cpu().numpy()
+
+
 class Inception(ExtractorBase):
     """The :class:`~difflens.features.base.Extractor` over an :class:`InceptionExtractor` (or its fast
-    variant): layers ``pool3`` and ``logits``; the per-image resize of ``clean`` runs in reader threads."""
+    variant): layers ``pool3``, ``logits`` and ``spatial`` (read by a forward hook on ``Mixed_6d.branch1x1``
+    held for the one call, so the network and its pool3/logits are untouched); the per-image resize of
+    ``clean`` runs in reader threads."""
 
-    layers = ("pool3", "logits")
+    layers = ("pool3", "logits", "spatial")
 
     def __init__(self, network: InceptionExtractor) -> None:
         self.network = network
@@ -192,18 +214,26 @@ class Inception(ExtractorBase):
     def fingerprint(self, layer: str = "pool3") -> Fingerprint:
         self.check_layer(layer)
         fp = self.network.fingerprint
-        if layer == "logits":
+        if layer in ("logits", "spatial"):
             from dataclasses import replace
 
-            return replace(fp, feature_layer=LOGITS_LAYER)
+            return replace(fp, feature_layer=LOGITS_LAYER if layer == "logits" else SPATIAL_LAYER)
         return fp
 
     def prepare(self, image: Any) -> Any:
         return self.network.prepare(image)
 
     def forward(self, prepared: Sequence[Any]) -> dict[str, Any]:
-        pool3, logits = self.network(list(prepared))
-        return {"pool3": pool3, "logits": logits}
+        captured: dict[str, Any] = {}
+        branch = getattr(getattr(getattr(self.network, "model", None), "Mixed_6d", None), "branch1x1", None)
+        handle = None if branch is None else branch.register_forward_hook(
+            lambda _module, _inputs, output: captured.__setitem__("spatial", spatial_features(output)))
+        try:
+            pool3, logits = self.network(list(prepared))
+        finally:
+            if handle is not None:
+                handle.remove()
+        return {"pool3": pool3, "logits": logits, **captured}
 
 
 def load_inception(protocol: str = "tf-legacy", weights: Any = None, device: str | None = None,

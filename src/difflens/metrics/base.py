@@ -8,7 +8,9 @@ round-trips through :meth:`Metric.state_dict` / :meth:`Metric.load_state_dict` a
 JSON numbers (saved as ``.npz`` + JSON by :class:`~difflens.metrics.evaluator.Evaluator`; no pickle).
 
 Registry: ``fid``, ``kid``, ``is``, ``pr``, ``dc`` (the Inception group) and ``clip``, ``cmmd``,
-``fd-dinov2`` (the embedding group), each with its aliases (:data:`ALIASES`). :func:`resolve_metrics`
+``fd-dinov2`` (the embedding group), ``fd-clip``, ``sfid``, ``fid-inf``, ``vendi`` (the features group,
+run by :mod:`difflens.metrics.route`; ``fd-<extractor>[:<model id>]`` resolves for any registered
+extractor), each with its aliases (:data:`ALIASES`). :func:`resolve_metrics`
 is the one parser every entry point calls (``--metrics``, ``compute_metrics``, the Evaluator).
 Light at import: the standard library only; metric classes are imported on first use.
 """
@@ -152,6 +154,7 @@ class MetricSpec:
     group: Group
     aliases: tuple[str, ...] = ()
     meaning: str = ""
+    options: tuple[tuple[str, Any], ...] = ()  # constructor settings fixed by the name (fd-<extractor>)
 
     def load(self) -> type[Metric]:
         module, _, cls = self.target.partition(":")
@@ -160,6 +163,7 @@ class MetricSpec:
 
 _INC = "difflens.metrics.streaming"
 _EMB = "difflens.metrics.streaming_embedding"
+_FD = "difflens.metrics.frechet"
 _REGISTRY: dict[str, MetricSpec] = {}
 
 
@@ -185,6 +189,14 @@ for _spec in (
                "CLIP score"),
     MetricSpec("cmmd", f"{_EMB}:CmmdMetric", ("cmmd",), "embedding"),
     MetricSpec("fd-dinov2", f"{_EMB}:FdDinov2Metric", ("fd_dinov2",), "embedding", ("fd_dinov2", "fddinov2")),
+    MetricSpec("fd-clip", f"{_FD}:FdClipMetric", ("fd_clip",), "features", ("fd_clip", "clip-fid"),
+               "Frechet distance on CLIP ViT-B/32 image embeddings (clean-fid's CLIP-FID)"),
+    MetricSpec("sfid", "difflens.metrics.sfid:SfidMetric", ("sfid",), "features", (),
+               "spatial FID (Inception mixed_6/conv, first 7 channels; ADM evaluator)"),
+    MetricSpec("fid-inf", "difflens.metrics.fid_inf:FidInfMetric", ("fid_inf",), "features",
+               ("fid_inf", "fid-infinity"), "FID extrapolated to infinitely many samples (Chong & Forsyth)"),
+    MetricSpec("vendi", "difflens.metrics.vendi:VendiMetric", ("vendi",), "features", ("vendi-score",),
+               "Vendi score (diversity of the generated set)"),
 ):
     register_metric(_spec)
 
@@ -198,8 +210,7 @@ def metric_names(group: Group | None = None) -> tuple[str, ...]:
 
 
 def metric_spec(name: str) -> MetricSpec:
-    key = name.strip().lower()
-    key = _alias(key)
+    key = _alias(_normalize(name))
     if key not in _REGISTRY:
         raise DifflensError(f"unknown metric {name!r}.", f"choose from {','.join(metric_names())}")
     return _REGISTRY[key]
@@ -209,6 +220,34 @@ def _alias(name: str) -> str:
     for spec in _REGISTRY.values():
         if name in spec.aliases:
             return spec.name
+    return _frechet_on(name)
+
+
+def _normalize(name: str) -> str:
+    """Lower case, except a ``:<model id>`` suffix (``fd-clip:<id>``; local paths are case-sensitive)."""
+    base, sep, model_id = name.strip().partition(":")
+    return base.strip().lower() + (sep + model_id.strip() if sep else "")
+
+
+def metric_key(name: str) -> str:
+    """The JSON key of a metric name: ``fd-clip`` -> ``fd_clip`` (runs of other characters -> ``_``)."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _frechet_on(name: str) -> str:
+    """``fd-<extractor>[:<model id>]`` for any registered extractor (built in or registered with
+    :func:`difflens.features.register_extractor`): registered on first use as the generic
+    :class:`~difflens.metrics.frechet.FrechetMetric` on that extractor (group ``features``)."""
+    if name in _REGISTRY or not name.startswith("fd-"):
+        return name
+    from difflens.features.registry import extractor_names, split_name
+
+    if split_name(name[3:])[0] not in extractor_names():
+        return name
+    register_metric(MetricSpec(name, f"{_FD}:FrechetMetric", (metric_key(name),), "features", (),
+                               f"Frechet distance on {name[3:]}", (("extractor", name[3:]),)))
     return name
 
 
@@ -217,7 +256,7 @@ def resolve_metrics(spec: str | Iterable[str], group: Group | None = None,
     """``"fid,precision"`` or ``["fid", "pr"]`` -> registered names, aliases resolved, duplicates removed,
     in registry order. Unknown (or, with ``group``, foreign) or no names: DifflensError (``message`` is
     its start; the hint lists the allowed names)."""
-    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [_normalize(s) for s in (spec.split(",") if isinstance(spec, str) else spec)]
     items = [_alias(s) for s in items if s]
     allowed = metric_names(group)
     bad = [s for s in items if s not in allowed]
@@ -235,7 +274,8 @@ def split_by_group(spec: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[st
 
 def create_metric(name: str, **settings: Any) -> Metric:
     """A fresh instance of metric ``name`` (or alias) with ``settings`` (see each class)."""
-    return metric_spec(name).load()(**settings)
+    spec = metric_spec(name)
+    return spec.load()(**{**dict(spec.options), **settings})
 
 
 def metric_meanings() -> dict[str, str]:

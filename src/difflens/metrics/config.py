@@ -13,7 +13,9 @@ from typing import Literal
 from difflens.config import RUNTIME, Dtype
 from difflens.errors import DifflensError
 
-__all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_CMMD_CLIP_MODEL", "DEFAULT_DINOV2_MODEL", "DEFAULT_SEED",
+__all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_CMMD_CLIP_MODEL", "DEFAULT_DINOV2_MODEL", "DEFAULT_FD_CLIP_MODEL",
+           "DEFAULT_FID_INF_MIN_FAKE", "DEFAULT_FID_INF_POINTS", "DEFAULT_SEED", "DEFAULT_VENDI_EXTRACTOR",
+           "DEFAULT_VENDI_LAYER", "DEFAULT_VENDI_Q",
            "DatasetOptions", "EmbeddingConfig", "GenerationRequest", "MetricsConfig", "Protocol"]
 
 #: Inception resize protocols: ``tf-legacy`` (torch-fidelity's TF1-exact bilinear) or ``clean`` (clean-fid's
@@ -28,6 +30,15 @@ DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and I
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # CLIP score (and the latent mode's CLIP features)
 DEFAULT_CMMD_CLIP_MODEL = "openai/clip-vit-large-patch14-336"  # google-research/cmmd's model
 DEFAULT_DINOV2_MODEL = "facebook/dinov2-large"  # FD-DINOv2 (Stein et al. 2023: ViT-L/14)
+DEFAULT_FD_CLIP_MODEL = "openai/clip-vit-base-patch32"  # fd-clip: clean-fid's CLIP-FID uses ViT-B/32
+#: fid-inf (Chong & Forsyth 2020): FID at ``points`` sample sizes evenly spaced from ``min_fake`` to all the
+#: generated images (FID_IS_infinity score_infinity.py:117, calculate_FID_infinity_path defaults)
+DEFAULT_FID_INF_MIN_FAKE = 5000
+DEFAULT_FID_INF_POINTS = 15
+#: vendi (Friedman & Dieng 2023): order q of the entropy (1: Shannon, the paper's score), on these features
+DEFAULT_VENDI_Q = 1.0
+DEFAULT_VENDI_EXTRACTOR = "inception"
+DEFAULT_VENDI_LAYER = "pool3"
 
 
 @dataclass(frozen=True)

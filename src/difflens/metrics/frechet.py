@@ -1,0 +1,276 @@
+"""Frechet distance on any registered extractor's features: ``fd-<extractor>[:<model id>]``.
+
+    FD = ||mu_r - mu_f||^2 + Tr S_r + Tr S_f - 2 Tr((S_r S_f)^(1/2)),   S unbiased (N - 1)
+
+One code path for every feature space: the value is FID's (:func:`difflens.metrics.values._fid_value`:
+:func:`difflens.metrics.fid.fid_from_stats`, or the trace term from the features when a covariance is
+singular), only the extractor and layer change. Registered: ``fd-clip`` (clean-fid's CLIP-FID, below) and
+``sfid`` (:mod:`difflens.metrics.sfid`); ``fd-<name>`` resolves for any extractor of the features registry,
+built in or registered with :func:`difflens.features.register_extractor` (``fd-inception`` is FID,
+``fd-mynet:<model id>`` passes the model id to the factory). ``fd-dinov2`` stays the embedding group's.
+
+State per side: float64 :class:`~difflens.metrics.stats.GaussianStats` (count, mean, centered second moment;
+merged exactly with Chan's update, a sum-and-Gram equivalent without the cancellation of ``sum x x^T -
+n mu mu^T``), plus the float32 rows while a side has at most ``4 D`` of them (the singular-covariance
+route, as :class:`~difflens.metrics.streaming.FidMetric`) or, for the fake side, always when constructed
+with ``bootstrap > 0`` (the interval resamples the fake rows). A side may instead come from statistics
+(:meth:`FrechetMetric.load_side_stats`: ``mu``/``sigma``, ``n`` when known).
+
+``fd-clip`` follows clean-fid's CLIP-FID (``model_name="clip_vit_b_32"``, cleanfid/fid.py and
+cleanfid/clip_features.py, clean-fid 0.1.35): OpenAI CLIP ViT-B/32 and its ``encode_image`` output, the
+projected image embedding, 512-d, not normalized; that is transformers' ``CLIPModel.get_image_features``,
+the ``image_embeds`` layer of the ``clip`` extractor (``clip:openai/clip-vit-base-patch32``). Preprocessing
+differs slightly: clean-fid resizes with PIL bicubic (short side to 224) and center-crops, the ``clip``
+extractor uses the model's CLIPProcessor (same geometry, its own resampler).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+
+from difflens.errors import DifflensError
+from difflens.metrics.base import ComputeContext, FeatureBatch, Metric, MetricResult, Requirement, metric_key
+from difflens.metrics.config import DEFAULT_FD_CLIP_MODEL, DEFAULT_SEED
+from difflens.metrics.streaming import Rows
+
+SIDES = ("real", "fake")
+#: The layer ``fd-<extractor>`` reads when none is given (a user's extractor: its class's first layer).
+DEFAULT_LAYERS = {"inception": "pool3", "inception-clean": "pool3", "clip": "image_embeds",
+                  "clip-cmmd": "image_embeds", "dinov2": "cls", "vae": "mid"}
+
+
+def default_layer(extractor: str) -> str:
+    """The layer of ``extractor`` that ``fd-<extractor>`` reads: the built-in table, else the ``layers``
+    class attribute of a user's factory (an :class:`~difflens.features.base.ExtractorBase` subclass)."""
+    from difflens.features.registry import _factory, split_name
+
+    base, _ = split_name(extractor)
+    if base in DEFAULT_LAYERS:
+        return DEFAULT_LAYERS[base]
+    factory, _fixed = _factory(base)  # a DifflensError for an unknown name
+    layers = getattr(factory, "layers", None)
+    if isinstance(layers, (tuple, list)) and layers and isinstance(layers[0], str):
+        return str(layers[0])
+    raise DifflensError(f"fd-{extractor}: cannot tell which layer of extractor {base!r} to read (its factory "
+                        "declares no layers).",
+                        f"pass the layer as a metric option, e.g. metric_options={{'fd-{extractor}': "
+                        "{'layer': '<layer>'}}")
+
+
+def side_name(real: bool) -> str:
+    return "real" if real else "fake"
+
+
+class GaussianSide:
+    """One side's streamed Gaussian statistics (None before the first row) and where they came from."""
+
+    def __init__(self) -> None:
+        self.stats: Any = None  # GaussianStats | None
+        self.fingerprint: dict[str, Any] | None = None  # of loaded statistics
+
+    def add(self, arr: np.ndarray) -> None:
+        from difflens.metrics.stats import GaussianStats
+
+        add = GaussianStats.from_features(np.asarray(arr, dtype=np.float64))
+        self.stats = add if self.stats is None else self.stats.merge(add)
+
+    def merge(self, other: GaussianSide) -> None:
+        if other.stats is not None:
+            self.stats = other.stats if self.stats is None else self.stats.merge(other.stats)
+        self.fingerprint = self.fingerprint or other.fingerprint
+
+    def clear(self) -> None:
+        self.stats, self.fingerprint = None, None
+
+    def state(self, prefix: str) -> dict[str, Any]:
+        st = self.stats
+        return {f"{prefix}_n": -2 if st is None else int(st.n),  # -2: nothing yet; -1: loaded, count unknown
+                f"{prefix}_mean": np.zeros(0) if st is None else st.mean,
+                f"{prefix}_m2": np.zeros((0, 0)) if st is None else st.m2,
+                f"{prefix}_fingerprint": "" if self.fingerprint is None else json.dumps(self.fingerprint)}
+
+    def load(self, state: dict[str, Any], prefix: str) -> None:
+        from difflens.metrics.stats import GaussianStats
+
+        n = int(state[f"{prefix}_n"])
+        self.stats = None if n == -2 else GaussianStats(
+            n, np.asarray(state[f"{prefix}_mean"], np.float64), np.asarray(state[f"{prefix}_m2"], np.float64))
+        fp = str(state.get(f"{prefix}_fingerprint", ""))
+        self.fingerprint = json.loads(fp) if fp else None
+
+    def load_stats(self, stats: dict[str, Any], keys: tuple[str, str], fingerprint: dict[str, Any] | None,
+                   what: str) -> None:
+        """Statistics ``keys`` (mean, covariance) of a file (``n`` when it has one) as this side."""
+        from difflens.metrics.stats import stats_from_mu_sigma
+
+        missing = [k for k in keys if k not in stats]
+        if missing:
+            raise DifflensError(f"{what}: the statistics lack {', '.join(missing)} (they have "
+                                f"{', '.join(sorted(stats)) or 'nothing'}).",
+                                f"pass statistics with {' and '.join(keys)} (an ADM reference batch has "
+                                "mu/sigma and mu_s/sigma_s), or images")
+        n = stats.get("n")
+        n_val = None if n is None or int(np.asarray(n).reshape(())) < 0 else int(np.asarray(n).reshape(()))
+        self.stats = stats_from_mu_sigma(stats[keys[0]], stats[keys[1]], n_val, what)
+        self.fingerprint = dict(fingerprint) if fingerprint is not None else None
+
+
+def frechet_value(real: Any, fake: Any, real_rows: np.ndarray | None, fake_rows: np.ndarray | None) -> float:
+    """FID's value function on two GaussianStats (and the rows when every row of both sides is at hand)."""
+    from difflens.metrics.values import _fid_value
+
+    if real.dim != fake.dim:
+        raise DifflensError(f"feature dimensions differ: real {real.dim}, fake {fake.dim}.",
+                            "compare features (or statistics) of the same extractor and layer")
+    return float(_fid_value(real, fake, real_rows, fake_rows))
+
+
+class FrechetMetric(Metric):
+    """Frechet distance between the Gaussians of two feature sets, on ``layer`` of ``extractor``."""
+
+    name = "fd"
+    keys = ("fd",)
+    group = "features"
+    #: names of the mean and covariance in a statistics file (sFID: ``mu_s``/``sigma_s``)
+    stats_keys: ClassVar[tuple[str, str]] = ("mu", "sigma")
+    ROWS_PER_DIM: ClassVar[int] = 4
+
+    def __init__(self, extractor: str = "inception", layer: str | None = None, seed: int = DEFAULT_SEED,
+                 bootstrap: int = 0) -> None:
+        self.extractor = str(extractor)
+        self.layer = layer or default_layer(self.extractor)
+        if type(self).name == FrechetMetric.name:  # the generic class: named by its extractor
+            self.name = f"fd-{self.extractor}"  # type: ignore[misc]
+            self.keys = (metric_key(self.name),)  # type: ignore[misc]
+        self.seed, self.bootstrap = int(seed), int(bootstrap)
+        self.sides = {s: GaussianSide() for s in SIDES}
+        self.rows = {s: Rows() for s in SIDES}
+
+    def requirements(self) -> tuple[Requirement, ...]:
+        return (Requirement(self.extractor, self.layer, "both"),)
+
+    def settings(self) -> dict[str, Any]:
+        return {"extractor": self.extractor, "layer": self.layer, "seed": self.seed,
+                "bootstrap": self.bootstrap}
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def update(self, batch: FeatureBatch) -> None:
+        side = side_name(batch.real)
+        arr = np.asarray(batch.features[(self.extractor, self.layer)], dtype=np.float32)
+        if arr.ndim != 2:
+            raise DifflensError(f"{self.name}: features must be (N, D), got shape {arr.shape}.",
+                                "pass one row per image")
+        if not len(arr):
+            return
+        self.sides[side].add(arr)
+        self._keep(side, arr)
+
+    def _keep(self, side: str, arr: np.ndarray) -> None:
+        st = self.sides[side].stats
+        if st.n <= self.ROWS_PER_DIM * arr.shape[1] or (side == "fake" and self.bootstrap > 0):
+            self.rows[side].add(arr)
+        else:
+            self.rows[side].clear()  # the statistics alone carry the value
+
+    def _complete(self, side: str) -> np.ndarray | None:
+        """The side's rows when every row it was fed is kept (else None)."""
+        st, arr = self.sides[side].stats, self.rows[side].array()
+        return arr if st is not None and arr is not None and len(arr) == st.n else None
+
+    def merge(self, other: Metric) -> None:
+        self.check_mergeable(other)
+        assert isinstance(other, FrechetMetric)
+        for side in SIDES:
+            keep = (self.sides[side].stats is None or self._complete(side) is not None) and \
+                other._complete(side) is not None
+            self.sides[side].merge(other.sides[side])
+            if keep:
+                self._keep(side, other.rows[side].array().copy())  # type: ignore[union-attr]
+            elif other.sides[side].stats is not None:
+                self.rows[side].clear()
+
+    def reset(self, keep_real: bool = False) -> None:
+        for side in ("fake",) if keep_real else SIDES:
+            self.sides[side].clear()
+            self.rows[side].clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for side in SIDES:
+            out.update(self.sides[side].state(side))
+            arr = self.rows[side].array()
+            out[f"{side}_features"] = np.zeros((0, 0), np.float32) if arr is None else arr
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for side in SIDES:
+            self.sides[side].load(state, side)
+            self.rows[side].load(np.asarray(state[f"{side}_features"], dtype=np.float32))
+
+    def load_side_stats(self, real: bool, stats: dict[str, np.ndarray],
+                        fingerprint: dict[str, Any] | None = None) -> None:
+        """Take one side from statistics (``stats_keys``, e.g. ``mu``/``sigma``; ``n`` if recorded) instead
+        of images; ``fingerprint`` (the file's protocol, or None) is kept with the state."""
+        side = side_name(real)
+        self.sides[side].load_stats(stats, self.stats_keys, fingerprint, f"{self.name} --{side} statistics")
+        self.rows[side].clear()
+
+    # ---------------------------------------------------------------------------------------- compute
+
+    def _stats(self) -> tuple[Any, Any]:
+        sr, sf = self.sides["real"].stats, self.sides["fake"].stats
+        if sr is None or sf is None:
+            raise DifflensError(f"{self.name}: no {'real' if sr is None else 'fake'} images were given.",
+                                "call update(images, real=True) and update(images, real=False) first")
+        return sr, sf
+
+    def compute(self, context: ComputeContext | None = None) -> dict[str, MetricResult]:
+        sr, sf = self._stats()
+        rf, ff = self._complete("real"), self._complete("fake")
+        value = frechet_value(sr, sf, rf, ff)
+        key = self.keys[0]
+        res = MetricResult(key, value, {}, {"n_real": sr.n if sr.known_n else None, "n_fake": int(sf.n)})
+        label = self.name
+        singular = [f"n_{s}={st.n}" for s, st in (("real", sr), ("fake", sf)) if 0 <= st.n <= st.dim]
+        if singular:
+            res.warnings.append(f"{label}: {', '.join(singular)} <= feature dimension {sr.dim}: the "
+                                "covariance is singular (the distance is defined but especially noisy)")
+        boot = context.bootstrap if context is not None and context.bootstrap else self.bootstrap
+        seed = context.seed if context is not None and context.bootstrap else self.seed
+        if boot > 0:
+            if ff is None:
+                res.warnings.append(f"{label}: no interval: the fake rows were not kept (more than "
+                                    f"{self.ROWS_PER_DIM} x D of them); construct the metric with "
+                                    "bootstrap=B")
+            else:
+                res.fields["ci95"] = list(bootstrap_ci95(sr, ff, boot, seed))
+        return {key: res}
+
+
+def bootstrap_ci95(real: Any, fake_rows: np.ndarray, num: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the distance over ``num`` resamples (with replacement) of the fake rows."""
+    from difflens.metrics.feature_cache import percentile_ci95, resample_indices
+    from difflens.metrics.fid import fid_from_stats
+    from difflens.metrics.stats import GaussianStats
+
+    fake = np.asarray(fake_rows, dtype=np.float64)
+    vals = [fid_from_stats(real, GaussianStats.from_features(fake[idx]))
+            for idx in resample_indices(len(fake), num, seed)]
+    return percentile_ci95(vals)
+
+
+class FdClipMetric(FrechetMetric):
+    """``fd-clip``: clean-fid's CLIP-FID, the Frechet distance on CLIP ViT-B/32 projected image embeddings
+    (512-d, not normalized; see the module docstring)."""
+
+    name = "fd-clip"
+    keys = ("fd_clip",)
+
+    def __init__(self, clip_model: str = DEFAULT_FD_CLIP_MODEL, seed: int = DEFAULT_SEED,
+                 bootstrap: int = 0) -> None:
+        self.clip_model = str(clip_model)
+        super().__init__(f"clip:{self.clip_model}", "image_embeds", seed, bootstrap)
