@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from difflens.features.base import ExtractorBase, Fingerprint, canonical_preprocessing
+from difflens.features.hf_encoder import HFEncoder
 from difflens.metrics.config import DEFAULT_CLIP_MODEL
 from difflens.metrics.feature_cache import (
     FeatureCache,
@@ -27,7 +28,6 @@ from difflens.metrics.feature_cache import (
     inputs_digest,
     load_hf_model,
     strings_digest,
-    weights_digest_for,
 )
 
 #: Image preprocessing protocols of :meth:`ClipEncoder.encode_images`.
@@ -35,32 +35,23 @@ PROTOCOL_PROCESSOR = "processor"  # CLIPProcessor defaults: short side -> crop s
 PROTOCOL_CMMD = "cmmd-resize"  # float [0,1], torch bicubic resize of the whole image to crop size (CMMD)
 
 
-class ClipEncoder:
+class ClipEncoder(HFEncoder):
     """A transformers ``CLIPModel`` with its ``CLIPProcessor``; embeddings are the projected features
     (``get_image_features`` / ``get_text_features``), not normalized."""
 
     def __init__(self, model: Any, processor: Any, model_id: str, device: str, dtype: str,
                  weights_digest: str) -> None:
-        self.model = model
+        super().__init__(model, model_id, device, dtype, weights_digest)
         self.processor = processor
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
-        self.weights_digest = weights_digest
 
     @classmethod
     def load(cls, model_id: str = DEFAULT_CLIP_MODEL, device: str | None = None, dtype: str = "float32",
              offline: bool = False, flag: str = "--clip-model") -> ClipEncoder:
         from transformers import CLIPModel, CLIPProcessor
 
-        from difflens.models import resolve_device, resolve_dtype
-
-        torch_dtype = resolve_dtype(dtype)
-        dev = resolve_device(device)
-        model = load_hf_model(CLIPModel, model_id, offline, "CLIP model", flag, dtype=torch_dtype)
+        model, dev, digest = cls.load_model(CLIPModel, model_id, device, dtype, offline, "CLIP model", flag)
         processor = load_hf_model(CLIPProcessor, model_id, offline, "CLIP processor", flag)
-        model = model.to(dev).eval()
-        return cls(model, processor, str(model_id), dev, dtype, weights_digest_for(str(model_id), offline))
+        return cls(model, processor, str(model_id), dev, dtype, digest)
 
     # ---------------------------------------------------------------------------------------- properties
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from difflens.features.base import ExtractorBase, Fingerprint, canonical_preprocessing
+from difflens.features.hf_encoder import HFEncoder
 from difflens.metrics.config import DEFAULT_DINOV2_MODEL
 from difflens.metrics.feature_cache import (
     FeatureCache,
@@ -18,8 +19,6 @@ from difflens.metrics.feature_cache import (
     NoCache,
     as_rgb_image,
     inputs_digest,
-    load_hf_model,
-    weights_digest_for,
 )
 
 IMAGE_SIZE = 224
@@ -45,16 +44,12 @@ def preprocess(images: Sequence[Any], size: int = IMAGE_SIZE) -> Any:
     return (x - mean) / std
 
 
-class Dinov2Encoder:
+class Dinov2Encoder(HFEncoder):
     """A transformers ``Dinov2Model``; features are CLS tokens after the final layer norm."""
 
     def __init__(self, model: Any, model_id: str, device: str, dtype: str, weights_digest: str,
                  image_size: int = IMAGE_SIZE) -> None:
-        self.model = model
-        self.model_id = model_id
-        self.device = device
-        self.dtype = dtype
-        self.weights_digest = weights_digest
+        super().__init__(model, model_id, device, dtype, weights_digest)
         self.image_size = image_size
 
     @classmethod
@@ -62,14 +57,9 @@ class Dinov2Encoder:
              offline: bool = False) -> Dinov2Encoder:
         from transformers import Dinov2Model
 
-        from difflens.models import resolve_device, resolve_dtype
-
-        torch_dtype = resolve_dtype(dtype)
-        dev = resolve_device(device)
-        model = load_hf_model(Dinov2Model, model_id, offline, "DINOv2 model", "--dinov2-model",
-                              dtype=torch_dtype)
-        digest = weights_digest_for(str(model_id), offline)
-        return cls(model.to(dev).eval(), str(model_id), dev, dtype, digest)
+        model, dev, digest = cls.load_model(Dinov2Model, model_id, device, dtype, offline, "DINOv2 model",
+                                            "--dinov2-model")
+        return cls(model, str(model_id), dev, dtype, digest)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"resize": f"PIL bicubic {self.image_size}x{self.image_size}, no crop", "scale": "1/255",

@@ -227,6 +227,16 @@ def _caption_table(captions: list[str]) -> tuple[list[str], np.ndarray]:
     return [*uniq, ""], np.asarray([pos[c] for c in captions])
 
 
+def _denoiser_inputs(work: Path, args: argparse.Namespace, stage: str) -> tuple[Any, list[str], Any, Any]:
+    """What both denoiser stages start from: the stage's seeded generator, the captions, the VAE latents
+    and the text encoders."""
+    import torch
+
+    rng = np.random.default_rng(_seed(args.seed, stage))
+    _, captions = _images(work)
+    return rng, captions, torch.from_numpy(np.load(work / "latents.npy")), _text_encoders(work)
+
+
 def stage_unet(work: Path, args: argparse.Namespace) -> None:
     import torch
     from diffusers import (
@@ -238,11 +248,7 @@ def stage_unet(work: Path, args: argparse.Namespace) -> None:
     )
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    seed = _seed(args.seed, "unet")
-    rng = np.random.default_rng(seed)
-    _, captions = _images(work)
-    z = torch.from_numpy(np.load(work / "latents.npy"))
-    tok, text, _ = _text_encoders(work)
+    rng, captions, z, (tok, text, _) = _denoiser_inputs(work, args, "unet")
     unet = (UNet2DConditionModel.from_pretrained(Path(args.init) / "unet") if args.init
             else UNet2DConditionModel(**C.UNET_CONFIG))
     sched = DPMSolverMultistepScheduler(**{**C.SD_SCHEDULER, "timestep_spacing": "trailing"})
@@ -288,11 +294,7 @@ def stage_mmdit(work: Path, args: argparse.Namespace) -> None:
     )
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-    seed = _seed(args.seed, "mmdit")
-    rng = np.random.default_rng(seed)
-    _, captions = _images(work)
-    z = torch.from_numpy(np.load(work / "latents.npy"))
-    tok, _, proj = _text_encoders(work)
+    rng, captions, z, (tok, _, proj) = _denoiser_inputs(work, args, "mmdit")
     dit = (SD3Transformer2DModel.from_pretrained(Path(args.init) / "transformer") if args.init
            else SD3Transformer2DModel(**C.MMDIT_CONFIG))
     pipe = StableDiffusion3Pipeline(
