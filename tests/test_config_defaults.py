@@ -15,6 +15,7 @@ import typer
 
 from difflens.analyze.config import AnalysisConfig
 from difflens.attention.config import AttentionConfig, ImageAttentionConfig, WordAgg
+from difflens.compare.config import CompareConfig
 from difflens.config import DTYPES, RUNTIME, Dtype, RuntimeConfig
 from difflens.generate.options import GenerateOptions
 from difflens.latent.config import DirectionConfig, EncodeConfig, InterpolateConfig, OodConfig
@@ -41,6 +42,7 @@ CONFIGS: dict[str, tuple[list[Any], dict[str, tuple[Any, str]]]] = {
                  "width": (_GEN_REQ, "width"), "negative_prompt": (_GEN_REQ, "negative_prompt"),
                  "dtype": (_GEN_REQ, "dtype"), "samples_dir": (_GEN_REQ, "samples_dir")}),
     "generate": ([GenerateOptions(num_samples=1), RUNTIME], {}),
+    "compare": ([CompareConfig(), RUNTIME], {}),
     "schedule": ([ScheduleConfig()], {}),
     "stats build": ([_DATA, _METRICS, RUNTIME], {}),
     "stats fetch": ([RUNTIME], {}),
@@ -62,6 +64,7 @@ NOT_SETTINGS: dict[str, set[str]] = {
                 "save_stats", "save_real_stats", "save_fake_stats", "model", "prompts", "num_samples",
                 "caption_column"},
     "schedule": {"out", "json_out"},
+    "compare": {"a", "b", "prompts", "caption_column", "json_out", "report"},
     "stats build": {"keep_features", "inception_weights",
                     "clip_model"},  # None: no CLIP embeddings stored (not the metrics' CLIP model)
     "attention": {"model", "prompt", "out", "image", "noise_level"},
@@ -174,6 +177,7 @@ def test_analysis_toml_tables_take_the_config_defaults() -> None:
     ("difflens.metrics.embedding:compute_embedding_metrics", [_EMB, _METRICS, RUNTIME], set()),
     ("difflens.schedule.api:analyze_schedules", [ScheduleConfig()], set()),
     ("difflens.generate.api:generate", [GenerateOptions(num_samples=1), RUNTIME], set()),
+    ("difflens.compare.api:compare", [CompareConfig(), RUNTIME], set()),
     ("difflens.latent.api:encode", [EncodeConfig(), RUNTIME], set()),
     ("difflens.latent.api:interpolate", [InterpolateConfig(), RUNTIME], set()),
     ("difflens.latent.api:direction", [DirectionConfig(), RUNTIME], set()),

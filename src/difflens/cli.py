@@ -106,13 +106,15 @@ def _register_modes() -> None:
     """Each mode's cli module imports only typer at module level."""
     from difflens.analyze import cli as analyze_cli
     from difflens.attention import cli as attention_cli
+    from difflens.compare import cli as compare_cli
     from difflens.generate import cli as generate_cli
     from difflens.latent import cli as latent_cli
     from difflens.metrics import cli as metrics_cli
     from difflens.refsets import cli as refsets_cli
     from difflens.schedule import cli as schedule_cli
 
-    modes = (metrics_cli, generate_cli, refsets_cli, schedule_cli, attention_cli, latent_cli, analyze_cli)
+    modes = (metrics_cli, compare_cli, generate_cli, refsets_cli, schedule_cli, attention_cli, latent_cli,
+             analyze_cli)
     for module in modes:
         module.register(app)
 

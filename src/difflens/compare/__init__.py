@@ -1,0 +1,1 @@
+"""Paired comparison of two sample sets generated from the same prompts (``difflens compare``)."""
