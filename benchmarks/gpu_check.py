@@ -171,19 +171,18 @@ def _vit_rate(ctx: Ctx, kind: str) -> str:
     import torch
 
     n, bs = ctx.n(1024, 16), ctx.n(128, 8)
+    layers = ctx.n(24, 2)   # quick: a smaller tower; the dry run checks the code, not the figure
     if kind == "clip":
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         model = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=layers, num_attention_heads=16,
             image_size=224, patch_size=14, projection_dim=768))
     else:
         from transformers import Dinov2Config, Dinov2Model
 
-        model = Dinov2Model(Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+        model = Dinov2Model(Dinov2Config(hidden_size=1024, num_hidden_layers=layers, num_attention_heads=16,
                                          patch_size=14, image_size=224))
-    if ctx.quick:   # a smaller tower: the dry run checks the code, not the figure
-        model = model.__class__(model.config.__class__(**{**model.config.to_dict(), "num_hidden_layers": 2}))
     out = []
     for dtype in (torch.float32, torch.float16):
         if ctx.device == "cpu" and dtype == torch.float16:
@@ -329,7 +328,8 @@ def check_torchrun_nccl(ctx: Ctx) -> tuple[str, str]:
            str(script), str(result), ctx.device, backend]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=str(ROOT),
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])})
     dt = time.perf_counter() - t0
     if proc.returncode != 0 or not result.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
