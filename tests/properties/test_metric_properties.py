@@ -37,7 +37,7 @@ from difflens.metrics.base import (
 )
 
 N_REAL, N_FAKE = 41, 29
-DIMS = {"pool3": 12, "logits": 20, "image_embeds": 8, "cls": 10, "spatial": 14}
+DIMS = {"pool3": 12, "logits": 20, "image_embeds": 8, "cls": 10, "spatial": 14, "score": 1}
 SETTINGS: dict[str, dict[str, Any]] = {"kid": {"kid_subset_size": 10, "kid_subsets": 6},
                                        "is": {"is_splits": 3},
                                        "fid-inf": {"min_fake": 10, "points": 4}}  # 29 fake rows here

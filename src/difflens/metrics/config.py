@@ -30,6 +30,13 @@ DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed: same KID subsets and I
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # CLIP score (and the latent mode's CLIP features)
 DEFAULT_CMMD_CLIP_MODEL = "openai/clip-vit-large-patch14-336"  # google-research/cmmd's model
 DEFAULT_DINOV2_MODEL = "facebook/dinov2-large"  # FD-DINOv2 (Stein et al. 2023: ViT-L/14)
+#: hpsv2: open_clip architecture of the HPS checkpoints and the version (2.1: the current leaderboard)
+HpsVersion = Literal["2.0", "2.1"]
+DEFAULT_HPSV2_ARCH = "ViT-H-14"
+DEFAULT_HPSV2_VERSION: HpsVersion = "2.1"
+#: pickscore (Kirstain et al. 2023): the model card's model and processor
+DEFAULT_PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
+DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 DEFAULT_FD_CLIP_MODEL = "openai/clip-vit-base-patch32"  # fd-clip: clean-fid's CLIP-FID uses ViT-B/32
 #: fid-inf (Chong & Forsyth 2020): FID at ``points`` sample sizes evenly spaced from ``min_fake`` to all the
 #: generated images (FID_IS_infinity score_infinity.py:117, calculate_FID_infinity_path defaults)
@@ -85,6 +92,12 @@ class EmbeddingConfig:
     dinov2_model: str | None = None  # None: DEFAULT_DINOV2_MODEL
     per_prompt: bool = False
     batch_size: int = 32  # images per CLIP/DINOv2 forward pass (the Python API; the CLI keeps it)
+    # preference models (metrics hpsv2, pickscore): weights, and the autocast dtype of their forward pass
+    hpsv2_checkpoint: str | None = None  # None: the version's file from the hub (online only)
+    hpsv2_arch: str = DEFAULT_HPSV2_ARCH
+    hpsv2_version: HpsVersion = DEFAULT_HPSV2_VERSION
+    pickscore_model: str = DEFAULT_PICKSCORE_MODEL
+    preference_dtype: Dtype = "float32"
 
 
 @dataclass(frozen=True)
