@@ -201,6 +201,8 @@ for _spec in (
                "Human Preference Score v2 (100 * cos; needs prompts)"),
     MetricSpec("pickscore", "difflens.metrics.pickscore:PickScoreMetric", ("pickscore",), "features",
                ("pick-score", "pick_score"), "PickScore (logit_scale * cos; needs prompts)"),
+    MetricSpec("imagereward", "difflens.metrics.imagereward:ImageRewardMetric", ("imagereward",), "features",
+               ("image-reward", "image_reward"), "ImageReward (z-scored reward; needs prompts)"),
 ):
     register_metric(_spec)
 

@@ -117,6 +117,44 @@ def register(app: typer.Typer) -> None:
         dinov2_model: str | None = typer.Option(
             e.dinov2_model, "--dinov2-model",
             help=f"DINOv2 model for fd-dinov2 (default {DEFAULT_DINOV2_MODEL})."),
+        imagereward_checkpoint: str | None = typer.Option(
+            e.imagereward_checkpoint, "--imagereward-checkpoint",
+            help="ImageReward.pt for --metrics imagereward, loaded strictly (default: THUDM/ImageReward's "
+                 "file from the hub or its cache)."),
+        imagereward_tokenizer: str = typer.Option(
+            e.imagereward_tokenizer, "--imagereward-tokenizer",
+            help="Tokenizer of imagereward (hub id or folder); BLIP's [DEC] and [ENC] are added to it."),
+        imagereward_config: str | None = typer.Option(
+            e.imagereward_config, "--imagereward-config",
+            help="med_config.json of the imagereward network (default: the published architecture)."),
+        hpsv2_checkpoint: str | None = typer.Option(
+            e.hpsv2_checkpoint, "--hpsv2-checkpoint",
+            help="HPS checkpoint (.pt) for --metrics hpsv2, loaded strictly (default: the --hpsv2-version "
+                 "file of xswu/HPSv2 from the hub; with --offline this option is required)."),
+        hpsv2_arch: str = typer.Option(
+            e.hpsv2_arch, "--hpsv2-arch",
+            help="open_clip architecture name or model-config JSON of the HPS checkpoint."),
+        hpsv2_version: str = typer.Option(
+            e.hpsv2_version, "--hpsv2-version",
+            help="HPS version: 2.1 (the current leaderboard) or 2.0; recorded with the score."),
+        pickscore_model: str = typer.Option(
+            e.pickscore_model, "--pickscore-model",
+            help="PickScore CLIPModel (hub id or save_pretrained folder) for --metrics pickscore."),
+        preference_dtype: str = typer.Option(
+            e.preference_dtype, "--preference-dtype",
+            help="float32, or float16/bfloat16 autocast (GPU) for the hpsv2 and pickscore networks."),
+        fd_clip_model: str = typer.Option(
+            e.fd_clip_model, "--fd-clip-model",
+            help="CLIP model of fd-clip (default clean-fid's CLIP-FID network, ViT-B/32)."),
+        fid_inf_min_fake: int = typer.Option(
+            e.fid_inf_min_fake, "--fid-inf-min-fake", min=2,
+            help="fid-inf: smallest sample size of the 1/N fit (FID_IS_infinity's default 5000)."),
+        fid_inf_points: int = typer.Option(
+            e.fid_inf_points, "--fid-inf-points", min=2,
+            help="fid-inf: number of sample sizes of the fit, evenly spaced up to all --fake images."),
+        vendi_q: float = typer.Option(
+            e.vendi_q, "--vendi-q",
+            help="vendi: order q of the entropy (1: Shannon, the paper's score; 2, 0.5, ..., or inf)."),
         per_prompt: bool = typer.Option(e.per_prompt, "--per-prompt",
                                         help="CLIP score per prompt and the worst-aligned prompts."),
         image_column: str = typer.Option(d.image_column, "--image-column",
@@ -161,6 +199,14 @@ def register(app: typer.Typer) -> None:
                                   subset_seed=subset_seed, reference_size=reference_size, streaming=streaming)
         # settings of the features-group metrics (metrics/route.py), one dict per metric name
         metric_options: dict[str, dict[str, object]] = {}
+        metric_options["fd-clip"] = {"clip_model": fd_clip_model}
+        metric_options["fid-inf"] = {"min_fake": fid_inf_min_fake, "points": fid_inf_points}
+        metric_options["vendi"] = {"q": vendi_q}
+        metric_options["hpsv2"] = {"checkpoint": hpsv2_checkpoint, "arch": hpsv2_arch,
+                                   "version": hpsv2_version, "dtype": preference_dtype}
+        metric_options["pickscore"] = {"model": pickscore_model, "dtype": preference_dtype}
+        metric_options["imagereward"] = {"checkpoint": imagereward_checkpoint,
+                                         "tokenizer": imagereward_tokenizer, "config": imagereward_config}
         result = evaluate(
             real, fake, metrics, prompts=prompts, generation=generation, datasets=datasets,
             clip_model=clip_model, cmmd_clip_model=cmmd_clip_model, dinov2_model=dinov2_model,

@@ -37,6 +37,10 @@ DEFAULT_HPSV2_VERSION: HpsVersion = "2.1"
 #: pickscore (Kirstain et al. 2023): the model card's model and processor
 DEFAULT_PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+#: imagereward (Xu et al. 2023): ImageReward.pt of this hub repository when no checkpoint file is given, and
+#: the tokenizer (bert-base-uncased, to which BLIP adds [DEC] and [ENC])
+DEFAULT_IMAGEREWARD_REPO = "THUDM/ImageReward"
+DEFAULT_IMAGEREWARD_TOKENIZER = "bert-base-uncased"
 DEFAULT_FD_CLIP_MODEL = "openai/clip-vit-base-patch32"  # fd-clip: clean-fid's CLIP-FID uses ViT-B/32
 #: fid-inf (Chong & Forsyth 2020): FID at ``points`` sample sizes evenly spaced from ``min_fake`` to all the
 #: generated images (FID_IS_infinity score_infinity.py:117, calculate_FID_infinity_path defaults)
@@ -92,12 +96,21 @@ class EmbeddingConfig:
     dinov2_model: str | None = None  # None: DEFAULT_DINOV2_MODEL
     per_prompt: bool = False
     batch_size: int = 32  # images per CLIP/DINOv2 forward pass (the Python API; the CLI keeps it)
+    # distribution metrics of the features group (fd-clip, fid-inf, vendi)
+    fd_clip_model: str = DEFAULT_FD_CLIP_MODEL
+    fid_inf_min_fake: int = DEFAULT_FID_INF_MIN_FAKE
+    fid_inf_points: int = DEFAULT_FID_INF_POINTS
+    vendi_q: float = DEFAULT_VENDI_Q
     # preference models (metrics hpsv2, pickscore): weights, and the autocast dtype of their forward pass
     hpsv2_checkpoint: str | None = None  # None: the version's file from the hub (online only)
     hpsv2_arch: str = DEFAULT_HPSV2_ARCH
     hpsv2_version: HpsVersion = DEFAULT_HPSV2_VERSION
     pickscore_model: str = DEFAULT_PICKSCORE_MODEL
     preference_dtype: Dtype = "float32"
+    # imagereward: ImageReward.pt (None: the file of DEFAULT_IMAGEREWARD_REPO), tokenizer, architecture
+    imagereward_checkpoint: str | None = None
+    imagereward_tokenizer: str = DEFAULT_IMAGEREWARD_TOKENIZER
+    imagereward_config: str | None = None  # None: the published one (med_config.json values, ViT-L/16)
 
 
 @dataclass(frozen=True)
