@@ -197,17 +197,72 @@ def _parquet_fingerprint(files: tuple[Path, ...]) -> tuple[int, str]:
     return total, h.hexdigest()
 
 
-def _open_parquet(spec: DatasetSpec) -> OpenedDataset:
-    from datasets import load_dataset
+class ParquetTable(RowTable):
+    """Local parquet files read with pyarrow, one column and ``_READ_BATCH`` rows at a time (sequential;
+    rows not selected are skipped undecoded). Not through ``datasets``: its streaming reader held about
+    300 MB more at steady state in a statistics build (BENCHMARKS.md, reference-statistics memory).
+    Column types come from the ``huggingface`` schema metadata that ``datasets`` writes (``{"_type":
+    "Image"}``...), else from the arrow type."""
 
+    def __init__(self, files: tuple[Path, ...], num_rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        self.files = files
+        self.num_rows = num_rows
+        self.base_dir = files[0].parent
+        schema = pq.read_schema(files[0])
+        hf: dict[str, Any] = {}
+        raw = (schema.metadata or {}).get(b"huggingface")
+        if raw:
+            try:
+                hf = dict(json.loads(raw).get("info", {}).get("features", {}))
+            except (ValueError, AttributeError):
+                hf = {}
+        self.features = {name: hf.get(name) or _arrow_feature(schema.field(name).type)
+                         for name in schema.names}
+
+    def iter_values(self, column: str, rows: Any) -> Iterator[tuple[int, Any]]:
+        import pyarrow.parquet as pq
+
+        if len(rows) == 0:
+            return
+        pos, want, i = 0, int(rows[0]), 0
+        for f in self.files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=_READ_BATCH, columns=[column]):
+                if i + batch.num_rows <= want:  # nothing wanted in this batch: not even converted
+                    i += batch.num_rows
+                    continue
+                values = batch.column(0).to_pylist()
+                for value in values:
+                    if i == want:
+                        yield i, value
+                        pos += 1
+                        if pos == len(rows):
+                            return
+                        want = int(rows[pos])
+                    i += 1
+        if pos < len(rows):
+            raise DifflensError(f"the dataset ended after {i} rows, before row {want} of the subset.",
+                                "the dataset changed while reading; rerun")
+
+
+def _arrow_feature(kind: Any) -> Any:
+    """A column's type as :func:`check_image_feature` reads it, from its arrow type alone."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return {kind.field(i).name: str(kind.field(i).type) for i in range(kind.num_fields)}
+    return {"_type": "Value", "dtype": str(kind)}
+
+
+def _open_parquet(spec: DatasetSpec) -> OpenedDataset:
     files = spec.files
     try:
         total, digest = _parquet_fingerprint(files)
-        ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train", streaming=True)
+        table: RowTable = ParquetTable(files, total)
     except (OSError, ValueError) as exc:
         raise DifflensError(f"parquet dataset {spec.text} could not be read: {first_line(exc)}",
                             "check that the file is a valid parquet file") from None
-    table = StreamTable(ds, total, base_dir=files[0].parent)
     identity = {"kind": "parquet", "path": str(spec.path.resolve() if spec.path else files[0]),
                 "files": [f.name for f in files], "split": None, "data_fingerprint": digest}
     return OpenedDataset(table, identity)
@@ -294,12 +349,16 @@ def check_column(table: RowTable, column: str, role: str, flag: str, label: str)
 
 
 def check_image_feature(table: RowTable, column: str, label: str) -> None:
+    feature = table.features.get(column)
+    textual = ("binary", "large_binary", "string", "large_string")
+    if isinstance(feature, dict) and (feature.get("_type") == "Image" or (  # from parquet metadata
+            feature.get("_type") == "Value" and feature.get("dtype") in textual)):
+        return
     from datasets import Image, Value
 
-    feature = table.features.get(column)
     if feature is None or isinstance(feature, Image):
         return
-    if isinstance(feature, Value) and feature.dtype in ("binary", "large_binary", "string", "large_string"):
+    if isinstance(feature, Value) and feature.dtype in textual:
         return
     if isinstance(feature, dict) and ("bytes" in feature or "path" in feature):
         return
