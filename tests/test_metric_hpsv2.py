@@ -51,7 +51,8 @@ def _hpsv2_ref() -> Any:
     'ignore UserWarning' filter; the filters are restored so that other tests still see warnings."""
     import importlib
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # and its vendored code imports timm's deprecated module paths
+        warnings.simplefilter("ignore", FutureWarning)
         return importlib.import_module("hpsv2.img_score")
 
 
@@ -182,3 +183,51 @@ def test_metric_refuses_missing_prompts() -> None:
     m = create_metric("hpsv2")
     with pytest.raises(DifflensError, match="needs one prompt per generated image"):
         m.update(FeatureBatch(False, {("hpsv2", "score"): np.ones((2, 1), np.float32)}, None))
+
+
+def _fake_folder(root: Path, images: list[np.ndarray], prompts: list[str]) -> Path:
+    from PIL import Image
+
+    folder = root / "fake"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:02d}.png")
+    (folder / "manifest.jsonl").write_text("".join(
+        json.dumps({"file": f"{i:02d}.png", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    return folder
+
+
+def test_difflens_metrics_cli_end_to_end(tiny: dict[str, Path], tmp_path: Path, capsys: Any) -> None:
+    from cli_helpers import assert_one_line_error, run_cli
+
+    images = _images()[:5]
+    prompts = [PROMPTS[i % 2] for i in range(5)]
+    fake = _fake_folder(tmp_path, images, prompts)
+    ref = 100.0 * _reference(images, prompts, tiny["checkpoint"])  # PNG round trip is lossless
+    out = tmp_path / "m.json"
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "hpsv2", "--offline",
+                            "--device", "cpu", "--hpsv2-checkpoint", str(tiny["checkpoint"]),
+                            "--hpsv2-arch", str(tiny["config"]), "--bootstrap", "30", "--json", str(out)],
+                           capsys)
+    assert code == 0, err
+    rec = json.loads(out.read_text())
+    entry = rec["metrics"]["hpsv2"]
+    assert entry["value"] == pytest.approx(float(ref.mean()), rel=1e-5)
+    assert entry["n"] == 5 and entry["version"] == "2.1" and len(entry["ci95"]) == 2
+    assert set(entry["per_prompt"]) == set(prompts)
+    fp = rec["protocol"]["features"]["hpsv2"]["extractors"]["hpsv2"]["score"]
+    from difflens.hashing import sha256_file
+
+    assert fp["weights_sha256"] == sha256_file(tiny["checkpoint"])
+    # bad input through the CLI: one line each, before any network is built
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "hpsv2", "--offline",
+                            "--hpsv2-arch", str(tiny["config"])], capsys)
+    assert_one_line_error(code, err, "--hpsv2-checkpoint")
+    (fake / "manifest.jsonl").unlink()
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "hpsv2", "--offline",
+                            "--hpsv2-checkpoint", str(tiny["checkpoint"])], capsys)
+    assert_one_line_error(code, err, "no prompts")
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "hpsv2", "--hpsv2-version", "3",
+                            "--prompts", str(tmp_path / "p.txt")], capsys)
+    assert_one_line_error(code, err, "--hpsv2-version")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,3 +170,35 @@ def test_bad_input_is_one_clear_error(tiny: Path, tmp_path: Path) -> None:
         m.update(FeatureBatch(False, {("pickscore", "score"): np.ones((2, 1), np.float32)}, None))
     with pytest.raises(DifflensError, match="2 images but 1 prompts"):
         m.update(FeatureBatch(False, {("pickscore", "score"): np.ones((2, 1), np.float32)}, ["a"]))
+
+
+def test_difflens_metrics_cli_end_to_end(tiny: Path, tmp_path: Path, capsys: Any) -> None:
+    import json
+
+    from PIL import Image
+
+    from cli_helpers import assert_one_line_error, run_cli
+
+    images = _images()[:6]
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(fake / f"{i:02d}.png")
+    (tmp_path / "p.txt").write_text("a red car\na photo of a cat\n")  # cycled over the sorted images
+    prompts = ["a red car", "a photo of a cat"] * 3
+    ref = _reference(tiny, images, prompts)
+    out = tmp_path / "m.json"
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--prompts", str(tmp_path / "p.txt"), "--metrics",
+                            "pickscore", "--pickscore-model", str(tiny), "--offline", "--device", "cpu",
+                            "--json", str(out)], capsys)
+    assert code == 0, err
+    entry = json.loads(out.read_text())["metrics"]["pickscore"]
+    assert entry["value"] == pytest.approx(float(ref.mean()), rel=1e-5) and entry["n"] == 6
+    assert {p: r["count"] for p, r in entry["per_prompt"].items()} == {"a red car": 3, "a photo of a cat": 3}
+    assert sum(entry["per_prompt"]["a red car"]["preference"]) == pytest.approx(1.0)
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--prompts", str(tmp_path / "p.txt"), "--metrics",
+                            "pickscore", "--pickscore-model", str(tmp_path / "none"), "--offline"], capsys)
+    assert_one_line_error(code, err, "--pickscore-model")
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "pickscore", "--pickscore-model",
+                            str(tiny), "--offline"], capsys)
+    assert_one_line_error(code, err, "no prompts")

@@ -30,6 +30,10 @@ class Hpsv2Metric(PerImageScoreMetric):
         if str(version) not in get_args(HpsVersion):
             raise DifflensError(f"unknown --hpsv2-version {version!r}.",
                                 f"use one of {', '.join(get_args(HpsVersion))}")
+        from difflens.config import DTYPES
+
+        if str(dtype) not in DTYPES:
+            raise DifflensError(f"unknown --preference-dtype {dtype!r}.", f"use one of {', '.join(DTYPES)}")
         super().__init__("hpsv2")
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.arch, self.version, self.dtype = str(arch), str(version), str(dtype)

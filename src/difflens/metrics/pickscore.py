@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from difflens.errors import DifflensError
 from difflens.metrics.config import DEFAULT_PICKSCORE_MODEL
 from difflens.metrics.per_image import PerImageScoreMetric, group_by_prompt
 
@@ -36,6 +37,10 @@ class PickScoreMetric(PerImageScoreMetric):
 
     def __init__(self, model: str = DEFAULT_PICKSCORE_MODEL, processor: str | None = None,
                  dtype: str = "float32") -> None:
+        from difflens.config import DTYPES
+
+        if str(dtype) not in DTYPES:
+            raise DifflensError(f"unknown --preference-dtype {dtype!r}.", f"use one of {', '.join(DTYPES)}")
         super().__init__("pickscore")
         self.model, self.processor, self.dtype = str(model), processor, str(dtype)
 
