@@ -65,7 +65,7 @@ NOT_SETTINGS: dict[str, set[str]] = {
                 "caption_column"},
     "schedule": {"out", "json_out"},
     "compare": {"a", "b", "prompts", "caption_column", "json_out", "report"},
-    "stats build": {"keep_features", "inception_weights",
+    "stats build": {"keep_features", "inception_weights", "stats_format",
                     "clip_model"},  # None: no CLIP embeddings stored (not the metrics' CLIP model)
     "attention": {"model", "prompt", "out", "image", "noise_level"},
     "attention score": {"out"},

@@ -268,7 +268,8 @@ def compute_metrics(
         elif side.source.kind in ("stats", "features"):
             side.fingerprint = side.source.fingerprint
             if side.fingerprint is None and side.source.path is not None:
-                what = "a pytorch-fid statistics file?" if side.source.kind == "stats" else "plain features"
+                what = getattr(side.source, "note", None) or (
+                    "a pytorch-fid statistics file?" if side.source.kind == "stats" else "plain features")
                 warnings.append(f"{side.flag} {side.source.path} carries no protocol fingerprint ({what}): "
                                 "difflens assumes it was made with the same Inception, weights and resize "
                                 "protocol")

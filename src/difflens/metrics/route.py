@@ -66,6 +66,13 @@ def read_side_stats(side: Side) -> tuple[dict[str, Any], dict[str, Any] | None, 
 
     path = Path(side)
     with open_npz(path, "statistics file", "an .npz of statistics", "pass a statistics .npz") as data:
+        keys = list(data.files)
+    from difflens.metrics.stats_formats import detect_format, read_foreign_stats
+
+    if detect_format(path, keys) in ("adm", "clean-fid"):  # statistics only: ADM images stay unread
+        fs = read_foreign_stats(path)
+        return dict(fs.arrays), fs.fingerprint, f"{path} ({fs.note})"
+    with open_npz(path, "statistics file", "an .npz of statistics", "pass a statistics .npz") as data:
         arrays = {k: read_npz_array(data, k, path, "statistics file") for k in data.files}
     fp = None
     if "fingerprint" in arrays:

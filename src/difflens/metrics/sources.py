@@ -70,6 +70,7 @@ class StatsSource:
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     kind: str = "stats"
+    note: str | None = None  # what a file made by another tool is (ADM, clean-fid): for the warnings
 
     @property
     def n(self) -> int:
@@ -163,6 +164,12 @@ def _from_npz(path: Path, name: str, want_features: bool) -> Source:
                "'features' (N, D)")
     with open_npz(path, f"{name}:", "an .npz archive of arrays", layouts) as data:
         keys = list(data.files)
+    from difflens.metrics.stats_formats import foreign_source  # ADM and clean-fid files
+
+    foreign = foreign_source(path, keys, name, want_features)
+    if foreign is not None:
+        return foreign
+    with open_npz(path, f"{name}:", "an .npz archive of arrays", layouts) as data:
         found = ", ".join(keys) or "none"
         has_stats = all(k in keys for k in STATS_KEYS)
         partial = [k for k in STATS_KEYS if k not in keys] if any(k in keys for k in STATS_KEYS) else []
@@ -207,6 +214,11 @@ def _from_path(path: Path, name: str, want_features: bool) -> Source:
     import numpy as np
 
     if not path.exists():
+        from difflens.metrics.stats_formats import select_array  # FILE.npz:KEY, e.g. an ADM batch's arr_0
+
+        selected = select_array(str(path), name, want_features)
+        if selected is not None:
+            return selected
         raise DifflensError(f"{name}: {path} does not exist.", "check the path")
     if path.is_dir():
         if want_features:

@@ -13,7 +13,10 @@ identity in the metrics' statistics format (:func:`difflens.metrics.stats.save_s
   reads the file as features, so KID, precision/recall and density/coverage work too (``--real-features
   FILE`` reads the same features);
 * with ``clip_model``: ``clip_features`` (N, D) float32 CLIP image embeddings under the CMMD protocol, and
-  ``clip_fingerprint`` (JSON: model, weights digest, preprocessing).
+  ``clip_fingerprint`` (JSON: model, weights digest, preprocessing);
+* with ``stats_format="adm"`` (``--format adm``): ADM-style statistics, ``mu_s``/``sigma_s`` of sFID's
+  Inception ``spatial`` layer and ``fingerprint_s``, so the ADM evaluator's ``read_statistics`` finds
+  ``mu``, ``sigma``, ``mu_s`` and ``sigma_s``.
 
 Every metrics command then accepts the file as ``--real``: the same FID as computing from the images.
 Images whose pool3 features repeat exactly (duplicates in the reference set) are counted and reported as a
@@ -27,9 +30,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from difflens.errors import DifflensError
+
+#: Layouts of the written file: difflens's (pytorch-fid compatible) or ADM-style (adds sFID's mu_s/sigma_s).
+StatsFileFormat = Literal["difflens", "adm"]
 
 DEFAULT_BATCH_SIZE = 50
 
@@ -73,12 +79,15 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
                           protocol: str = "tf-legacy", offline: bool = False,
                           batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None,
                           clip_model: str | None = None, streaming: bool = False, strict: bool = False,
-                          show_progress: bool = True, workers: int | None = None) -> BuildResult:
+                          show_progress: bool = True, workers: int | None = None,
+                          stats_format: StatsFileFormat = "difflens") -> BuildResult:
     """Compute and save the reference statistics of ``real`` (see the module docstring).
 
     Everything cheap is validated before the first image is decoded (output path, dataset, split, columns,
     subset, sizes, Inception weights, CLIP model); the file is written atomically at the end, so a failure
-    leaves nothing behind.
+    leaves nothing behind. ``stats_format="adm"`` also stores sFID's statistics ``mu_s``/``sigma_s`` (the
+    Inception ``spatial`` layer, 2023-d; :func:`difflens.metrics.stats_formats.adm_extra`), which the ADM
+    evaluator's ``read_statistics`` reads next to ``mu``/``sigma``.
     """
     import numpy as np
 
@@ -93,6 +102,8 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     from difflens.versions import collect_versions
 
     path = check_out_path(out)
+    if stats_format not in ("difflens", "adm"):
+        raise DifflensError(f"unknown --format {stats_format!r}.", "use difflens or adm")
     if batch_size < 1:
         raise DifflensError(f"--batch-size must be at least 1, got {batch_size}.", "use e.g. --batch-size 50")
     if protocol not in PROTOCOLS:
@@ -124,6 +135,9 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     # one pass: each image decoded once, fed to Inception (and CLIP); only the statistics (and, when
     # asked, the features) are kept, so memory does not grow with the number of images
     keep = [(name, "pool3" if ext is inception else "image_embeds") for name, ext in extractors.items()]
+    spatial = GaussianStats.empty(2023) if stats_format == "adm" else None
+    if spatial is not None:
+        keep.append((inception.name, "spatial"))
     chunks: Any = feature_batches(source, extractors, batch_size=batch_size, keep=keep, strict=strict,
                                   label=f"--real {real}", workers=workers, split_sizes=True)
     if show_progress:
@@ -133,6 +147,8 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
             continue
         pool3 = chunk.features[(inception.name, "pool3")]
         stats = stats.merge(GaussianStats.from_features(pool3))
+        if spatial is not None:
+            spatial = spatial.merge(GaussianStats.from_features(chunk.features[(inception.name, "spatial")]))
         for row in np.ascontiguousarray(pool3):
             digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
             duplicates += digest in row_digests
@@ -171,6 +187,11 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
                    "preprocessing": clip.preprocessing(PROTOCOL_CMMD), "dtype": clip.dtype,
                    **source.preprocessing}
         extra["clip_fingerprint"] = np.asarray(json.dumps(clip_fp, sort_keys=True, default=str))
+    if spatial is not None:
+        from difflens.metrics.stats_formats import adm_extra
+
+        fp_s = {**inception.fingerprint("spatial").to_dict(), **source.preprocessing}
+        extra.update(adm_extra(spatial, fp_s))
     save_stats(path, stats, fingerprint, extra)
     return BuildResult(out=path, n=stats.n, fingerprint=fingerprint, dataset=dataset,
                        kept_features=keep_features, clip_features=clip is not None, seconds=seconds,

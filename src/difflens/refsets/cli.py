@@ -55,6 +55,10 @@ def build_command(
                                      "skip it, count it and report it)."),
     batch_size: int = typer.Option(_M.batch_size, "--batch-size", help="Images per Inception batch."),
     device: str | None = typer.Option(RUNTIME.device, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
+    stats_format: str = typer.Option("difflens", "--format",
+                                     help="difflens (mu, sigma, n, fingerprint: pytorch-fid compatible) or "
+                                          "adm (also sFID's mu_s and sigma_s of the Inception mixed_6/conv "
+                                          "features, as the ADM evaluator's reference batches hold them)."),
 ) -> None:
     """Compute the Gaussian statistics of a reference set once, with its fingerprint and dataset identity."""
     from difflens.console import console
@@ -66,7 +70,7 @@ def build_command(
         real, out, keep_features=keep_features, image_column=image_column, num=num_real,
         subset_seed=subset_seed, reference_size=reference_size, inception_weights=inception_weights,
         protocol=protocol, offline=offline, batch_size=batch_size, device=device, clip_model=clip_model,
-        streaming=streaming, strict=strict)
+        streaming=streaming, strict=strict, stats_format=stats_format)  # type: ignore[arg-type]
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     read = result.dataset["read"]
