@@ -368,3 +368,51 @@ def test_no_prompts_is_one_error(reference: Any, tiny: dict[str, Any]) -> None:
         ext(_images()[:2], prompts=["a cat"])
     with pytest.raises(DifflensError, match="no prompts were given"):
         list(feature_batches(np.stack([_images()[0]] * 2), {"imagereward": ext}, batch_size=2))
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def test_difflens_metrics_cli_end_to_end(reference: Any, tiny: dict[str, Any], tmp_path: Path,
+                                         capsys: Any) -> None:
+    """``difflens metrics --metrics imagereward`` on a folder with a manifest: the JSON entry is the mean
+    of the reference's scores of the same images (PNG is lossless), with its interval, the per-prompt
+    table and the checkpoint's SHA-256 in the protocol; bad input is one line, nothing written."""
+    from PIL import Image
+
+    from cli_helpers import assert_one_line_error, run_cli
+
+    model, path = reference
+    images, prompts = _images(seed=7)[:4], [PROMPTS[i % 2] for i in range(4)]
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(fake / f"{i:02d}.png")
+    (fake / "manifest.jsonl").write_text("".join(json.dumps({"file": f"{i:02d}.png", "prompt": p}) + "\n"
+                                                 for i, p in enumerate(prompts)))
+    ref = np.array([model.score(p, Image.fromarray(im)) for p, im in zip(prompts, images, strict=True)])
+    opts = ["--imagereward-tokenizer", tiny["tokenizer"], "--imagereward-config", tiny["config"],
+            "--offline", "--device", "cpu"]
+    out = tmp_path / "m.json"
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "imagereward",
+                            "--imagereward-checkpoint", str(path), *opts, "--bootstrap", "30",
+                            "--json", str(out)], capsys)
+    assert code == 0, err
+    rec = json.loads(out.read_text())
+    entry = rec["metrics"]["imagereward"]
+    assert entry["value"] == pytest.approx(float(ref.mean()), rel=1e-5, abs=1e-5 * np.abs(ref).max())
+    assert entry["n"] == 4 and len(entry["ci95"]) == 2 and set(entry["per_prompt"]) == set(prompts)
+    fp = rec["protocol"]["features"]["imagereward"]["extractors"]["imagereward"]["score"]
+    assert fp["weights_sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    # a checkpoint with a missing key: one line naming it, no JSON written
+    state = {k: v for k, v in model.state_dict().items() if k != "blip.text_proj.bias"}
+    bad, out2 = _resave(state, tmp_path / "bad.pt"), tmp_path / "m2.json"
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "imagereward",
+                            "--imagereward-checkpoint", str(bad), *opts, "--json", str(out2)], capsys)
+    assert_one_line_error(code, err, "blip.text_proj.bias", "missing")
+    assert not out2.exists()
+    (fake / "manifest.jsonl").unlink()  # no prompts
+    code, _, err = run_cli(["metrics", "--fake", str(fake), "--metrics", "imagereward",
+                            "--imagereward-checkpoint", str(path), *opts, "--json", str(out2)], capsys)
+    assert_one_line_error(code, err, "imagereward", "prompts")
+    assert not out2.exists()
