@@ -136,3 +136,55 @@ def test_bad_input_is_one_line_and_nothing_written(case: str, samples: dict[str,
     code, _, err = run_cli(argv, capsys)
     assert_one_line_error(code, err, *words)
     assert not out.exists() and not page.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_pickscore(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIPModel in PickScore's layout (save_pretrained with its processor), as
+    tests/test_metric_pickscore.py builds it."""
+    import math
+
+    import torch
+
+    from difflens.tiny_encoders import build_tiny_clip
+
+    out = tmp_path_factory.mktemp("pickscore") / "model"
+    model, processor = build_tiny_clip(seed=3, image_size=64)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+    model.save_pretrained(str(out), safe_serialization=True)
+    processor.save_pretrained(str(out))
+    return out
+
+
+def test_a_per_image_metric_through_the_route_keeps_a_and_b_apart(
+        samples: dict[str, Path], tiny_pickscore: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """pickscore runs once over A's then B's images; each side's per-prompt means equal what difflens metrics
+    reports for that folder alone (the metric's own per-prompt table), so no row went to the wrong side."""
+    out = tmp_path / "cmp.json"
+    argv = _compare(samples["A"], samples["B"], "--json", str(out), "--bootstrap", "100", "--pickscore-model",
+                    str(tiny_pickscore), "--metrics", "clip,pickscore")  # the last --metrics wins
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    assert list(rec["metrics"]) == ["clip_score", "pickscore"]
+    assert rec["settings"]["metrics"] == ["clip", "pickscore"]
+    assert rec["settings"]["metric_options"]["pickscore"]["model"] == str(tiny_pickscore)
+    assert rec["metrics"]["pickscore"]["verdict"] in stdout
+    fingerprints = [fp for layers in rec["protocol"]["pickscore"].values() for fp in layers.values()]
+    assert fingerprints and all(fp["weights_sha256"] for fp in fingerprints)
+    rows = {r["prompt"]: r for r in rec["per_prompt"]["pickscore"]}
+    for side, col in (("A", "mean_a"), ("B", "mean_b")):
+        single = tmp_path / f"{side}.json"
+        code, _, err = run_cli(["metrics", "--fake", str(samples[side]), "--metrics", "pickscore",
+                                "--pickscore-model", str(tiny_pickscore), "--offline", "--device", "cpu",
+                                "--json", str(single)], capsys)
+        assert code == 0, err
+        own = json.loads(single.read_text(encoding="utf-8"))["metrics"]["pickscore"]["per_prompt"]
+        assert set(own) == set(rows)
+        # the same model on the same images, in other batches: float32 noise only (scores are ~100 * cos)
+        for prompt, entry in own.items():
+            assert rows[prompt][col] == pytest.approx(entry["mean"], rel=1e-5, abs=1e-4), (side, prompt)
+    spread = [r["mean_a"] for r in rows.values()] + [r["mean_b"] for r in rows.values()]
+    assert np.ptp(spread) > 0.1  # the random model does tell the images apart

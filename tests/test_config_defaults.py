@@ -42,7 +42,7 @@ CONFIGS: dict[str, tuple[list[Any], dict[str, tuple[Any, str]]]] = {
                  "width": (_GEN_REQ, "width"), "negative_prompt": (_GEN_REQ, "negative_prompt"),
                  "dtype": (_GEN_REQ, "dtype"), "samples_dir": (_GEN_REQ, "samples_dir")}),
     "generate": ([GenerateOptions(num_samples=1), RUNTIME], {}),
-    "compare": ([CompareConfig(), RUNTIME], {}),
+    "compare": ([CompareConfig(), _EMB, RUNTIME], {}),
     "schedule": ([ScheduleConfig()], {}),
     "stats build": ([_DATA, _METRICS, RUNTIME], {}),
     "stats fetch": ([RUNTIME], {}),

@@ -14,8 +14,9 @@ def register(app: typer.Typer) -> None:
     """Add this mode's command to the main app."""
     from difflens.compare.config import CompareConfig
     from difflens.config import RUNTIME
+    from difflens.metrics.config import EmbeddingConfig
 
-    c = CompareConfig()  # the defaults
+    c, e = CompareConfig(), EmbeddingConfig()  # the defaults (the preference models' as difflens metrics)
 
     @app.command("compare")
     def compare_command(
@@ -41,6 +42,25 @@ def register(app: typer.Typer) -> None:
                                        help="Images per forward pass of the scoring models."),
         clip_model: str = typer.Option(c.clip_model, "--clip-model",
                                        help="CLIP model (hub id or folder) for --metrics clip."),
+        hpsv2_checkpoint: str | None = typer.Option(
+            e.hpsv2_checkpoint, "--hpsv2-checkpoint",
+            help="HPS checkpoint (.pt) for hpsv2, as difflens metrics (with --offline: required)."),
+        hpsv2_arch: str = typer.Option(e.hpsv2_arch, "--hpsv2-arch",
+                                       help="open_clip architecture name or model-config JSON for hpsv2."),
+        hpsv2_version: str = typer.Option(e.hpsv2_version, "--hpsv2-version",
+                                          help="HPS version: 2.1 or 2.0."),
+        pickscore_model: str = typer.Option(e.pickscore_model, "--pickscore-model",
+                                            help="PickScore CLIPModel (hub id or folder) for pickscore."),
+        preference_dtype: str = typer.Option(e.preference_dtype, "--preference-dtype",
+                                             help="float32, or float16/bfloat16 autocast (GPU) for hpsv2 and "
+                                                  "pickscore."),
+        imagereward_checkpoint: str | None = typer.Option(
+            e.imagereward_checkpoint, "--imagereward-checkpoint",
+            help="ImageReward.pt for imagereward, loaded strictly (as difflens metrics)."),
+        imagereward_tokenizer: str = typer.Option(e.imagereward_tokenizer, "--imagereward-tokenizer",
+                                                  help="Tokenizer of imagereward (hub id or folder)."),
+        imagereward_config: str | None = typer.Option(e.imagereward_config, "--imagereward-config",
+                                                      help="med_config.json of the imagereward network."),
         device: str | None = typer.Option(RUNTIME.device, "--device",
                                           help="cpu or cuda (default: cuda when available)."),
         offline: bool = typer.Option(RUNTIME.offline, "--offline",
@@ -63,9 +83,15 @@ def register(app: typer.Typer) -> None:
         from difflens.preflight import preflight
 
         preflight(files={"--json": json_out, "--report": report}, device=device)
+        options: dict[str, dict[str, object]] = {  # as difflens metrics passes them to the route
+            "hpsv2": {"checkpoint": hpsv2_checkpoint, "arch": hpsv2_arch, "version": hpsv2_version,
+                      "dtype": preference_dtype},
+            "pickscore": {"model": pickscore_model, "dtype": preference_dtype},
+            "imagereward": {"checkpoint": imagereward_checkpoint, "tokenizer": imagereward_tokenizer,
+                            "config": imagereward_config}}
         record = compare(a, b, metrics, prompts=prompts, caption_column=caption_column, bootstrap=bootstrap,
-                         seed=seed, batch_size=batch_size, clip_model=clip_model, device=device,
-                         offline=offline, strict=strict)
+                         seed=seed, batch_size=batch_size, clip_model=clip_model, metric_options=options,
+                         device=device, offline=offline, strict=strict)
         to_stdout = is_stdout(json_out)
         page = None
         if report is not None:
