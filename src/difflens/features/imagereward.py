@@ -179,9 +179,10 @@ class ImageRewardExtractor(ExtractorBase):
         if not len(prepared):
             return {"score": np.zeros((0, 1), np.float32)}
         ids, mask = self.tokenize([str(p) for p in prompts])
-        with torch.inference_mode():
-            pixels = torch.from_numpy(np.stack([np.asarray(p, np.float32) for p in prepared]))
-            pixels = pixels.to(self.device, dtype=next(self.net.blip.parameters()).dtype)
+        pixels = torch.from_numpy(np.stack([np.asarray(p, np.float32) for p in prepared])).to(self.device)
+        amp = self.dtype != "float32"  # float16/bfloat16: autocast, weights stay float32
+        with torch.inference_mode(), torch.autocast(pixels.device.type, dtype=getattr(torch, self.dtype),
+                                                    enabled=amp):
             scores = self.net.score(pixels, ids.to(self.device), mask.to(self.device))
         return {"score": scores.float().cpu().numpy().reshape(-1, 1)}
 
@@ -216,17 +217,18 @@ def load_imagereward(checkpoint: str | Path | None = None, tokenizer: str | None
     a wrong option fails before the 1.7 GB file is read."""
     from difflens.features.imagereward_model import build_model, check_state_dict, read_config
     from difflens.hashing import sha256_file
-    from difflens.models import resolve_device, resolve_dtype
+    from difflens.models import DTYPES, resolve_device
 
+    if dtype not in DTYPES:
+        raise DifflensError(f"unknown dtype {dtype!r} for imagereward.", f"use one of {', '.join(DTYPES)}")
     cfg = read_config(config)
-    torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     source = tokenizer or DEFAULT_IMAGEREWARD_TOKENIZER
     where = checkpoint_source(checkpoint)  # a missing local file fails here, before anything is loaded
     tok = load_tokenizer(source, offline, cfg.vocab_size)
     path = where if isinstance(where, Path) else fetch_checkpoint(where, offline)
     state = check_state_dict(read_checkpoint(path), cfg, f"ImageReward checkpoint {path}")
-    net = build_model(cfg, state, dev, torch_dtype)
+    net = build_model(cfg, state, dev)
     return ImageRewardExtractor(net, tok, device=dev, dtype=dtype, weights_sha256=sha256_file(path),
                                 checkpoint=str(path), tokenizer_source=source,
                                 tokenizer_sha256=vocab_digest(tok))

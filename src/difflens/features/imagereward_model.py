@@ -342,7 +342,8 @@ class ImageRewardNet(nn.Module):
         """(N,) float32 z-scored rewards: pixels (N, 3, S, S) normalized, token ids and mask (N, 35)."""
         image = self.blip.visual_encoder(pixels)
         text = self.blip.text_encoder(ids, attention_mask, image)
-        reward = self.mlp(text[:, 0, :].float())[:, 0]
+        with torch.autocast(pixels.device.type, enabled=False):  # the head in float32 (ImageReward: .float())
+            reward = self.mlp(text[:, 0, :].float())[:, 0]
         return (reward - REWARD_MEAN) / REWARD_STD
 
 
@@ -381,13 +382,10 @@ def check_state_dict(state: Any, cfg: ImageRewardConfig, where: str) -> dict[str
     return state
 
 
-def build_model(cfg: ImageRewardConfig, state: dict[str, torch.Tensor], device: str,
-                dtype: torch.dtype) -> ImageRewardNet:
-    """The network with the checkpoint's tensors (no random init: built on meta, tensors assigned),
-    in ``dtype`` on ``device``; the reward head stays float32 (ImageReward.py casts the CLS to float)."""
+def build_model(cfg: ImageRewardConfig, state: dict[str, torch.Tensor], device: str) -> ImageRewardNet:
+    """The network with the checkpoint's tensors in float32 on ``device`` (no random init: built on the
+    meta device, the tensors assigned); half precision is autocast at run time."""
     with torch.device("meta"):
         net = ImageRewardNet(cfg)
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    net = net.to(device=device, dtype=dtype).eval()
-    net.mlp.float()
-    return net
+    return net.to(device=device).eval()

@@ -142,7 +142,8 @@ def register(app: typer.Typer) -> None:
             help="PickScore CLIPModel (hub id or save_pretrained folder) for --metrics pickscore."),
         preference_dtype: str = typer.Option(
             e.preference_dtype, "--preference-dtype",
-            help="float32, or float16/bfloat16 autocast (GPU) for the hpsv2 and pickscore networks."),
+            help="float32, or float16/bfloat16 autocast (GPU) for the hpsv2, pickscore and imagereward "
+                 "networks."),
         fd_clip_model: str = typer.Option(
             e.fd_clip_model, "--fd-clip-model",
             help="CLIP model of fd-clip (default clean-fid's CLIP-FID network, ViT-B/32)."),
@@ -205,7 +206,7 @@ def register(app: typer.Typer) -> None:
         metric_options["hpsv2"] = {"checkpoint": hpsv2_checkpoint, "arch": hpsv2_arch,
                                    "version": hpsv2_version, "dtype": preference_dtype}
         metric_options["pickscore"] = {"model": pickscore_model, "dtype": preference_dtype}
-        metric_options["imagereward"] = {"checkpoint": imagereward_checkpoint,
+        metric_options["imagereward"] = {"checkpoint": imagereward_checkpoint, "dtype": preference_dtype,
                                          "tokenizer": imagereward_tokenizer, "config": imagereward_config}
         result = evaluate(
             real, fake, metrics, prompts=prompts, generation=generation, datasets=datasets,

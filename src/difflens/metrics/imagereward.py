@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from difflens.errors import DifflensError
 from difflens.metrics.per_image import PerImageScoreMetric
 
 
@@ -19,8 +20,8 @@ class ImageRewardMetric(PerImageScoreMetric):
 
     ``checkpoint``: ImageReward.pt (None: ``THUDM/ImageReward``'s from the hub or its cache);
     ``tokenizer``: a hub id or folder (None: bert-base-uncased); ``config``: the architecture (None: the
-    published one; a med_config.json path or a dict); ``dtype``: of the network (the reward head stays
-    float32)."""
+    published one; a med_config.json path or a dict); ``dtype``: float32, or float16/bfloat16 autocast of
+    the forward pass (``--preference-dtype``; the reward head stays float32)."""
 
     name = "imagereward"
     keys = ("imagereward",)
@@ -28,11 +29,15 @@ class ImageRewardMetric(PerImageScoreMetric):
 
     def __init__(self, checkpoint: str | None = None, tokenizer: str | None = None, config: Any = None,
                  dtype: str = "float32") -> None:
+        from difflens.config import DTYPES
+
+        if str(dtype) not in DTYPES:
+            raise DifflensError(f"unknown --preference-dtype {dtype!r}.", f"use one of {', '.join(DTYPES)}")
         super().__init__("imagereward")
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.tokenizer = None if tokenizer is None else str(tokenizer)
         self.config = config
-        self.dtype = dtype
+        self.dtype = str(dtype)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "checkpoint": self.checkpoint, "tokenizer": self.tokenizer,
