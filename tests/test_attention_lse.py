@@ -109,3 +109,147 @@ def test_tap_output_and_lse(mask_kind: str) -> None:
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
     torch.testing.assert_close(tap.record.lse, torch.logsumexp(s, -1), rtol=0, atol=5e-6)
+
+
+# -- the CUDA kernels' arguments (difflens.attention.kernels), built and checked on CPU tensors ------------
+def test_flash_call_pads_the_head_dim_and_keeps_the_original_scale() -> None:
+    """Flash: q, k, v zero-padded to a head dim multiple of 8, scale 1/sqrt(original d); the padded call's
+    output, sliced back, is the unpadded attention (zero columns add nothing to q.k; checked with the CPU
+    math kernel, same float32 arithmetic up to summation order, hence the tolerance)."""
+    from difflens.attention.kernels import cuda_kernel_call
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 12, generator=g) for _ in range(3))
+    call = cuda_kernel_call(1, q, k, v, None, None)
+    assert not isinstance(call, str)
+    assert call.op == "_scaled_dot_product_flash_attention" and call.backend == "flash"
+    qp, kp, vp = call.args[:3]
+    assert qp.shape == (1, 2, 9, 16) and torch.equal(qp[..., :12], q) and not qp[..., 12:].any()
+    assert call.args[3:] == (0.0, False, False) and call.kwargs == {"scale": 1.0 / 12 ** 0.5}
+    assert call.head_dim == 12 and call.mask is None
+    out = F.scaled_dot_product_attention(qp, kp, vp, scale=call.kwargs["scale"])[..., :12]
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=1e-6)
+    q8 = torch.randn(1, 2, 9, 16, generator=g)
+    assert cuda_kernel_call(1, q8, q8, q8, None, 0.5).args[0] is q8          # aligned: no copy, scale kept
+    assert isinstance(cuda_kernel_call(1, q, k, v, torch.zeros(9, 9), None), str)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "aligned"])
+def test_efficient_call_prepares_the_mask_as_torch_does(mask_kind: str) -> None:
+    """Memory-efficient: a boolean mask becomes 0 / -inf in the query dtype, a bias whose strides are not
+    8-aligned is copied into 8-aligned storage (same values), and the bias is expanded to (B, H, Lq, Lk);
+    log-sum-exp on. The prepared bias gives the same attention as the original mask (CPU math kernel)."""
+    from difflens.attention.kernels import cuda_kernel_call
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    k, v = k[:, :, :4].repeat(1, 1, 5, 1)[:, :, :17], v[:, :, :4].repeat(1, 1, 5, 1)[:, :, :17]
+    if mask_kind == "bool":
+        mask = torch.rand(2, 1, 1, 17, generator=g) > 0.3
+        mask[..., 0] = True
+    elif mask_kind == "additive":
+        mask = torch.randn(2, 1, 5, 17, generator=g)
+    else:
+        mask = torch.randn(2, 1, 5, 24, generator=g)[..., :16]
+        k, v = k[:, :, :16], v[:, :, :16]
+    call = cuda_kernel_call(2, q, k, v, mask, None)
+    assert not isinstance(call, str)
+    assert call.op == "_scaled_dot_product_efficient_attention"
+    bias = call.args[3]
+    assert call.args[4] is True and call.args[5:] == (0.0, False) and call.kwargs == {"scale": None}
+    assert bias.shape == (2, 3, 5, k.shape[2]) and bias.dtype == q.dtype
+    assert all(bias.stride(i) % 8 == 0 for i in range(3) if bias.stride(i)) and bias.stride(-1) == 1
+    if mask_kind == "aligned":
+        assert bias.data_ptr() == mask.data_ptr()                # already aligned: the same storage
+    expect = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)     # same values, maybe another kernel
+    got = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-6)
+    if mask_kind == "bool":
+        assert set(call.mask.unique().tolist()) == {0.0, float("-inf")}
+
+
+def test_cudnn_call_and_other_backends() -> None:
+    from difflens.attention.kernels import cuda_kernel_call
+
+    q = torch.randn(1, 2, 4, 8)
+    add = torch.randn(1, 1, 4, 4)
+    call = cuda_kernel_call(3, q, q, q, add, 0.25)
+    assert not isinstance(call, str)
+    assert call.op == "_scaled_dot_product_cudnn_attention" and call.args[3] is add
+    assert call.args[4:] == (True, 0.0, False, False) and call.kwargs == {"scale": 0.25}
+    assert "boolean" in cuda_kernel_call(3, q, q, q, add > 0, None)       # type: ignore[operator]
+    assert "backend 0" in cuda_kernel_call(0, q, q, q, None, None)         # type: ignore[operator]
+
+
+def test_lse_rows_shapes() -> None:
+    from difflens.attention.kernels import lse_rows
+
+    q = torch.zeros(2, 3, 5, 8)
+    lse = torch.randn(2, 3, 32)                                  # memory-efficient: L padded to 32
+    assert torch.equal(lse_rows(lse, q), lse[..., :5])
+    assert torch.equal(lse_rows(lse[..., :5, None].contiguous(), q), lse[..., :5])   # cuDNN (B, H, L, 1)
+    assert lse_rows(torch.zeros(2, 3, 4), q) is None
+    assert lse_rows(torch.zeros(2, 5, 3), q) is None
+
+
+def test_cuda_branch_plumbing_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SdpaTap's CUDA branch (run the kernel, slice, keep lse, verify, fall back) with the kernel call
+    swapped for the CPU flash op: a CPU stand-in for what only a GPU runs."""
+    import difflens.attention.lse as lse_mod
+    from difflens.attention.kernels import KernelCall
+
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 9, 8, generator=g) for _ in range(3))
+
+    def fake(choice: int, q: Any, k: Any, v: Any, mask: Any, scale: Any) -> KernelCall:
+        return KernelCall("flash", "_scaled_dot_product_flash_attention_for_cpu", (q, k, v, 0.0, False),
+                          {"attn_mask": None, "scale": scale}, int(q.shape[-1]), None)
+
+    monkeypatch.setattr(lse_mod, "cuda_kernel_call", fake)
+    sdpa = F.scaled_dot_product_attention
+    a = lse_mod._sdpa_arguments((q, k, v), {})
+    with torch.no_grad():
+        tap = SdpaTap(verify=True)
+        tap.calls = 1
+        out = tap._handle_cuda(sdpa, (q, k, v), {}, a)
+    assert tap.record is not None and tap.record.output_equal is True and tap.record.backend == "flash"
+    assert torch.equal(out, sdpa(q, k, v))
+    s = q @ k.transpose(-1, -2) / 8 ** 0.5
+    torch.testing.assert_close(tap.record.lse, torch.logsumexp(s, -1), rtol=0, atol=5e-6)
+
+    def broken(*args: Any, **kwargs: Any) -> KernelCall:
+        return KernelCall("efficient", "_no_such_op", (), {}, 8, None)
+
+    monkeypatch.setattr(lse_mod, "cuda_kernel_call", broken)
+    tap = SdpaTap()
+    with torch.no_grad():
+        out = tap._handle_cuda(sdpa, (q, k, v), {}, a)
+    assert tap.record is None and "kernel call failed" in (tap.reason or "")
+    assert torch.equal(out, sdpa(q, k, v))
+
+
+def test_layer_falls_back_when_the_lse_route_disagrees(monkeypatch: pytest.MonkeyPatch,
+                                                       tiny_pipeline_dir: Callable[[str], Path]) -> None:
+    """A kernel whose log-sum-exp were in other units would give other probabilities: the first-call
+    comparison with the replay (LSE_GUARD) then keeps the replay route, whose maps are returned."""
+    import difflens.attention.capture as cap_mod
+
+    real = cap_mod.lse_columns
+
+    def skewed(*args: Any, **kwargs: Any) -> Any:
+        res = real(*args, **kwargs)
+        if res is not None:
+            res["planes"] = res["planes"] * 1.01
+        return res
+
+    path = tiny_pipeline_dir("sd15")
+    pipe = load_pipeline(path, "float32", "cpu", offline=True)
+    cfg = AttentionConfig(model=str(path), prompt="a photo of a cat", steps=2, seed=1, height=32, width=32,
+                          image_check=False)
+    plan = plan_attention(cfg, pipe)
+    slow, _, _ = _capture(plan, "replay")
+    monkeypatch.setattr(cap_mod, "lse_columns", skewed)
+    got, cap, _ = _capture(plan, "auto")
+    assert {i.route for i in cap.info} == {"replay"}
+    assert all("differed from the replay" in (i.fallback_reason or "") for i in cap.info)
+    np.testing.assert_allclose(got.maps, slow.maps, rtol=0, atol=1e-7)

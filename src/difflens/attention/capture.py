@@ -6,12 +6,14 @@ with a delegating processor that
 1. calls the ORIGINAL processor and returns its output unchanged (the image keeps coming from SDPA or
    whatever backend was set), and
 2. during conditional denoiser calls, obtains the image->text probabilities and feeds them to an
-   :class:`OnlineAggregator`: on CPU from the attention kernel's own log-sum-exp
+   :class:`OnlineAggregator`: on CPU and CUDA from the attention kernel's own log-sum-exp
    (:mod:`difflens.attention.lse`: the kernel's q, k and lse are tapped during the original call, then
    p = exp(scale q.k_text - lse) over the text keys only), elsewhere by replaying the layer's query/key
    path on the side (:mod:`difflens.attention.replay`, a second pass over all keys). On each layer's first
    captured call the replay runs too, with the full softmax: probabilities sum to 1, P x V reproduces the
-   layer output, and the log-sum-exp route is compared with it (``LayerInfo.lse_error``).
+   layer output, and the log-sum-exp route is compared with it (``LayerInfo.lse_error``; above
+   :data:`LSE_GUARD` the layer keeps the replay route). On CUDA the tap calls the flash, memory-efficient or
+   cuDNN kernel torch would run (:mod:`difflens.attention.kernels`).
 
 It also adds a forward pre-hook on the denoiser (step counter, conditional rows, text length) and on the
 text encoders (the token ids each actually received). On exit, even on an exception, every original
@@ -39,6 +41,10 @@ _SIGNATURES: dict[type, inspect.Signature] = {}
 #: "auto": the kernel's log-sum-exp where the CPU flash kernel runs, else the replay; "replay": always the
 #: replay (second attention pass over all keys), the route of difflens <= 0.1.
 Route = Literal["auto", "replay"]
+#: Largest |lse route - replay route| (probabilities, first call) for which a layer keeps the lse route.
+#: Both compute the same float32 probabilities (measured <= 3e-7 on CPU float32); a kernel whose
+#: log-sum-exp is not natural-log over the scaled scores would differ by O(0.1).
+LSE_GUARD = 1e-4
 
 
 class _CapturingProcessor:
@@ -175,6 +181,7 @@ class AttentionCapture:
             raise DifflensError(f"unknown attention capture route {route!r}.", "use 'auto' or 'replay'")
         self.route = route
         self._lse_ok = [route == "auto" and lse_route_available()] * len(layers)
+        self._sum_pending: list[Any] = [None] * len(layers)
 
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -200,6 +207,11 @@ class AttentionCapture:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._restore()
         self.active = False
+        for index, pending in enumerate(self._sum_pending):
+            if pending is not None:
+                info = self.info[index]
+                info.sum_error = max(info.sum_error or 0.0, float(pending))
+                self._sum_pending[index] = None
         if exc_type is None:
             self.aggregator.end_step()
 
@@ -271,13 +283,19 @@ class AttentionCapture:
             res = replay(layer.kind, proc_name, attn, call, output, self._rows, self._keys_on,
                          text_len=self.stats.text_len_seen, check=self.check and first,
                          head_entropy=self.head_entropy, chunk_bytes=self.chunk_bytes)
+        if fast is not None and res is not None:
+            info.lse_error = float((fast["planes"] - res.columns.transpose(0, 1)).abs().max())
+            if not info.lse_error <= LSE_GUARD:      # NaN too
+                self._lse_ok[index] = False
+                info.fallback_reason = (f"the log-sum-exp route differed from the replay by "
+                                        f"{info.lse_error:.2g} (> {LSE_GUARD:g}) on the first call")
+                fast = None
         if fast is not None:
             info.route = "lse"
             flat, n_queries, ent = fast["planes"], fast["n_queries"], fast["head_entropy"]
             sum_error, transient = fast["sum_error"], fast["transient_bytes"]
             if res is not None:
-                info.lse_error = float((flat - res.columns.transpose(0, 1)).abs().max())
-                sum_error = max(sum_error, res.sum_error)
+                sum_error = max(float(sum_error), res.sum_error)
         else:
             info.route = "replay"
             flat, n_queries, ent = res.columns.transpose(0, 1), res.n_queries, res.head_entropy
@@ -285,11 +303,17 @@ class AttentionCapture:
         h, w = grid_for(n_queries, self.latent_hw)
         info.grid = (h, w)
         info.calls += 1
-        info.sum_error = max(info.sum_error or 0.0, sum_error)
+        if isinstance(sum_error, float):
+            info.sum_error = max(info.sum_error or 0.0, sum_error)
+        else:                                   # a device tensor: folded in on exit (no sync per call)
+            import torch
+
+            prev = self._sum_pending[index]
+            self._sum_pending[index] = sum_error if prev is None else torch.maximum(prev, sum_error)
         if first and res is not None:
             info.out_error = res.out_error
             info.route_error = res.route_error
-            if info.lse_error is not None:
+            if info.lse_error is not None and fast is not None:    # the lse route's own error, when used
                 info.route_error = max(info.route_error or 0.0, info.lse_error)
         self.stats.captured_calls += 1
         self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, transient)
@@ -306,7 +330,8 @@ class AttentionCapture:
         reason = tap.reason
         fast = None
         if rec is not None and rec.output_equal is False:
-            reason = "the CPU flash kernel's output differed from scaled_dot_product_attention"
+            reason = (f"the {rec.backend} kernel's output differed from scaled_dot_product_attention "
+                      "(first-call check)")
         elif rec is not None:
             rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
             if rng is None:

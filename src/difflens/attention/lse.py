@@ -17,8 +17,16 @@ tap calls that same kernel directly, with the same arguments and the boolean mas
 mask torch would build, and returns its output: the layer computes exactly what it computes without the tap
 (checked bit for bit against ``F.scaled_dot_product_attention`` on each layer's first captured call, where
 the real call's output is returned). The tap keeps q, k (the kernel's inputs, after projections, norms and
-RoPE), the mask, the scale and the log-sum-exp. Anything else (CUDA, dropout, causal, GQA, a second SDPA
-call in the processor, unexpected sequence lengths) leaves the tap unused and the caller falls back to
+RoPE), the mask, the scale and the log-sum-exp.
+
+On CUDA the tap does what ``aten::scaled_dot_product_attention`` (torch ``attention.cpp``) does for the
+backend ``torch._fused_sdp_choice`` names, with the log-sum-exp switched on (:func:`cuda_kernel_call`): flash
+(head dim zero-padded to a multiple of 8, scale from the original head dim, output sliced back), memory-
+efficient (boolean mask made additive, bias padded to an aligned stride and expanded; its lse is padded
+along L and is sliced) or cuDNN (additive or no mask only). The same first-call ``torch.equal`` check
+guards the output, and a kernel error, an lse of unexpected shape or a boolean mask under cuDNN leaves the
+real call in place. Anything else (dropout, causal, GQA, the math backend, a second SDPA call in the
+processor, unexpected sequence lengths) leaves the tap unused and the caller falls back to
 :mod:`difflens.attention.replay`.
 """
 
@@ -30,6 +38,8 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+from difflens.attention.kernels import cuda_kernel_call, lse_rows
+
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SDPA_DEFAULTS: dict[str, Any] = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
                                   "enable_gqa": False}
@@ -37,7 +47,8 @@ _FLASH = 1   # int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
 def lse_route_available() -> bool:
-    """Whether the installed torch exposes the CPU flash kernel with its log-sum-exp."""
+    """Whether the installed torch exposes the fused kernels with their log-sum-exp (the CPU flash op and the
+    backend choice; the CUDA ops are looked up per call, and a missing one falls back to the replay)."""
     import torch
 
     return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
@@ -54,6 +65,7 @@ class TapRecord:
     mask: Any | None        # additive float mask broadcastable to (B, H, Lq, Lk), or None
     scale: float
     output_equal: bool | None = None   # kernel output == F.scaled_dot_product_attention (verify calls)
+    backend: str = "cpu-flash"         # cpu-flash, or on CUDA: flash, efficient, cudnn
 
 
 def _sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +122,8 @@ class SdpaTap:
         a = _sdpa_arguments(args, kwargs)
         q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
         why = _ineligible(q, k, v, a)
+        if why is None and q.device.type == "cuda":
+            return self._handle_cuda(func, args, kwargs, a)
         if why is None and mask is not None and mask.dtype == torch.bool:
             # what torch's convert_boolean_attn_mask builds before choosing a kernel
             mask = torch.zeros(mask.shape, dtype=q.dtype, device=mask.device).masked_fill_(
@@ -125,6 +139,39 @@ class SdpaTap:
             q, k, v, 0.0, False, attn_mask=mask, scale=a["scale"])
         scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
         self.record = TapRecord(q, k, lse, mask, scale)
+        if self.verify:
+            real = func(*args, **kwargs)
+            self.record.output_equal = bool(torch.equal(real, out))
+            return real
+        return out
+
+    def _handle_cuda(self, func: Any, args: tuple, kwargs: dict[str, Any], a: dict[str, Any]) -> Any:
+        """The CUDA kernel torch would run, called as torch calls it but with its log-sum-exp kept."""
+        import torch
+
+        q, k, v, mask, scale = a["query"], a["key"], a["value"], a["attn_mask"], a["scale"]
+        if mask is not None and mask.dtype not in (torch.bool, q.dtype):
+            self.reason = f"mask dtype {mask.dtype} differs from the query dtype {q.dtype}"
+            return func(*args, **kwargs)
+        # the dispatcher's choice is made on the mask as given (before any boolean conversion)
+        choice = int(torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=scale))
+        call = cuda_kernel_call(choice, q, k, v, mask, scale)
+        if isinstance(call, str):
+            self.reason = call
+            return func(*args, **kwargs)
+        try:
+            res = getattr(torch.ops.aten, call.op)(*call.args, **call.kwargs)
+        except Exception as exc:  # an argument form this torch does not take: the real call, then replay
+            self.reason = f"the {call.backend} kernel call failed ({type(exc).__name__})"
+            return func(*args, **kwargs)
+        out = res[0] if res[0].shape[-1] == call.head_dim else res[0][..., :call.head_dim]
+        lse = lse_rows(res[1], q)
+        if lse is None:
+            self.reason = (f"the {call.backend} kernel's log-sum-exp has shape {tuple(res[1].shape)}, "
+                           f"not (B, H, >= L) for L = {q.shape[2]}")
+            return func(*args, **kwargs)
+        s = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        self.record = TapRecord(q, k, lse, call.mask, s, backend=call.backend)
         if self.verify:
             real = func(*args, **kwargs)
             self.record.output_equal = bool(torch.equal(real, out))
@@ -217,8 +264,8 @@ def _ineligible(q: Any, k: Any, v: Any, a: dict[str, Any]) -> str | None:
 
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         return "non-tensor inputs"
-    if q.device.type != "cpu":
-        return f"device {q.device.type} (the log-sum-exp route is CPU-only)"
+    if q.device.type not in ("cpu", "cuda"):
+        return f"device {q.device.type} (the log-sum-exp route runs on CPU and CUDA)"
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return "inputs are not (B, H, L, d)"
     if q.is_nested or q.requires_grad or k.requires_grad or v.requires_grad:
@@ -328,9 +375,10 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
         parts.append(part.sum(dim=(0, 1)))
         del p, s
     planes = (parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)).div_(B * H)
-    sum_err = float(err)
     if rng.joint:
-        sum_err = max(0.0, sum_err - 1.0)
+        err = (err - 1.0).clamp_min_(0.0)
+    # a float on CPU; on an accelerator a 0-dim tensor, folded in by the caller without a host sync per call
+    sum_err: Any = float(err) if err.device.type == "cpu" else err
     ent = None
     if head_entropy:
         pt_all = torch.cat(pts, 1) if len(pts) > 1 else pts[0]          # (B, H, T, Nq)
