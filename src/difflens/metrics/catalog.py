@@ -18,6 +18,9 @@ INPUT_KINDS: tuple[tuple[str, str], ...] = (
                         "(stats build --keep-features)"),
     ("features .npy/.npz", "(N, D), or 'features' in an .npz such as stats build --keep-features writes; "
                            "as --real-features"),
+    ("ADM batch .npz", "arr_0 uint8 images; a reference batch's mu, sigma as statistics, mu_s, sigma_s for "
+                       "sfid; FILE.npz:arr_0 selects its images"),
+    ("clean-fid statistics .npz", "mu, sigma in NAME_MODE_SPLIT_RES.npz; the file name says the protocol"),
     ("hf:NAME[:CONFIG][:SPLIT]", "a Hugging Face dataset"),
     ("parquet", "file, glob or folder"),
     ("arrow folder", "Dataset.save_to_disk"),
