@@ -205,3 +205,30 @@ def test_prompts_that_do_not_pair_are_refused_before_any_extractor(toys: Any) ->
     images = np.zeros((3, 8, 8, 3), dtype=np.uint8)
     with pytest.raises(DifflensError, match="2 prompts for 3 images"):
         accumulate(["toy-prompted"], None, images, prompts=["a", "b"])
+
+
+def test_the_evaluator_runs_features_group_metrics_as_the_cli_does(toys: Any, tmp_path: Path) -> None:
+    """The training-loop API gives the CLI's values for a features-group metric, prompts and options
+    included, fed in batches that do not line up with the CLI's."""
+    from difflens.metrics.evaluate import evaluate
+    from difflens.metrics.evaluator import Evaluator
+
+    real = _folder(tmp_path / "real", 6, n=5)
+    fake = _folder(tmp_path / "fake", 7, n=4)
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    options = {"toy-prompted": {"offset": 2.0}}
+    cli = evaluate(str(tmp_path / "real"), str(tmp_path / "fake"), "toy-gap,toy-prompted",
+                   prompts=str(tmp_path / "p.txt"), metric_options=options)
+    ev = Evaluator(["toy-gap", "toy-prompted"], batch_size=3, metric_options=options)
+    ev.update(real[:2], real=True)
+    ev.update(real[2:], real=True)
+    prompts = ["one", "two", "one", "two"]  # the --prompts file cycled over the sorted images
+    ev.update(fake[:1], real=False, prompts=prompts[:1])
+    ev.update(fake[1:], real=False, prompts=prompts[1:])
+    got = ev.compute()
+    for key in ("toy_gap", "toy_prompted"):
+        # float32 features, float64 sums in another batch order: equal far below float32 resolution
+        assert got["metrics"][key]["value"] == pytest.approx(cli["metrics"][key]["value"], rel=1e-6)
+    assert got["protocol"]["features"]["toy-prompted"]["settings"] == {"offset": 2.0}
+    with pytest.raises(Exception, match="toy-prompted"):
+        ev.update(fake[:1], real=False)

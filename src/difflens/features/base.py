@@ -217,8 +217,9 @@ class ExtractorBase:
             raise DifflensError(f"extractor {self.name!r} has no layer {layer!r}.",
                                 f"use one of {', '.join(self.layers)}")
 
-    def __call__(self, images: Any) -> dict[str, Any]:
-        return self.forward([self.prepare(im) for im in as_image_list(images)])
+    def __call__(self, images: Any, **kwargs: Any) -> dict[str, Any]:
+        """``forward(prepare(each image))``; a ``prompted`` extractor also takes ``prompts=[...]``."""
+        return self.forward([self.prepare(im) for im in as_image_list(images)], **kwargs)
 
 
 def as_image_list(images: Any) -> list[Any]:

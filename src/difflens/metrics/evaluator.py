@@ -69,7 +69,8 @@ class Evaluator:
                  seed: int = _D.seed, kid_subset_size: int = _D.kid_subset_size,
                  kid_subsets: int = _D.kid_subsets, is_splits: int = _D.is_splits,
                  bootstrap: int = _D.bootstrap, offline: bool = False, sync_on_compute: bool = True,
-                 extractors: dict[str, Any] | None = None) -> None:
+                 extractors: dict[str, Any] | None = None,
+                 metric_options: dict[str, dict[str, Any]] | None = None) -> None:
         self.names = resolve_metrics(metrics)
         self.cfg = MetricsConfig(metrics=tuple(n for n in self.names if metric_spec(n).group == "inception"),
                                  protocol=protocol, inception_impl=inception_impl,  # type: ignore[arg-type]
@@ -80,6 +81,7 @@ class Evaluator:
                         str(inception_weights), "clip_model": clip_model, "cmmd_clip_model": cmmd_clip_model,
                         "dinov2_model": dinov2_model, "offline": offline}
         self.sync_on_compute = sync_on_compute
+        self.metric_options = {k: dict(v) for k, v in (metric_options or {}).items()}
         self.metrics: dict[str, Metric] = {n: create_metric(n, **self._settings(n)) for n in self.names}
         self._extractors: dict[str, Any] = dict(extractors or {})
         self._pending: dict[bool, list[tuple[Any, str | None]]] = {True: [], False: []}
@@ -88,6 +90,8 @@ class Evaluator:
         self._warnings: list[str] = []
 
     def _settings(self, name: str) -> dict[str, Any]:
+        if metric_spec(name).group == "features":  # built as difflens metrics builds it (metrics/route.py)
+            return dict(self.metric_options.get(name, {}))
         c, o = self.cfg, {"seed": self.cfg.seed}
         extra: dict[str, dict[str, Any]] = {
             "fid": {"bootstrap": c.bootstrap},
@@ -112,7 +116,11 @@ class Evaluator:
             from difflens.features.registry import get_extractor
 
             o = self.options
-            if name == "inception":
+            owner = next((m for n, m in self.metrics.items() if metric_spec(n).group == "features"
+                          and any(r.extractor == name for r in m.requirements())), None)
+            if owner is not None and name != "inception":  # a features-group metric builds its own
+                ext = owner.build_extractors(o["device"], bool(o["offline"]))[name]
+            elif name == "inception":
                 from difflens.features.inception_weights import resolve_inception_weights
 
                 weights = resolve_inception_weights(o["inception_weights"], offline=bool(o["offline"]))
@@ -156,8 +164,9 @@ class Evaluator:
         needs_prompts = (not real) and any(r.prompts for r in self._requirements(False))
         if needs_prompts and (prompts is None or len(prompts) != len(arr)):
             got = "no prompts" if prompts is None else f"{len(prompts)} prompts"
-            raise DifflensError(f"the CLIP score needs one prompt per generated image: {len(arr)} images, "
-                                f"{got}.", "pass update(images, real=False, prompts=[...])")
+            raise DifflensError(f"{', '.join(self._prompted_metrics())} need(s) one prompt per generated "
+                                f"image: {len(arr)} images, {got}.",
+                                "pass update(images, real=False, prompts=[...])")
         names = {r.extractor for r in self._requirements(real)}
         if any(getattr(self._extractor(n), "needs_same_size", False) for n in names):
             size = (int(arr.shape[1]), int(arr.shape[2]))
@@ -182,15 +191,17 @@ class Evaluator:
             return
         images = [im for im, _ in pending]
         feats: dict[tuple[str, str], Any] = {}
+        prompts = [p for _, p in pending] if not real and any(r.prompts for r in reqs) else None
         for name in dict.fromkeys(r.extractor for r in reqs):
-            out = self._extractor(name)(images)
+            ext = self._extractor(name)
+            out = ext(images, prompts=prompts) if getattr(ext, "prompted", False) else ext(images)
             for layer, value in out.items():
                 feats[(name, layer)] = np.asarray(value)
-        prompts = [p for _, p in pending] if not real and any(r.prompts for r in reqs) else None
         text: dict[tuple[str, str], Any] | None = None
         if prompts is not None:
             text = {}
-            for name in {r.extractor for r in reqs if r.prompts}:
+            for name in {r.extractor for r in reqs if r.prompts
+                         and not getattr(self._extractor(r.extractor), "prompted", False)}:
                 embeds, truncated = self._extractor(name).encoder.text_features(prompts)
                 text[(name, "text_embeds")] = np.asarray(embeds)
                 text[(name, "truncated")] = truncated
@@ -198,6 +209,9 @@ class Evaluator:
         for m in self.metrics.values():
             if any(r.wants(real) for r in m.requirements()):
                 m.update(batch)
+
+    def _prompted_metrics(self) -> list[str]:
+        return [n for n, m in self.metrics.items() if any(r.prompts for r in m.requirements())]
 
     def flush(self) -> None:
         """Run the extractors on the images still waiting for a full chunk."""
@@ -269,7 +283,8 @@ class Evaluator:
         inception = tuple(n for n in self.names if metric_spec(n).group == "inception")
         ext = self._extractor("inception") if inception else None  # (a loaded state: built here)
         metrics = self._synced()
-        ctx = ComputeContext(chosen=self.names, device=self.options["device"])
+        ctx = ComputeContext(chosen=self.names, device=self.options["device"], bootstrap=self.cfg.bootstrap,
+                             seed=self.cfg.seed)
         values: dict[str, Any] = {}
         warnings = list(self._warnings)
         for m in metrics.values():
@@ -284,6 +299,12 @@ class Evaluator:
             protocol["settings"]["metrics"] = [*protocol["settings"]["metrics"], *embedding]
             protocol["embedding"] = {metric_spec(n).keys[0]: self.fingerprints.get(
                 next(r.extractor for r in metrics[n].requirements())) for n in embedding}
+        featured = tuple(n for n in self.names if metric_spec(n).group == "features")
+        if featured:
+            protocol["settings"]["metrics"] = [*protocol["settings"]["metrics"], *featured]
+            protocol["features"] = {n: {"extractors": {r.extractor: self.fingerprints.get(r.extractor)
+                                                       for r in metrics[n].requirements()},
+                                        "settings": metrics[n].settings()} for n in featured}
         from difflens.distributed import get_context
 
         dist = get_context()
