@@ -387,5 +387,7 @@ def build_model(cfg: ImageRewardConfig, state: dict[str, torch.Tensor], device: 
     meta device, the tensors assigned); half precision is autocast at run time."""
     with torch.device("meta"):
         net = ImageRewardNet(cfg)
-    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    # float32 tensors are taken as loaded (memory-mapped: no second copy of the 1.8 GB of weights)
+    net.load_state_dict({k: v if v.dtype == torch.float32 else v.float() for k, v in state.items()},
+                        strict=True, assign=True)
     return net.to(device=device).eval()
