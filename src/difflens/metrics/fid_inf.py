@@ -27,7 +27,7 @@ import numpy as np
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch, Metric, MetricResult, Requirement
 from difflens.metrics.config import DEFAULT_FID_INF_MIN_FAKE, DEFAULT_FID_INF_POINTS, DEFAULT_SEED
-from difflens.metrics.frechet import GaussianSide, default_layer, frechet_value
+from difflens.metrics.frechet import GaussianSide, build_with_inception_options, default_layer, frechet_value
 from difflens.metrics.streaming import Rows
 
 
@@ -50,8 +50,8 @@ def fid_sizes(n: int, min_fake: int, points: int) -> np.ndarray:
                             "pass min_fake >= 2 (the reference uses 5000)")
     if n <= min_fake:
         raise DifflensError(f"fid-inf needs more than {min_fake} generated images (min_fake), got {n}.",
-                            "generate more images, or lower the smallest sample size (metric option "
-                            "min_fake; FID-infinity is meant for thousands)")
+                            "generate more images, or lower the smallest sample size with --fid-inf-min-fake "
+                            "(metric option min_fake; FID-infinity is meant for thousands)")
     return np.linspace(min_fake, n, points).astype(np.int32)
 
 
@@ -91,7 +91,9 @@ class FidInfMetric(Metric):
     permutation_invariant = False  # seeded subsets of the fake rows in their order
 
     def __init__(self, min_fake: int = DEFAULT_FID_INF_MIN_FAKE, points: int = DEFAULT_FID_INF_POINTS,
-                 seed: int = DEFAULT_SEED, extractor: str = "inception", layer: str | None = None) -> None:
+                 seed: int = DEFAULT_SEED, extractor: str = "inception", layer: str | None = None,
+                 inception_weights: str | None = None, inception_impl: str | None = None) -> None:
+        self.inception_weights, self.inception_impl = inception_weights, inception_impl
         self.min_fake, self.points, self.seed = int(min_fake), int(points), int(seed)
         if self.points < 2 or self.min_fake < 2:
             fid_sizes(self.min_fake + 1, self.min_fake, self.points)  # the one error message
@@ -102,6 +104,9 @@ class FidInfMetric(Metric):
 
     def requirements(self) -> tuple[Requirement, ...]:
         return (Requirement(self.extractor, self.layer, "both"),)
+
+    def build_extractors(self, device: str | None, offline: bool) -> dict[str, Any]:
+        return build_with_inception_options(self, device, offline)
 
     def settings(self) -> dict[str, Any]:
         return {"min_fake": self.min_fake, "points": self.points, "seed": self.seed,
@@ -138,6 +143,11 @@ class FidInfMetric(Metric):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.real.load(state, "real")
         self.fake.load(np.asarray(state["fake_features"], dtype=np.float32))
+
+    def check_counts(self, n_real: int | None, n_fake: int | None) -> None:
+        """Refuse, before any extraction, a fake side too small for the fit (``None``: count unknown)."""
+        if n_fake is not None:
+            fid_sizes(int(n_fake), self.min_fake, self.points)
 
     def load_side_stats(self, real: bool, stats: dict[str, np.ndarray],
                         fingerprint: dict[str, Any] | None = None) -> None:

@@ -64,6 +64,49 @@ def side_name(real: bool) -> str:
     return "real" if real else "fake"
 
 
+INCEPTION_EXTRACTORS = ("inception", "inception-clean")
+
+
+def build_with_inception_options(metric: Metric, device: str | None, offline: bool) -> dict[str, Any]:
+    """``metric.build_extractors``: the registry's extractors, the Inception ones with the metric's
+    ``inception_weights`` (a file, as ``--inception-weights``) and ``inception_impl`` (``--inception-impl``)
+    when given."""
+    from difflens.features.registry import get_extractor, split_name
+
+    weights, impl = getattr(metric, "inception_weights", None), getattr(metric, "inception_impl", None)
+
+    out = {}
+    for req in metric.requirements():
+        opts: dict[str, Any] = {}
+        if split_name(req.extractor)[0] in INCEPTION_EXTRACTORS:
+            opts = {k: v for k, v in (("weights", weights), ("impl", impl)) if v is not None}
+        out[req.extractor] = get_extractor(req.extractor, device=device, offline=offline, **opts)
+    return out
+
+
+def with_run_options(names: Any, options: dict[str, dict[str, Any]] | None, weights: Any, impl: str | None,
+                     seed: int | None = None) -> dict[str, dict[str, Any]]:
+    """``metric_options`` with the run's settings added (unless set) for each metric of ``names`` whose class
+    takes them: ``inception_weights`` / ``inception_impl`` (fd-<inception>, sfid, fid-inf, vendi), so
+    ``--inception-weights`` reaches them as it reaches FID, and ``seed`` (``--seed``: fid-inf's subsets)."""
+    import inspect
+
+    from difflens.metrics.base import metric_spec
+
+    out = {k: dict(v) for k, v in (options or {}).items()}
+    for name in names:
+        params = inspect.signature(metric_spec(name).load().__init__).parameters
+        opts = out.setdefault(name, {})
+        if "inception_weights" in params:
+            opts.setdefault("inception_weights", None if weights is None else str(weights))
+            opts.setdefault("inception_impl", impl)
+        if "seed" in params and seed is not None:
+            opts.setdefault("seed", int(seed))
+        if not opts:
+            del out[name]
+    return out
+
+
 class GaussianSide:
     """One side's streamed Gaussian statistics (None before the first row) and where they came from."""
 
@@ -139,7 +182,9 @@ class FrechetMetric(Metric):
     ROWS_PER_DIM: ClassVar[int] = 4
 
     def __init__(self, extractor: str = "inception", layer: str | None = None, seed: int = DEFAULT_SEED,
-                 bootstrap: int = 0) -> None:
+                 bootstrap: int = 0, inception_weights: str | None = None,
+                 inception_impl: str | None = None) -> None:
+        self.inception_weights, self.inception_impl = inception_weights, inception_impl
         self.extractor = str(extractor)
         self.layer = layer or default_layer(self.extractor)
         if type(self).name == FrechetMetric.name:  # the generic class: named by its extractor
@@ -151,6 +196,9 @@ class FrechetMetric(Metric):
 
     def requirements(self) -> tuple[Requirement, ...]:
         return (Requirement(self.extractor, self.layer, "both"),)
+
+    def build_extractors(self, device: str | None, offline: bool) -> dict[str, Any]:
+        return build_with_inception_options(self, device, offline)
 
     def settings(self) -> dict[str, Any]:
         return {"extractor": self.extractor, "layer": self.layer, "seed": self.seed,

@@ -28,5 +28,6 @@ class SfidMetric(FrechetMetric):
     keys = ("sfid",)
     stats_keys: ClassVar[tuple[str, str]] = ("mu_s", "sigma_s")
 
-    def __init__(self, seed: int = DEFAULT_SEED, bootstrap: int = 0) -> None:
-        super().__init__("inception", SPATIAL, seed, bootstrap)
+    def __init__(self, seed: int = DEFAULT_SEED, bootstrap: int = 0, inception_weights: str | None = None,
+                 inception_impl: str | None = None) -> None:
+        super().__init__("inception", SPATIAL, seed, bootstrap, inception_weights, inception_impl)

@@ -76,9 +76,11 @@ class VendiMetric(Metric):
     group = "features"
 
     def __init__(self, q: float | str = DEFAULT_VENDI_Q, extractor: str = DEFAULT_VENDI_EXTRACTOR,
-                 layer: str | None = None) -> None:
+                 layer: str | None = None, inception_weights: str | None = None,
+                 inception_impl: str | None = None) -> None:
         from difflens.metrics.frechet import default_layer
 
+        self.inception_weights, self.inception_impl = inception_weights, inception_impl
         self.q = parse_order(q)
         self.extractor = str(extractor)
         self.layer = layer or (DEFAULT_VENDI_LAYER if self.extractor == DEFAULT_VENDI_EXTRACTOR
@@ -87,6 +89,11 @@ class VendiMetric(Metric):
 
     def requirements(self) -> tuple[Requirement, ...]:
         return (Requirement(self.extractor, self.layer, "fake"),)
+
+    def build_extractors(self, device: str | None, offline: bool) -> dict[str, Any]:
+        from difflens.metrics.frechet import build_with_inception_options
+
+        return build_with_inception_options(self, device, offline)
 
     def settings(self) -> dict[str, Any]:
         return {"q": "inf" if math.isinf(self.q) else self.q, "extractor": self.extractor,
