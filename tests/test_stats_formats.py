@@ -240,6 +240,16 @@ def test_stats_build_format_adm(tmp_path: Path, capsys: pytest.CaptureFixture[st
     fs = read_foreign_stats(out)
     assert fs.format == "adm" and fs.fid.n == 5 and fs.fingerprint is not None
     assert fs.fingerprint["weights_sha256"] and json.loads(str(raw["fingerprint_s"]))["feature_layer"]
+    # difflens reads its own ADM-style file back with its fingerprint: the same images give FID = sFID = 0
+    # (batches of 2 vs 5: float32 noise only; 5 other random images gave sFID 104 in a manual run)
+    res = tmp_path / "res.json"
+    code, _, err = run_cli(["metrics", "--real", str(out), "--fake", str(folder), "--metrics", "fid,sfid",
+                            "--inception-weights", str(weights), "--device", "cpu", "--json", str(res)],
+                           capsys)
+    assert code == 0, err
+    rec = json.loads(res.read_text(encoding="utf-8"))
+    assert abs(rec["metrics"]["fid"]["value"]) < 1e-3 and abs(rec["metrics"]["sfid"]["value"]) < 1e-3
+    assert not any("no protocol fingerprint" in w for w in rec["warnings"])
     code, _, err = run_cli(["stats", "build", "--real", str(folder), "--out", str(tmp_path / "x.npz"),
                             "--format", "tfrecord", "--inception-weights", str(weights)], capsys)
     assert code == 2 and "unknown --format 'tfrecord'" in err and not (tmp_path / "x.npz").exists()
