@@ -263,3 +263,15 @@ def test_inception_spatial_layer_is_mixed_6d_branch1x1(inception: Any) -> None:
     assert np.all(out["spatial"] >= 0)  # after the ReLU
     assert not m.Mixed_6d.branch1x1._forward_hooks  # the hook lived for one call only
     assert "mixed_6/conv" in inception.fingerprint("spatial").feature_layer
+
+
+def test_inception_spatial_layer_of_the_fast_implementation(inception: Any) -> None:
+    """--inception-impl fast (folded batch-norm, channels-last) gives the same layer in the same order:
+    within 1e-5 of the feature scale, the fast path's documented agreement for pool3."""
+    from difflens.features.inception import load_inception
+
+    fast = load_inception(weights=inception.weights, device="cpu", offline=True, impl="fast")
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 33, 35, 3), dtype=np.uint8)
+    ref, got = inception(images)["spatial"], fast(images)["spatial"]
+    assert got.shape == ref.shape == (2, 2023)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

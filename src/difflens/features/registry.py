@@ -5,13 +5,18 @@ Built-in names (nothing is imported until an extractor is built):
 =====================  ======================================================  ==============================
 name                   extractor                                               layers
 =====================  ======================================================  ==============================
-``inception``          FID Inception, tf-legacy resize (torch-fidelity)        ``pool3`` (2048), ``logits``
-``inception-clean``    the same network, clean-fid's resize                    ``pool3``, ``logits``
+``inception``          FID Inception, tf-legacy resize (torch-fidelity)        ``pool3`` (2048), ``logits``,
+                                                                               ``spatial`` (2023, sFID)
+``inception-clean``    the same network, clean-fid's resize                    ``pool3``, ``logits``,
+                                                                               ``spatial``
 ``clip[:<id>]``        CLIP image embedding, the model's CLIPProcessor         ``image_embeds``
 ``clip-cmmd[:<id>]``   CLIP image embedding, CMMD's whole-image bicubic resize ``image_embeds``
 ``dinov2[:<id>]``      DINOv2 CLS token (dgm-eval preprocessing)               ``cls``
 ``vae``                the model's own VAE encoder, mid-block mean (``pipe=``) ``mid``
 =====================  ======================================================  ==============================
+
+Every registered name also gives a metric: ``fd-<name>[:<model id>]``, the Frechet distance on its features
+(:mod:`difflens.metrics.frechet`; the layer: the first of a user's extractor class's ``layers``).
 
 ``get_extractor("clip:openai/clip-vit-base-patch32", device="cuda")`` builds one; options are passed to
 the factory (Inception: ``weights``, ``device``, ``offline``, ``impl``; CLIP/DINOv2: ``device``, ``dtype``,
