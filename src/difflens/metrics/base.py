@@ -197,7 +197,7 @@ for _spec in (
                ("fid_inf", "fid-infinity"), "FID extrapolated to infinitely many samples (Chong & Forsyth)"),
     MetricSpec("vendi", "difflens.metrics.vendi:VendiMetric", ("vendi",), "features", ("vendi-score",),
                "Vendi score (diversity of the generated set)"),
-    MetricSpec("hpsv2", "difflens.metrics.hpsv2:Hpsv2Metric", ("hpsv2",), "features", ("hps", "hpsv2.1"),
+    MetricSpec("hpsv2", "difflens.metrics.hpsv2:Hpsv2Metric", ("hpsv2",), "features", ("hps",),
                "Human Preference Score v2 (100 * cos; needs prompts)"),
     MetricSpec("pickscore", "difflens.metrics.pickscore:PickScoreMetric", ("pickscore",), "features",
                ("pick-score", "pick_score"), "PickScore (logit_scale * cos; needs prompts)"),
