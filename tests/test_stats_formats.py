@@ -131,6 +131,10 @@ def test_adm_batches_as_images_and_statistics(files: dict[str, Path], tmp_path: 
         save(path, arr_0=images, arr_1=np.arange(5))
         src = resolve_source(path, "--fake")
         assert isinstance(src, ArraySource) and np.array_equal(np.asarray(src.images), images)
+    compressed = tmp_path / "ref_compressed.npz"
+    with np.load(files["adm"]) as raw:
+        np.savez_compressed(compressed, **{k: raw[k] for k in raw.files})
+    assert read_foreign_stats(compressed).images_shape == (5, 8, 8, 3)  # from the .npy header only
     with pytest.raises(DifflensError, match="ADM sample batch"):
         resolve_source(tmp_path / "samples_savez.npz", "--real-features", want_features=True)
     with pytest.raises(DifflensError, match="has no array 'arr_9'"):
@@ -184,7 +188,8 @@ def test_an_adm_file_without_its_arrays_is_one_error_naming_file_and_key(
 def test_a_clean_fid_file_without_sigma_names_it(tmp_path: Path) -> None:
     path = tmp_path / "mydata_clean_custom_na.npz"
     np.savez_compressed(path, mu=np.zeros(D))
-    with pytest.raises(DifflensError, match=r"mydata_clean_custom_na\.npz lacks 'sigma'"):
+    with pytest.raises(DifflensError, match=r"mydata_clean_custom_na\.npz lacks 'sigma'.*needs mu \(D,\) and "
+                                            r"sigma \(D, D\)"):
         resolve_source(path, "--real")
 
 

@@ -113,11 +113,12 @@ def detect_format(path: str | Path, keys: list[str] | set[str]) -> StatsFormat:
     return "pytorch-fid"
 
 
-def _missing_error(path: Path, what: str, missing: list[str], found: list[str]) -> DifflensError:
+def _missing_error(path: Path, what: str, missing: list[str], found: list[str], adm: bool) -> DifflensError:
+    fix = ("an ADM reference batch has arr_0 (uint8 N,H,W,3) and mu, sigma, mu_s, sigma_s; rebuild it with "
+           "difflens stats build --format adm or the ADM evaluator") if adm else \
+        "a statistics file needs mu (D,) and sigma (D, D); recompute it"
     return DifflensError(f"{what} {path} lacks {' and '.join(repr(k) for k in missing)} (arrays found: "
-                         f"{', '.join(sorted(found)) or 'none'}).",
-                         "an ADM reference batch has arr_0 (uint8 N,H,W,3) and mu, sigma, mu_s, sigma_s; "
-                         "rebuild it with difflens stats build --format adm or the ADM evaluator")
+                         f"{', '.join(sorted(found)) or 'none'}).", fix)
 
 
 def read_foreign_stats(path: str | Path, name: str = "statistics file") -> ForeignStats:
@@ -136,7 +137,7 @@ def read_foreign_stats(path: str | Path, name: str = "statistics file") -> Forei
             present = list(ADM_STATS)  # the evaluator reads all four (read_statistics)
         missing = [k for pair in present for k in pair if k not in keys]
         if missing:
-            raise _missing_error(path, what, missing, keys)
+            raise _missing_error(path, what, missing, keys, fmt == "adm")
         arrays = {k: read_npz_array(data, k, path, name) for pair in present for k in pair}
         n = _count(read_npz_array(data, "n", path, name), path, name) if "n" in keys else None
         fingerprint = _json(read_npz_array(data, "fingerprint", path, name), path, name) \
@@ -151,8 +152,22 @@ def read_foreign_stats(path: str | Path, name: str = "statistics file") -> Forei
         out.sfid = stats_from_mu_sigma(arrays["mu_s"], arrays["sigma_s"], n,
                                        name=f"{what} {path} (mu_s, sigma_s)")
     if ADM_IMAGES in keys:
-        out.images_shape = tuple(int(s) for s in npz_array(path, ADM_IMAGES, name).shape)
+        out.images_shape = npz_shape(path, ADM_IMAGES)
     return out
+
+
+def npz_shape(path: str | Path, key: str) -> tuple[int, ...] | None:
+    """The shape of array ``key`` of an ``.npz`` from its ``.npy`` header (no data read), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            return tuple(int(s) for s in reader(f)[0])
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 def npz_array(path: str | Path, key: str, name: str = "input") -> np.ndarray:
