@@ -109,7 +109,8 @@ def _mismatched(samples: dict[str, Path], tmp_path: Path) -> Path:
     return other
 
 
-@pytest.mark.parametrize("case", ["mismatched", "missing", "unknown", "not-per-image", "no-prompts"])
+@pytest.mark.parametrize("case", ["mismatched", "missing", "unknown", "not-per-image", "no-prompts",
+                                  "unreadable"])
 def test_bad_input_is_one_line_and_nothing_written(case: str, samples: dict[str, Path], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out, page = tmp_path / "o.json", tmp_path / "o.html"
@@ -125,6 +126,14 @@ def test_bad_input_is_one_line_and_nothing_written(case: str, samples: dict[str,
         metrics, words = "clip,nope", ("unknown metric 'nope'", "clip")
     elif case == "not-per-image":
         metrics, words = "fid", ("fid is not a per-image score",)
+    elif case == "unreadable":  # both images of one prompt are damaged: that prompt is gone from B
+        b = tmp_path / "B3"
+        shutil.copytree(samples["B"], b)
+        for line in (b / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec["prompt"] == "a red circle":
+                (b / rec["file"]).write_bytes(b"not a png")
+        words = ("only in --a ('a red circle')", "2 unreadable image(s) were left out first")
     else:
         b = tmp_path / "plain"
         shutil.copytree(samples["B"] / "images", b)

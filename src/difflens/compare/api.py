@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.compare.config import CompareConfig
+from difflens.errors import DifflensError
 
 _C = CompareConfig()  # the defaults
 SCHEMA_VERSION = 1
@@ -51,7 +52,14 @@ def compare(a: str | Path, b: str | Path, metrics: str, *, prompts: str | Path |
         prompt_list = load_prompts(prompts)
     side_a = read_sample_set(a, "--a", "A", prompt_list, caption_column=caption_column, strict=cfg.strict)
     side_b = read_sample_set(b, "--b", "B", prompt_list, caption_column=caption_column, strict=cfg.strict)
-    order = check_same_prompts(side_a.prompts, side_b.prompts)
+    try:
+        order = check_same_prompts(side_a.prompts, side_b.prompts)
+    except DifflensError as err:
+        left_out = side_a.unreadable + side_b.unreadable
+        if not left_out:
+            raise
+        raise DifflensError(f"{err.message[:-1]} ({left_out} unreadable image(s) were left out first, "
+                            "which can remove a prompt from one side).", err.hint) from None
     warnings = [*side_a.warnings, *side_b.warnings]
     if side_a.folder.resolve() == side_b.folder.resolve():
         warnings.append(f"--a and --b are the same folder ({side_a.folder}): every prompt is a tie")

@@ -26,6 +26,7 @@ class SampleSet:
     prompts: list[str]
     pairing: str  # where the prompts came from
     warnings: list[str] = field(default_factory=list)
+    unreadable: int = 0  # images left out because they could not be read
 
     def describe(self) -> dict[str, object]:
         return {"path": str(self.folder), "n_images": len(self.files), "n_prompts": len(set(self.prompts)),
@@ -75,7 +76,6 @@ def read_sample_set(folder: str | Path, flag: str, name: str, prompt_list: list[
     kept = readable_files(files, log, strict, flag)
     if len(kept) < len(files):
         warnings += log.warnings(flag)
-        files = [files[i] for i in kept]
-        prompts = [prompts[i] for i in kept]
-    return SampleSet(name=name, flag=flag, folder=path, files=files, prompts=prompts, pairing=pairing,
-                     warnings=warnings)
+    return SampleSet(name=name, flag=flag, folder=path, files=[files[i] for i in kept],
+                     prompts=[prompts[i] for i in kept], pairing=pairing, warnings=warnings,
+                     unreadable=len(files) - len(kept))
