@@ -165,6 +165,13 @@ def test_bad_input_is_one_clear_error(tiny: Path, tmp_path: Path) -> None:
         load_pickscore(str(broken), offline=True)
     cfg = json.loads((tiny / "config.json").read_text())
     assert cfg["model_type"] == "clip"
+    resized = tmp_path / "resized"  # the config of another architecture than the weights
+    shutil.copytree(tiny, resized)
+    for part in (cfg, cfg["text_config"], cfg["vision_config"]):
+        part["projection_dim"] = 8
+    (resized / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DifflensError, match="weight shapes do not match its config"):
+        load_pickscore(str(resized), offline=True)
     m = create_metric("pickscore", model=str(tiny))
     with pytest.raises(DifflensError, match="needs one prompt per generated image"):
         m.update(FeatureBatch(False, {("pickscore", "score"): np.ones((2, 1), np.float32)}, None))

@@ -13,7 +13,9 @@ Preprocessing, as HPSv2's ``preprocess_val`` (``create_model_and_transforms(...,
 ``resize`` (bicubic, antialiased, sizes ``round(side * 224 / longer)``, no clamping), zero padding split
 ``pad // 2`` left/top and the rest right/bottom to a square; then ``(x - mean) / std`` with OpenAI CLIP's
 mean/std. (HPSv2 skips the resize *and* the padding when the longer side is already 224; difflens still pads
-such a non-square image to a square, which HPSv2's network would refuse.)
+such a non-square image to a square, which HPSv2's network would refuse. HPSv2 leaves the antialiasing to
+torchvision's default, which is on since torchvision 0.17 (2024) and was off before; difflens sets it on,
+as HPSv2 runs today, so scores made with an older torchvision differ slightly for downscaled images.)
 
 Score: ``100 * cos(E_img, E_txt)`` of the L2-normalized image and text embeddings, the scale of HPSv2's
 leaderboard (``evaluation.py``: ``image_features @ text_features.T * 100``; ``hpsv2.score`` returns the
@@ -179,7 +181,7 @@ def resize_max_pad(image: Any, size: int) -> Any:
     scale = size / float(max(h, w))
     if scale != 1.0:
         new = (round(h * scale), round(w * scale))
-        x = tvf.resize(x, list(new), InterpolationMode.BICUBIC)
+        x = tvf.resize(x, list(new), InterpolationMode.BICUBIC, antialias=True)
         h, w = new
     pad_h, pad_w = size - h, size - w
     if pad_h or pad_w:

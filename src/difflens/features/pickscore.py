@@ -188,7 +188,12 @@ def _load_strict(cls: Any, model_id: str, offline: bool) -> Any:
     of another architecture, left randomly initialized by transformers) is one DifflensError."""
     from difflens.metrics.feature_cache import load_hf_model
 
-    model, info = load_hf_model(cls, model_id, offline, "PickScore model", FLAG, output_loading_info=True)
+    try:
+        model, info = load_hf_model(cls, model_id, offline, "PickScore model", FLAG, output_loading_info=True)
+    except RuntimeError:  # transformers refuses weights whose shapes differ from the config's
+        raise DifflensError(f"{FLAG} {model_id}: weight shapes do not match its config.json.",
+                            f"pass the PickScore CLIPModel folder or hub id ({DEFAULT_PICKSCORE_MODEL})"
+                            ) from None
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith("position_ids")]
     mismatched = [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", [])]
