@@ -78,6 +78,15 @@ def test_compare_two_shapes_models_gives_a_verdict(samples: dict[str, Path], tmp
     assert entry["mean_a"] == pytest.approx(ref.value, rel=1e-4, abs=1e-4)
     html = page.read_text(encoding="utf-8")
     assert "A vs B, prompt by prompt" in html and entry["verdict"] in html and "a green triangle" in html
+    # written into a run folder, the record joins that run's report (difflens report RUN)
+    from difflens.report.render import write_report
+
+    run = tmp_path / "run"
+    (run / "compare").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"model": "m", "modes": {}}), encoding="utf-8")
+    shutil.copy(out, run / "compare" / "a-vs-b.json")
+    html = write_report([run]).read_text(encoding="utf-8")
+    assert 'href="#paired-0"' in html and entry["verdict"] in html and "Summary" in html
 
 
 def test_a_folder_without_manifest_takes_prompts_cycled_and_ties_with_itself(

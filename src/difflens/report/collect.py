@@ -2,7 +2,8 @@
 
 Layout: RUN_DIR/run.json (model, modes with status/error, config, versions, notes) and one folder per
 mode with that mode's own result files (metrics/metrics.json, schedule/schedule.json,
-attention/attention.json, latent/*/...json) and PNG plots.
+attention/attention.json, latent/*/...json) and PNG plots; ``compare/*.json`` records that ``difflens compare
+--json`` wrote into the run folder are shown as its A-vs-B comparisons.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class RunData:
     label: str
     info: dict[str, Any]
     modes: dict[str, ModeData]
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # difflens compare records
 
 
 def _read_json(path: Path) -> Any:
@@ -66,7 +68,9 @@ def load_run(run_dir: str | Path) -> RunData:
             data.images = sorted(p for p in mode_dir.rglob("*.png") if _is_report_image(p))
         modes[name] = data
     label = str(info.get("label") or info.get("model") or root.name)
-    return RunData(path=root, label=label, info=info, modes=modes)
+    found = [_read_json(p) for p in sorted((root / "compare").glob("*.json"))]
+    comparisons = [c for c in found if isinstance(c, dict) and c.get("mode") == "compare"]
+    return RunData(path=root, label=label, info=info, modes=modes, comparisons=comparisons)
 
 
 def _is_report_image(path: Path) -> bool:

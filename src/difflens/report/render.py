@@ -11,6 +11,7 @@ from typing import Any
 
 from difflens.atomic import write_text
 from difflens.report.collect import RunData, load_run
+from difflens.report.comparison import comparison_context
 from difflens.report.summarize import (
     check_matrix,
     collect_checks,
@@ -120,6 +121,7 @@ def build_context(runs: list[RunData]) -> dict[str, Any]:
         "multi": len(runs) > 1,
         "comparison": comparison_table(runs) if len(runs) > 1 else None,
         "schedule_overlay": overlaid_schedules(runs) if len(runs) > 1 else None,
+        "paired": [comparison_context(c) for run in runs for c in run.comparisons],
         "generator_versions": collect_versions(),
     }
 
