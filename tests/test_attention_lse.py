@@ -253,3 +253,33 @@ def test_layer_falls_back_when_the_lse_route_disagrees(monkeypatch: pytest.Monke
     assert {i.route for i in cap.info} == {"replay"}
     assert all("differed from the replay" in (i.fallback_reason or "") for i in cap.info)
     np.testing.assert_allclose(got.maps, slow.maps, rtol=0, atol=1e-7)
+
+
+def test_verification_is_kept_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-call bit-equality check runs the real SDPA once per argument layout and process; a
+    layout seen before reuses the verdict (a False verdict still returns the real call's output)."""
+    import difflens.attention.lse as lse_mod
+
+    monkeypatch.setattr(lse_mod, "_VERIFIED", {})
+    calls = []
+
+    def sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return F.scaled_dot_product_attention(*args, **kwargs)
+
+    q = torch.randn(1, 2, 9, 8)
+    with torch.no_grad():
+        for n in (1, 1):
+            tap = SdpaTap(verify=True)
+            out = tap.handle(sdpa, (q, q, q), {})
+            assert tap.record is not None and tap.record.output_equal is True
+            assert len(calls) == n and torch.equal(out, F.scaled_dot_product_attention(q, q, q))
+        (key,) = lse_mod._VERIFIED
+        lse_mod._VERIFIED[key] = False
+        tap = SdpaTap(verify=True)
+        tap.handle(sdpa, (q, q, q), {})
+        assert tap.record is not None and tap.record.output_equal is False and len(calls) == 2
+        q2 = torch.randn(1, 2, 10, 8)                               # another layout: verified again
+        tap = SdpaTap(verify=True)
+        tap.handle(sdpa, (q2, q2, q2), {})
+        assert len(calls) == 3 and len(lse_mod._VERIFIED) == 2

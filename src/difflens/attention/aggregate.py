@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from difflens.attention.measures import peak_concentration, spatial_entropy
+from difflens.attention.measures import entropy_and_peak
 from difflens.attention.words import aggregate_words
 
 F32 = 4
@@ -215,9 +215,9 @@ class OnlineAggregator:
             words = torch.matmul(self._word_weights, maps.flatten(2)).view(maps.shape[0], -1, self.H, self.W)
         else:
             words = torch.stack([self._words_of(m) for m in maps])
-        both = torch.cat([maps, words], dim=1)
-        self._ent.extend(spatial_entropy(both).unbind(0))
-        self._peak.extend(peak_concentration(both).unbind(0))
+        ent, peak = entropy_and_peak(torch.cat([maps, words], dim=1))
+        self._ent.extend(ent.unbind(0))
+        self._peak.extend(peak.unbind(0))
 
     # -- results ----------------------------------------------------------------------------------
     def stored_bytes(self) -> int:

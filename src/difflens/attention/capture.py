@@ -125,6 +125,7 @@ class LayerInfo:
     route: str = "replay"            # "lse" (kernel log-sum-exp) or "replay" (second pass), last call
     lse_error: float | None = None   # max |lse-route columns - replay columns| on the first call
     fallback_reason: str | None = None
+    backend: str | None = None       # the kernel the lse route tapped: cpu-flash, flash, efficient, cudnn
 
 
 @dataclass
@@ -337,6 +338,7 @@ class AttentionCapture:
             if rng is None:
                 reason = "the layer's sequence layout could not be read from its call"
             else:
+                self.info[index].backend = rec.backend
                 fast = lse_columns(rec, rng, self._rows, self._keys_on, head_entropy=self.head_entropy,
                                    chunk_bytes=self.chunk_bytes)
                 if fast is None:

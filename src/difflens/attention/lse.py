@@ -139,11 +139,7 @@ class SdpaTap:
             q, k, v, 0.0, False, attn_mask=mask, scale=a["scale"])
         scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
         self.record = TapRecord(q, k, lse, mask, scale)
-        if self.verify:
-            real = func(*args, **kwargs)
-            self.record.output_equal = bool(torch.equal(real, out))
-            return real
-        return out
+        return self._verified(func, args, kwargs, out, ("cpu-flash", q, k, v, a["attn_mask"], a["scale"]))
 
     def _handle_cuda(self, func: Any, args: tuple, kwargs: dict[str, Any], a: dict[str, Any]) -> Any:
         """The CUDA kernel torch would run, called as torch calls it but with its log-sum-exp kept."""
@@ -172,11 +168,46 @@ class SdpaTap:
             return func(*args, **kwargs)
         s = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
         self.record = TapRecord(q, k, lse, call.mask, s, backend=call.backend)
-        if self.verify:
-            real = func(*args, **kwargs)
-            self.record.output_equal = bool(torch.equal(real, out))
-            return real
-        return out
+        return self._verified(func, args, kwargs, out, (call.backend, q, k, v, mask, scale))
+
+
+    def _verified(self, func: Any, args: tuple, kwargs: dict[str, Any], out: Any, sig: tuple) -> Any:
+        """On a verify call, the real call's output, and whether the kernel's equals it bit for bit. The
+        verdict is kept per process for the call's signature (kernel, device, dtypes, shapes, strides,
+        pointer alignment, the mask as given, scale, threads): the same aten op on the same argument
+        layout takes the same path, so a signature verified once in this process is not run twice again
+        (a sweep over prompts pays it once)."""
+        import torch
+
+        if not self.verify:
+            return out
+        key = _signature(sig)
+        known = _VERIFIED.get(key)
+        if known is not None:
+            self.record.output_equal = known     # type: ignore[union-attr]
+            return out if known else func(*args, **kwargs)
+        real = func(*args, **kwargs)
+        equal = bool(torch.equal(real, out))
+        self.record.output_equal = equal          # type: ignore[union-attr]
+        if len(_VERIFIED) < 4096:
+            _VERIFIED[key] = equal
+        return real
+
+
+def _signature(sig: tuple) -> tuple:
+    """A hashable description of a kernel call's argument layout (no values)."""
+    import torch
+
+    backend, *tensors, scale = sig
+    parts: list[Any] = [backend, scale, torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()]
+    for t in tensors:
+        parts.append(None if t is None else (str(t.device), str(t.dtype), tuple(t.shape), tuple(t.stride()),
+                                             t.data_ptr() % 256))
+    return tuple(parts)
+
+
+#: signature -> whether the tapped kernel's output equalled F.scaled_dot_product_attention's (per process)
+_VERIFIED: dict[tuple, bool] = {}
 
 
 _ACTIVE = threading.local()
@@ -348,13 +379,13 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     q, k, lse = rec.query, rec.key, rec.lse
     if int(q.shape[2]) != rng.n_queries_all or int(k.shape[2]) != rng.n_keys_all:
         return None
-    qi = q[rows, :, rng.queries].float()                       # (B, H, Nq, d)
-    kt = k[rows, :, rng.text].float()                          # (B, H, T, d)
+    qt = q[rows, :, rng.queries].float().transpose(-1, -2)     # (B, H, d, Nq)
+    kt = k[rows, :, rng.text].float().mul(rec.scale)           # (B, H, T, d), scale folded into the keys
     li = lse[rows, :, rng.queries].unsqueeze(-2)               # (B, H, 1, Nq) float32
     m = None
     if rec.mask is not None:
         m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (.., T, Nq)
-    B, H, Nq, _ = qi.shape
+    B, H, _, Nq = qt.shape
     T = int(kt.shape[2])
     per_head_bytes = 4 * B * Nq * T
     hc = max(1, min(H, chunk_bytes // max(per_head_bytes, 1)))
@@ -362,23 +393,26 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     err = None
     for h0 in range(0, H, hc):
         h1 = min(H, h0 + hc)
-        s = torch.matmul(kt[:, h0:h1], qi[:, h0:h1].transpose(-1, -2)).mul_(rec.scale)   # (B, hc, T, Nq)
+        whole = hc >= H                                         # one chunk: no head slicing (fewer calls)
+        s = torch.matmul(kt if whole else kt[:, h0:h1], qt if whole else qt[:, h0:h1])   # (B, hc, T, Nq)
         if m is not None:
-            s.add_(m[:, h0:h1] if m.shape[1] == H and hc != H else m)
-        p = s.sub_(li[:, h0:h1]).exp_()                        # probabilities of the text keys
+            s.add_(m[:, h0:h1] if m.shape[1] == H and not whole else m)
+        p = s.sub_(li if whole else li[:, h0:h1]).exp_()       # probabilities of the text keys
         total = p.sum(-2, keepdim=True)                         # (B, hc, 1, Nq)
-        e = total.amax() if rng.joint else (total - 1.0).abs().amax()
+        e = total.amax() if rng.joint else (total - 1.0).abs_().amax()
         err = e if err is None else torch.maximum(err, e)
         pt = p.index_select(-2, token_keys)
         pts.append(pt)
         part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=-2) if rng.joint else pt
-        parts.append(part.sum(dim=(0, 1)))
+        parts.append(part.mean(dim=(0, 1)) if whole else part.sum(dim=(0, 1)))
         del p, s
-    planes = (parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)).div_(B * H)
-    if rng.joint:
-        err = (err - 1.0).clamp_min_(0.0)
+    planes = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0).div_(B * H)
     # a float on CPU; on an accelerator a 0-dim tensor, folded in by the caller without a host sync per call
-    sum_err: Any = float(err) if err.device.type == "cpu" else err
+    sum_err: Any
+    if err.device.type == "cpu":
+        sum_err = max(0.0, float(err) - 1.0) if rng.joint else float(err)
+    else:
+        sum_err = (err - 1.0).clamp_min_(0.0) if rng.joint else err
     ent = None
     if head_entropy:
         pt_all = torch.cat(pts, 1) if len(pts) > 1 else pts[0]          # (B, H, T, Nq)

@@ -52,3 +52,24 @@ def peak_concentration(maps: Any, fraction: float = PEAK_FRACTION) -> Any:
     p = spatial_distribution(maps)
     k = max(1, math.ceil(fraction * p.shape[-1]))
     return p.topk(k, dim=-1).values.sum(-1).clamp(0.0, 1.0)
+
+
+def entropy_and_peak(maps: Any, fraction: float = PEAK_FRACTION) -> tuple[Any, Any]:
+    """:func:`spatial_entropy` and :func:`peak_concentration` of float32 ``maps`` (..., h, w) from one spatial
+    distribution: H = sum entr(p) / log(h*w) with entr(p) = -p log p (0 at p = 0), and the sum of the top
+    ``fraction`` of p (unsorted top-k). Same values as the two functions to float32 rounding (~1e-7)."""
+    import math
+
+    import torch
+
+    t = torch.as_tensor(maps).float().flatten(-2).clamp_min(0)
+    n = t.shape[-1]
+    total = t.sum(-1, keepdim=True)
+    p = torch.where(total > _TINY, t / total.clamp_min(_TINY), 1.0 / n)
+    if n <= 1:
+        ent = torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
+    else:
+        ent = (torch.special.entr(p).sum(-1) / math.log(n)).clamp_(0.0, 1.0)
+    k = max(1, math.ceil(fraction * n))
+    peak = p.topk(k, dim=-1, sorted=False).values.sum(-1).clamp_(0.0, 1.0)
+    return ent, peak
