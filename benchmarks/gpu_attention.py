@@ -135,6 +135,58 @@ def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict[str, A
     return row
 
 
+def kernel_probe(device: str) -> list[dict[str, Any]]:
+    """The tap on one ``F.scaled_dot_product_attention`` call per backend (forced with ``sdpa_kernel``),
+    dtype, head dim and mask kind: the kernel tapped, output bit-equal to the real call, and the lse vs
+    torch.logsumexp of the float32 scores (or why the tap did not apply)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from difflens.attention.lse import SdpaTap
+
+    rows = []
+    backends = ((SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
+                if device == "cuda" else (SDPBackend.FLASH_ATTENTION,))
+    dtypes = (torch.float16, torch.bfloat16) if device == "cuda" else (torch.float32,)
+    g = torch.Generator(device).manual_seed(0)
+    for backend in backends:
+        for dtype in dtypes:
+            for d in (12, 64):
+                for mask_kind in ("none", "additive", "bool"):
+                    q, k, v = (torch.randn(2, 3, 77, d, device=device, dtype=dtype, generator=g)
+                               for _ in range(3))
+                    mask = None
+                    if mask_kind == "additive":
+                        mask = torch.randn(2, 1, 77, 77, device=device, generator=g).to(dtype)
+                    elif mask_kind == "bool":
+                        mask = torch.rand(2, 1, 1, 77, device=device, generator=g) > 0.3
+                        mask[..., 0] = True
+                    row: dict[str, Any] = {"backend": backend.name, "dtype": str(dtype).replace("torch.", ""),
+                                           "head_dim": d, "mask": mask_kind}
+                    try:
+                        with sdpa_kernel([backend]), torch.no_grad():
+                            tap = SdpaTap(verify=True)
+                            tap.handle(F.scaled_dot_product_attention, (q, k, v), {"attn_mask": mask})
+                        rec = tap.record
+                        row["tapped"] = None if rec is None else rec.backend
+                        row["reason"] = tap.reason
+                        if rec is not None:
+                            row["output_equal"] = rec.output_equal
+                            s = q.float() @ k.float().transpose(-1, -2) / math.sqrt(d)
+                            if mask is not None:
+                                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool \
+                                    else s + mask.float()
+                            row["lse_max_abs_err"] = float((rec.lse - torch.logsumexp(s, -1)).abs().max())
+                    except Exception as exc:  # a backend that does not take these inputs
+                        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                    rows.append(row)
+                    print("probe", json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--families", default="sd15,sdxl,sd3,flux,pixart,shapes-unet,shapes-mmdit")
@@ -171,6 +223,9 @@ def main() -> int:
             print(f"_fused_sdp_choice {dt}: no mask {SDPBackend(c0).name}, "
                   f"additive mask {SDPBackend(c1).name}")
     deadline = time.monotonic() + args.budget_s
+    probe = kernel_probe(args.device)
+    if out is not None:
+        (out / "kernel_probe.json").write_text(json.dumps(probe, indent=1) + "\n", encoding="utf-8")
     print(f"{'pipeline':13s} {'dtype':8s} {'routes':10s} {'backends':18s} {'max|auto-replay|':>16s} "
           f"{'lse_err':>8s} {'img=':>5s} {'plain s':>8s} {'auto/plain':>10s} {'replay/plain':>12s}")
     failed = 0
