@@ -34,8 +34,11 @@ METRIC_MEANINGS: dict[str, str] = metric_meanings()
 
 
 def metric_names() -> tuple[str, ...]:
-    """Every ``--metrics`` name: the one registry (:mod:`difflens.metrics.base`), Inception group first."""
-    return registered_names()
+    """Every built-in ``--metrics`` name: the one registry (:mod:`difflens.metrics.base`), Inception group
+    first (``fd-<extractor>`` names registered on first use are left out: the help names the pattern)."""
+    from difflens.metrics.base import metric_spec
+
+    return tuple(n for n in registered_names() if not metric_spec(n).options)
 
 
 def metrics_help() -> str:
@@ -43,7 +46,8 @@ def metrics_help() -> str:
     from difflens.metrics.api import METRICS
 
     meanings = ", ".join(f"{k} = {v}" for k, v in METRIC_MEANINGS.items())
-    return (f"Comma list of: {', '.join(metric_names())} ({meanings}). Default: those of "
+    return (f"Comma list of: {', '.join(metric_names())} ({meanings}); also fd-EXTRACTOR[:MODEL] for any "
+            f"registered extractor (fd-inception, fd-clip:ID, yours). Default: those of "
             f"{', '.join(METRICS)} that the inputs allow (statistics inputs: FID only; IS needs fake "
             "images).")
 
