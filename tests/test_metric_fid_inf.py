@@ -104,3 +104,21 @@ def test_too_few_generated_images_is_one_clear_error() -> None:
     assert "min_fake" in (err.value.hint or "")
     with pytest.raises(DifflensError, match="at least 2 sample sizes"):
         create_metric("fid-inf", points=1)
+
+
+@pytest.mark.parametrize("n_real", [15, 400])  # singular and positive definite real covariance
+def test_subset_route_equals_the_fid_value_function(n_real: int) -> None:
+    """The subsets' FIDs reuse one factor of the real covariance; they equal FID's own value function
+    (difflens.metrics.values._fid_value via frechet_value) for subsets below and above the dimension.
+    Different eigenproblems of the same matrices: 1e-9 relative."""
+    from difflens.metrics.fid_inf import RealSide
+    from difflens.metrics.frechet import frechet_value
+    from difflens.metrics.stats import GaussianStats
+
+    real, fake = _data(seed=21, n_real=n_real, n_fake=300, dim=24)
+    rs = GaussianStats.from_features(real.astype(np.float64))
+    side = RealSide(rs)
+    for n in (8, 24, 25, 300):
+        sub = fake[:n].astype(np.float64)
+        want = frechet_value(rs, GaussianStats.from_features(sub), None, None)
+        assert side.fid(sub) == pytest.approx(want, rel=1e-9, abs=1e-12), n

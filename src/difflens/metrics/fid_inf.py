@@ -27,7 +27,7 @@ import numpy as np
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch, Metric, MetricResult, Requirement
 from difflens.metrics.config import DEFAULT_FID_INF_MIN_FAKE, DEFAULT_FID_INF_POINTS, DEFAULT_SEED
-from difflens.metrics.frechet import GaussianSide, build_with_inception_options, default_layer, frechet_value
+from difflens.metrics.frechet import GaussianSide, build_with_inception_options, default_layer
 from difflens.metrics.streaming import Rows
 
 
@@ -65,19 +65,52 @@ def line_fit(sizes: np.ndarray, fids: np.ndarray) -> tuple[float, float, float]:
     return float(a), float(b), float(np.sqrt(np.mean(resid ** 2)))
 
 
+class RealSide:
+    """FID against one fixed real Gaussian, for many fake subsets: the factor ``F`` (``F F^T = S_r``;
+    :func:`difflens.metrics.fid.psd_factor`) is computed once, and each subset's trace term is
+    ``Tr((S_r S_f)^(1/2)) = sum sqrt(eig(F^T S_f F))`` (:func:`~difflens.metrics.fid.trace_sqrt_from_factor`)
+    or, for a subset of n <= D rows (S_f singular), the nuclear norm of ``B F / sqrt(n - 1)`` with ``B`` the
+    centered rows (the same eigenvalues, O(n^2 D) instead of a D x D eigendecomposition)."""
+
+    def __init__(self, real: Any) -> None:
+        from difflens.metrics.fid import psd_factor
+
+        cov = real.covariance()
+        self.mean = np.asarray(real.mean, dtype=np.float64)
+        self.trace = float(np.trace(cov))
+        self.factor = psd_factor(cov)
+
+    def fid(self, rows: np.ndarray) -> float:
+        from difflens.metrics.fid import blas_single_thread, trace_sqrt_from_factor
+
+        x = np.asarray(rows, dtype=np.float64)
+        n, dim = x.shape
+        if dim != self.mean.shape[0]:
+            raise DifflensError(f"feature dimensions differ: real {self.mean.shape[0]}, fake {dim}.",
+                                "compare features (or statistics) of the same extractor and layer")
+        mu = x.mean(axis=0)
+        b = x - mu
+        diff = self.mean - mu
+        prod = b @ self.factor if n <= dim else (b.T @ b) / (n - 1)  # products on every BLAS thread
+        with blas_single_thread():  # the LAPACK part on one (see blas_single_thread)
+            if n <= dim:
+                tr_sqrt = float(np.linalg.svd(prod, compute_uv=False).sum()) / np.sqrt(n - 1)
+            else:
+                tr_sqrt = trace_sqrt_from_factor(self.factor, prod)
+        return max(float(diff @ diff) + self.trace + float((b * b).sum()) / (n - 1) - 2.0 * tr_sqrt, 0.0)
+
+
 def fid_infinity(real: Any, fake: np.ndarray, min_fake: int = DEFAULT_FID_INF_MIN_FAKE,
                  points: int = DEFAULT_FID_INF_POINTS, seed: int = DEFAULT_SEED) -> FidInfResult:
     """FID-infinity of the fake rows against the real :class:`~difflens.metrics.stats.GaussianStats`."""
-    from difflens.metrics.stats import GaussianStats
-
     rows = np.array(fake, dtype=np.float32)  # a copy: shuffled in place below
     sizes = fid_sizes(len(rows), int(min_fake), int(points))
     rng = np.random.RandomState(int(seed))
+    side = RealSide(real)
     fids = []
     for size in sizes:
         rng.shuffle(rows)
-        subset = GaussianStats.from_features(rows[:size].astype(np.float64))
-        fids.append(frechet_value(real, subset, None, None))
+        fids.append(side.fid(rows[:size]))
     a, b, rms = line_fit(sizes, np.asarray(fids))
     return FidInfResult(a, b, rms, [int(s) for s in sizes], [float(f) for f in fids])
 
