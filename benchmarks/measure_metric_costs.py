@@ -27,6 +27,7 @@ NETWORKS = {
     "clip-l14": "clip (CLIP ViT-L/14, 224 px)",
     "clip-l14-336": "cmmd (CLIP ViT-L/14@336)",
     "dinov2-l14": "fd-dinov2 (DINOv2 ViT-L/14, 224 px)",
+    "vit-h14": "hpsv2, pickscore (image tower of CLIP ViT-H/14, 224 px; the text tower adds a few %)",
 }
 
 
@@ -83,6 +84,7 @@ def measure(name: str, images: int, tmp: Path) -> dict[str, Any]:
         run, size, n_params = {"clip-b32": lambda: _vit(768, 12, 12, 32, 224, 512),
                                "clip-l14": lambda: _vit(1024, 24, 16, 14, 224, 768),
                                "clip-l14-336": lambda: _vit(1024, 24, 16, 14, 336, 768),
+                               "vit-h14": lambda: _vit(1280, 32, 16, 14, 224, 1024),
                                "dinov2-l14": _dinov2}[name]()
         batch = torch.randn(images, 3, size, size)
     with torch.inference_mode():
