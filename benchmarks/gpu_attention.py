@@ -78,7 +78,8 @@ def _timed(fn: Any, device: str) -> float:
 
 def _layers(cap: Any) -> list[dict[str, Any]]:
     return [{"name": i.name, "kind": i.kind, "route": i.route, "backend": i.backend, "lse_error": i.lse_error,
-             "sum_error": i.sum_error, "fallback_reason": i.fallback_reason} for i in cap.info]
+             "lse_drift": i.lse_drift, "sum_error": i.sum_error, "fallback_reason": i.fallback_reason}
+            for i in cap.info]
 
 
 def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict[str, Any]:

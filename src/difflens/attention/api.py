@@ -295,7 +295,8 @@ def _record(cfg: AttentionConfig, plan: Plan, capture: Any, res: AggregateResult
                            "grid": list(info.grid) if info.grid else None, "calls": info.calls,
                            "sum_error": info.sum_error, "route_error": info.route_error,
                            "output_relative_error": info.out_error, "route": info.route,
-                           "lse_error": info.lse_error, "fallback_reason": info.fallback_reason})
+                           "lse_error": info.lse_error, "lse_drift": info.lse_drift,
+                           "fallback_reason": info.fallback_reason})
     steps = res.steps_seen
     entropy = {"steps": steps,
                "words": {w.label: res.word_entropy[:, j].tolist() for j, w in enumerate(plan.words)},

@@ -126,6 +126,7 @@ class LayerInfo:
     lse_error: float | None = None   # max |lse-route columns - replay columns| on the first call
     fallback_reason: str | None = None
     backend: str | None = None       # the kernel the lse route tapped: cpu-flash, flash, efficient, cudnn
+    lse_drift: float | None = None   # max per-call |sum exp(s - lse) - 1| (cross) / text mass - 1 (joint)
 
 
 @dataclass
@@ -182,7 +183,7 @@ class AttentionCapture:
             raise DifflensError(f"unknown attention capture route {route!r}.", "use 'auto' or 'replay'")
         self.route = route
         self._lse_ok = [route == "auto" and lse_route_available()] * len(layers)
-        self._sum_pending: list[Any] = [None] * len(layers)
+        self._drift_pending: list[Any] = [None] * len(layers)
 
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -208,11 +209,11 @@ class AttentionCapture:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._restore()
         self.active = False
-        for index, pending in enumerate(self._sum_pending):
+        for index, pending in enumerate(self._drift_pending):
             if pending is not None:
                 info = self.info[index]
-                info.sum_error = max(info.sum_error or 0.0, float(pending))
-                self._sum_pending[index] = None
+                info.lse_drift = max(info.lse_drift or 0.0, float(pending))
+                self._drift_pending[index] = None
         if exc_type is None:
             self.aggregator.end_step()
 
@@ -294,9 +295,16 @@ class AttentionCapture:
         if fast is not None:
             info.route = "lse"
             flat, n_queries, ent = fast["planes"], fast["n_queries"], fast["head_entropy"]
-            sum_error, transient = fast["sum_error"], fast["transient_bytes"]
-            if res is not None:
-                sum_error = max(float(sum_error), res.sum_error)
+            transient = fast["transient_bytes"]
+            sum_error = res.sum_error if res is not None else None     # the full softmax's, first call
+            drift = fast["lse_drift"]
+            if isinstance(drift, float):
+                info.lse_drift = max(info.lse_drift or 0.0, drift)
+            else:                               # a device tensor: folded in on exit (no sync per call)
+                import torch
+
+                prev = self._drift_pending[index]
+                self._drift_pending[index] = drift if prev is None else torch.maximum(prev, drift)
         else:
             info.route = "replay"
             flat, n_queries, ent = res.columns.transpose(0, 1), res.n_queries, res.head_entropy
@@ -304,13 +312,8 @@ class AttentionCapture:
         h, w = grid_for(n_queries, self.latent_hw)
         info.grid = (h, w)
         info.calls += 1
-        if isinstance(sum_error, float):
+        if sum_error is not None:
             info.sum_error = max(info.sum_error or 0.0, sum_error)
-        else:                                   # a device tensor: folded in on exit (no sync per call)
-            import torch
-
-            prev = self._sum_pending[index]
-            self._sum_pending[index] = sum_error if prev is None else torch.maximum(prev, sum_error)
         if first and res is not None:
             info.out_error = res.out_error
             info.route_error = res.route_error

@@ -31,8 +31,9 @@ def capture_checks(plan: Any, capture: Any, result: Any, dtype_name: str) -> lis
     out_err = max((e for e in out_errs.values() if e is not None), default=float("nan"))
     route_err = max((i.route_error for i in captured if i.route_error is not None), default=float("nan"))
     checks.append(check("probabilities_sum_to_one", bool(captured) and sum_err <= sum_tol,
-                        f"max |sum over all keys - 1| = {sum_err:.2e} over {len(captured)} layers and "
-                        f"every captured call (tolerance {sum_tol:g})", value=sum_err, tolerance=sum_tol))
+                        f"max |sum over all keys - 1| = {sum_err:.2e} over {len(captured)} layers (every "
+                        "captured call on the replay route, each layer's first on the log-sum-exp route; "
+                        f"tolerance {sum_tol:g})", value=sum_err, tolerance=sum_tol))
     checks.append(check("fast_route_matches_softmax", bool(captured) and route_err <= sum_tol,
                         f"max |p(token) via one-hot values in SDPA - explicit softmax| = {route_err:.2e} "
                         f"(tolerance {sum_tol:g}; first captured step)", value=route_err, tolerance=sum_tol))

@@ -367,10 +367,13 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     C = 2T + 1), the transpose of :func:`difflens.attention.replay._attend`'s columns. None when the
     kernel's sequence lengths do not match the layer's layout.
 
-    ``sum_error``: for cross attention the text keys are all the keys, so |sum_j p(j | i) - 1| is checked on
-    every call; for joint attention only the text keys are seen, and the part of the violation they show,
-    max(0, text mass - 1), is reported (the full sum is checked on the first call by the replay route).
-    Computed keys-major, (B, H, T, Nq), so the result needs no transpose.
+    Cross attention: the text keys are all the keys, so the probabilities are divided by their sum (the
+    softmax itself; the kernel's lse only steadies the exponent). ``lse_drift``: how far the kernel's lse
+    is from these scores' log-sum-exp, seen as |sum_j exp(s_ij - lse_i) - 1| (cross) or max(0, text
+    mass - 1) (joint, where only the text keys are seen): float32 rounding of the kernel's exp2 arithmetic,
+    up to ~1e-5 at large scores on CUDA. It is recorded, not checked: the probabilities summing to 1 is
+    checked with the full softmax on each layer's first call (the replay route). Computed keys-major,
+    (B, H, T, Nq), so the result needs no transpose.
     """
     import torch
 
@@ -402,20 +405,22 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
         e = total.amax() if rng.joint else (total - 1.0).abs_().amax()
         err = e if err is None else torch.maximum(err, e)
         pt = p.index_select(-2, token_keys)
+        if not rng.joint:       # all keys are text keys: p / sum is the softmax itself, free of lse rounding
+            pt = pt.div_(total)
         pts.append(pt)
         part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=-2) if rng.joint else pt
         parts.append(part.mean(dim=(0, 1)) if whole else part.sum(dim=(0, 1)))
         del p, s
     planes = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0).div_(B * H)
     # a float on CPU; on an accelerator a 0-dim tensor, folded in by the caller without a host sync per call
-    sum_err: Any
+    drift: Any
     if err.device.type == "cpu":
-        sum_err = max(0.0, float(err) - 1.0) if rng.joint else float(err)
+        drift = max(0.0, float(err) - 1.0) if rng.joint else float(err)
     else:
-        sum_err = (err - 1.0).clamp_min_(0.0) if rng.joint else err
+        drift = (err - 1.0).clamp_min_(0.0) if rng.joint else err
     ent = None
     if head_entropy:
         pt_all = torch.cat(pts, 1) if len(pts) > 1 else pts[0]          # (B, H, T, Nq)
         ent = spatial_entropy(pt_all.unsqueeze(-1)).float().mean(0)
-    return {"planes": planes, "head_entropy": ent, "sum_error": sum_err, "n_queries": Nq,
+    return {"planes": planes, "head_entropy": ent, "lse_drift": drift, "n_queries": Nq,
             "transient_bytes": 2 * hc * per_head_bytes}
