@@ -241,9 +241,11 @@ def load_inception(protocol: str = "tf-legacy", weights: Any = None, device: str
     """Registry factory: resolve the weights (:func:`resolve_inception_weights`), build the network
     (``impl``: ``reference`` = torch-fidelity's module as is; ``fast`` when :mod:`difflens.metrics.
     inception_fast` exists) and wrap it. ``weights`` may be an :class:`InceptionWeights` already resolved."""
+    from difflens.allocator import bound_heap_growth, release_freed_heap
     from difflens.features.inception_weights import resolve_inception_weights
     from difflens.models import resolve_device
 
+    bound_heap_growth()
     if protocol not in PROTOCOLS:
         raise DifflensError(f"unknown --protocol {protocol!r}.", f"use one of {', '.join(PROTOCOLS)}")
     resolved = weights if isinstance(weights, InceptionWeights) else resolve_inception_weights(weights,
@@ -261,18 +263,3 @@ def load_inception(protocol: str = "tf-legacy", weights: Any = None, device: str
     ext = Inception(make_inception_extractor(resolved, device=dev, protocol=protocol, impl=impl))
     release_freed_heap()
     return ext
-
-
-def release_freed_heap() -> None:
-    """Give the heap pages freed while loading (the weights are read twice, ~2 x 95 MB) back to the OS
-    (glibc ``malloc_trim``; about 90 MB of peak RSS in a statistics build). A no-op elsewhere."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        pass
