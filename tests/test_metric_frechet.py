@@ -275,3 +275,31 @@ def test_inception_spatial_layer_of_the_fast_implementation(inception: Any) -> N
     ref, got = inception(images)["spatial"], fast(images)["spatial"]
     assert got.shape == ref.shape == (2, 2023)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_gaussian_side_sums_about_a_shift_merge_and_keep_their_digits() -> None:
+    """Shards with different shifts merge to one pass's statistics; a mean of 1e4 with unit spread keeps
+    the covariance to 1e-9 (sum x x^T - n mu mu^T would lose ~8 digits there); a side loaded from
+    statistics refuses rows."""
+    from difflens.metrics.gaussian_side import GaussianSide
+
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=(300, 6)) + 1e4
+    whole, parts = GaussianSide(), [GaussianSide() for _ in range(3)]
+    for s in range(0, 300, 7):
+        whole.add(x[s:s + 7])
+    for part, (a, b) in zip(parts, ((0, 1), (1, 170), (170, 300)), strict=True):
+        for s in range(a, b, 11):
+            part.add(x[s:min(s + 11, b)])
+    merged = parts[0]
+    merged.merge(parts[1])
+    merged.merge(parts[2])
+    want = np.cov(x - x.mean(0), rowvar=False)
+    for side in (whole, merged):
+        st = side.stats
+        assert st.n == 300 and np.allclose(st.mean, x.mean(0), rtol=1e-14, atol=0)
+        np.testing.assert_allclose(st.covariance(), want, rtol=1e-9, atol=1e-9)
+    loaded = GaussianSide()
+    loaded.load_stats({"mu": np.zeros(6), "sigma": np.eye(6)}, ("mu", "sigma"), None, "test")
+    with pytest.raises(DifflensError, match="given as statistics"):
+        loaded.add(x[:3])

@@ -27,7 +27,8 @@ import numpy as np
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch, Metric, MetricResult, Requirement
 from difflens.metrics.config import DEFAULT_FID_INF_MIN_FAKE, DEFAULT_FID_INF_POINTS, DEFAULT_SEED
-from difflens.metrics.frechet import GaussianSide, build_with_inception_options, default_layer
+from difflens.metrics.frechet import build_with_inception_options, default_layer
+from difflens.metrics.gaussian_side import GaussianSide
 from difflens.metrics.streaming import Rows
 
 

@@ -9,9 +9,9 @@ singular), only the extractor and layer change. Registered: ``fd-clip`` (clean-f
 built in or registered with :func:`difflens.features.register_extractor` (``fd-inception`` is FID,
 ``fd-mynet:<model id>`` passes the model id to the factory). ``fd-dinov2`` stays the embedding group's.
 
-State per side: float64 :class:`~difflens.metrics.stats.GaussianStats` (count, mean, centered second moment;
-merged exactly with Chan's update, a sum-and-Gram equivalent without the cancellation of ``sum x x^T -
-n mu mu^T``), plus the float32 rows while a side has at most ``4 D`` of them (the singular-covariance
+State per side: float64 sums of the rows and of their outer products about a shift
+(:class:`~difflens.metrics.gaussian_side.GaussianSide`: mergeable by addition, the Gram updated in place),
+plus the float32 rows while a side has at most ``4 D`` of them (the singular-covariance
 route, as :class:`~difflens.metrics.streaming.FidMetric`) or, for the fake side, always when constructed
 with ``bootstrap > 0`` (the interval resamples the fake rows). A side may instead come from statistics
 (:meth:`FrechetMetric.load_side_stats`: ``mu``/``sigma``, ``n`` when known).
@@ -26,7 +26,6 @@ extractor uses the model's CLIPProcessor (same geometry, its own resampler).
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch, Metric, MetricResult, Requirement, metric_key
 from difflens.metrics.config import DEFAULT_FD_CLIP_MODEL, DEFAULT_SEED
+from difflens.metrics.gaussian_side import GaussianSide
 from difflens.metrics.streaming import Rows
 
 SIDES = ("real", "fake")
@@ -107,60 +107,6 @@ def with_run_options(names: Any, options: dict[str, dict[str, Any]] | None, weig
     return out
 
 
-class GaussianSide:
-    """One side's streamed Gaussian statistics (None before the first row) and where they came from."""
-
-    def __init__(self) -> None:
-        self.stats: Any = None  # GaussianStats | None
-        self.fingerprint: dict[str, Any] | None = None  # of loaded statistics
-
-    def add(self, arr: np.ndarray) -> None:
-        from difflens.metrics.stats import GaussianStats
-
-        add = GaussianStats.from_features(np.asarray(arr, dtype=np.float64))
-        self.stats = add if self.stats is None else self.stats.merge(add)
-
-    def merge(self, other: GaussianSide) -> None:
-        if other.stats is not None:
-            self.stats = other.stats if self.stats is None else self.stats.merge(other.stats)
-        self.fingerprint = self.fingerprint or other.fingerprint
-
-    def clear(self) -> None:
-        self.stats, self.fingerprint = None, None
-
-    def state(self, prefix: str) -> dict[str, Any]:
-        st = self.stats
-        return {f"{prefix}_n": -2 if st is None else int(st.n),  # -2: nothing yet; -1: loaded, count unknown
-                f"{prefix}_mean": np.zeros(0) if st is None else st.mean,
-                f"{prefix}_m2": np.zeros((0, 0)) if st is None else st.m2,
-                f"{prefix}_fingerprint": "" if self.fingerprint is None else json.dumps(self.fingerprint)}
-
-    def load(self, state: dict[str, Any], prefix: str) -> None:
-        from difflens.metrics.stats import GaussianStats
-
-        n = int(state[f"{prefix}_n"])
-        self.stats = None if n == -2 else GaussianStats(
-            n, np.asarray(state[f"{prefix}_mean"], np.float64), np.asarray(state[f"{prefix}_m2"], np.float64))
-        fp = str(state.get(f"{prefix}_fingerprint", ""))
-        self.fingerprint = json.loads(fp) if fp else None
-
-    def load_stats(self, stats: dict[str, Any], keys: tuple[str, str], fingerprint: dict[str, Any] | None,
-                   what: str) -> None:
-        """Statistics ``keys`` (mean, covariance) of a file (``n`` when it has one) as this side."""
-        from difflens.metrics.stats import stats_from_mu_sigma
-
-        missing = [k for k in keys if k not in stats]
-        if missing:
-            raise DifflensError(f"{what}: the statistics lack {', '.join(missing)} (they have "
-                                f"{', '.join(sorted(stats)) or 'nothing'}).",
-                                f"pass statistics with {' and '.join(keys)} (an ADM reference batch has "
-                                "mu/sigma and mu_s/sigma_s), or images")
-        n = stats.get("n")
-        n_val = None if n is None or int(np.asarray(n).reshape(())) < 0 else int(np.asarray(n).reshape(()))
-        self.stats = stats_from_mu_sigma(stats[keys[0]], stats[keys[1]], n_val, what)
-        self.fingerprint = dict(fingerprint) if fingerprint is not None else None
-
-
 def frechet_value(real: Any, fake: Any, real_rows: np.ndarray | None, fake_rows: np.ndarray | None) -> float:
     """FID's value function on two GaussianStats (and the rows when every row of both sides is at hand)."""
     from difflens.metrics.values import _fid_value
@@ -218,27 +164,27 @@ class FrechetMetric(Metric):
         self._keep(side, arr)
 
     def _keep(self, side: str, arr: np.ndarray) -> None:
-        st = self.sides[side].stats
-        if st.n <= self.ROWS_PER_DIM * arr.shape[1] or (side == "fake" and self.bootstrap > 0):
+        n = self.sides[side].count
+        if n <= self.ROWS_PER_DIM * arr.shape[1] or (side == "fake" and self.bootstrap > 0):
             self.rows[side].add(arr)
         else:
             self.rows[side].clear()  # the statistics alone carry the value
 
     def _complete(self, side: str) -> np.ndarray | None:
         """The side's rows when every row it was fed is kept (else None)."""
-        st, arr = self.sides[side].stats, self.rows[side].array()
-        return arr if st is not None and arr is not None and len(arr) == st.n else None
+        arr = self.rows[side].array()
+        return arr if arr is not None and len(arr) == self.sides[side].count else None
 
     def merge(self, other: Metric) -> None:
         self.check_mergeable(other)
         assert isinstance(other, FrechetMetric)
         for side in SIDES:
-            keep = (self.sides[side].stats is None or self._complete(side) is not None) and \
+            keep = (self.sides[side].empty or self._complete(side) is not None) and \
                 other._complete(side) is not None
             self.sides[side].merge(other.sides[side])
             if keep:
                 self._keep(side, other.rows[side].array().copy())  # type: ignore[union-attr]
-            elif other.sides[side].stats is not None:
+            elif not other.sides[side].empty:
                 self.rows[side].clear()
 
     def reset(self, keep_real: bool = False) -> None:

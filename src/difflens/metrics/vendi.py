@@ -6,10 +6,11 @@ Learning"): the effective number of distinct samples in the generated set.
 
 With the cosine kernel, K = X X^T for the row-normalized features X (n x D), and the nonzero eigenvalues of
 K / n are those of the D x D matrix X^T X / n (the vendi-score package's ``score_dual``). So the state is
-n and the float64 Gram ``sum_i x_i x_i^T`` of the normalized rows: mergeable by addition, O(D^2) whatever
-n. Eigenvalues below rounding level (``max * D * eps``; the rank is at most min(n, D)) count as zero, so
-orders q < 1 do not pick up the null space's noise. A zero feature row is kept as a zero row (as
-scikit-learn's ``normalize`` in vendi-score does): it adds nothing to K but counts in n; that is warned.
+n and the float64 Gram ``sum_i x_i x_i^T`` of the normalized rows (upper triangle, updated in place by BLAS
+``dsyrk``): mergeable by addition, O(D^2) whatever n. Eigenvalues below rounding level (``max * D * eps``;
+the rank is at most min(n, D)) count as zero, so orders q < 1 do not pick up the null space's noise. A zero
+feature row is kept as a zero row (as scikit-learn's ``normalize`` in vendi-score does): it adds nothing to
+K but counts in n; that is warned.
 
 Computed on the fake side only; features: Inception pool3 by default (``extractor``/``layer`` select
 another registered extractor's layer); the order ``q`` (a number > 0, or ``inf``) is a metric option.
@@ -50,12 +51,13 @@ def entropy_q(lam: np.ndarray, q: float) -> float:
 
 
 def vendi_from_gram(gram: np.ndarray, n: int, q: float) -> float:
-    """exp(H_q) of the eigenvalues of ``gram / n`` (``gram`` = sum of the normalized rows' outer products)."""
+    """exp(H_q) of the eigenvalues of ``gram / n`` (``gram`` = sum of the normalized rows' outer products,
+    symmetric; only its upper triangle is read)."""
     from difflens.metrics.fid import blas_single_thread
 
     sym = np.asarray(gram, dtype=np.float64) / n
     with blas_single_thread():
-        w = np.linalg.eigvalsh(0.5 * (sym + sym.T))
+        w = np.linalg.eigvalsh(sym, UPLO="U")
     tol = max(float(w[-1]), 0.0) * w.shape[0] * np.finfo(np.float64).eps
     return float(np.exp(entropy_q(np.where(w > tol, w, 0.0), q)))
 
@@ -100,6 +102,8 @@ class VendiMetric(Metric):
                 "layer": self.layer}
 
     def update(self, batch: FeatureBatch) -> None:
+        from scipy.linalg.blas import dsyrk
+
         if batch.real:
             return
         arr = np.asarray(batch.features[(self.extractor, self.layer)])
@@ -115,8 +119,9 @@ class VendiMetric(Metric):
         if self.gram is not None and self.gram.shape[0] != x.shape[1]:
             raise DifflensError(f"vendi: feature dimension changed from {self.gram.shape[0]} to "
                                 f"{x.shape[1]}.", "feed features of one extractor layer")
-        g = x.T @ x
-        self.gram = g if self.gram is None else self.gram + g
+        if self.gram is None:
+            self.gram = np.zeros((x.shape[1], x.shape[1]), order="F")
+        self.gram = dsyrk(1.0, x, beta=1.0, c=self.gram, trans=1, lower=0, overwrite_c=1)  # upper, in place
         self.n += len(x)
         self.zero_rows += zeros
 
@@ -127,7 +132,8 @@ class VendiMetric(Metric):
             if self.gram is not None and self.gram.shape != other.gram.shape:
                 raise DifflensError("vendi: cannot merge states of different feature dimensions.",
                                     "merge states of one extractor layer")
-            self.gram = other.gram.copy() if self.gram is None else self.gram + other.gram
+            self.gram = np.asfortranarray(np.triu(other.gram) + (0.0 if self.gram is None else
+                                                                 np.triu(self.gram)))
         self.n += other.n
         self.zero_rows += other.zero_rows
 
@@ -141,7 +147,7 @@ class VendiMetric(Metric):
                 "fake_zero_rows": self.zero_rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        gram = np.asarray(state["fake_gram"], dtype=np.float64)
+        gram = np.asfortranarray(np.asarray(state["fake_gram"], dtype=np.float64))
         self.gram = gram if gram.size else None
         self.n = int(state["fake_n"])
         self.zero_rows = int(state["fake_zero_rows"])
