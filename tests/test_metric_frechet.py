@@ -303,3 +303,20 @@ def test_gaussian_side_sums_about_a_shift_merge_and_keep_their_digits() -> None:
     loaded.load_stats({"mu": np.zeros(6), "sigma": np.eye(6)}, ("mu", "sigma"), None, "test")
     with pytest.raises(DifflensError, match="given as statistics"):
         loaded.add(x[:3])
+
+
+def test_run_options_reach_the_metrics_that_take_them() -> None:
+    """evaluate() hands --inception-weights/--inception-impl/--seed/--bootstrap to the features-group
+    metrics whose constructors take them (metric_options given by the user win)."""
+    from difflens.metrics.frechet import with_run_options
+
+    given = {"vendi": {"q": 2.0}, "sfid": {"seed": 9}}
+    opts = with_run_options(("fd-clip", "sfid", "fid-inf", "vendi"), given, "w.pth", "fast", 5, 50)
+    assert opts["fd-clip"] == {"seed": 5, "bootstrap": 50}  # CLIP: no Inception options
+    assert opts["sfid"] == {"seed": 9, "inception_weights": "w.pth", "inception_impl": "fast",
+                            "bootstrap": 50}
+    assert opts["fid-inf"] == {"inception_weights": "w.pth", "inception_impl": "fast", "seed": 5}
+    assert opts["vendi"] == {"q": 2.0, "inception_weights": "w.pth", "inception_impl": "fast"}
+    for name, kw in opts.items():
+        create_metric(name, **kw)  # every option is a constructor setting
+    assert "bootstrap" not in with_run_options(("sfid",), None, None, None, 5, 0)["sfid"]

@@ -226,7 +226,8 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         from difflens.metrics.route import compute_registered
 
         # --inception-weights / --inception-impl / --seed reach the features-group metrics that take them
-        metric_options = with_run_options(featured, metric_options, inception_weights, inception_impl, seed)
+        metric_options = with_run_options(featured, metric_options, inception_weights, inception_impl, seed,
+                                          int(bootstrap))
         extra = compute_registered(featured, real_input if real_is_stats else real_items, fake_items,
                                    prompts=fake_prompts, metric_options=metric_options, device=device,
                                    offline=offline, batch_size=batch_size, strict=strict,

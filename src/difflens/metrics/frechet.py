@@ -85,10 +85,11 @@ def build_with_inception_options(metric: Metric, device: str | None, offline: bo
 
 
 def with_run_options(names: Any, options: dict[str, dict[str, Any]] | None, weights: Any, impl: str | None,
-                     seed: int | None = None) -> dict[str, dict[str, Any]]:
+                     seed: int | None = None, bootstrap: int = 0) -> dict[str, dict[str, Any]]:
     """``metric_options`` with the run's settings added (unless set) for each metric of ``names`` whose class
     takes them: ``inception_weights`` / ``inception_impl`` (fd-<inception>, sfid, fid-inf, vendi), so
-    ``--inception-weights`` reaches them as it reaches FID, and ``seed`` (``--seed``: fid-inf's subsets)."""
+    ``--inception-weights`` reaches them as it reaches FID; ``seed`` (``--seed``: fid-inf's subsets); and
+    ``bootstrap`` when > 0 (``--bootstrap``: the Frechet metrics then keep the fake rows for the interval)."""
     import inspect
 
     from difflens.metrics.base import metric_spec
@@ -102,6 +103,8 @@ def with_run_options(names: Any, options: dict[str, dict[str, Any]] | None, weig
             opts.setdefault("inception_impl", impl)
         if "seed" in params and seed is not None:
             opts.setdefault("seed", int(seed))
+        if "bootstrap" in params and bootstrap > 0:
+            opts.setdefault("bootstrap", int(bootstrap))
         if not opts:
             del out[name]
     return out
