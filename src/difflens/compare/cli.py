@@ -83,12 +83,13 @@ def register(app: typer.Typer) -> None:
         from difflens.preflight import preflight
 
         preflight(files={"--json": json_out, "--report": report}, device=device)
-        options: dict[str, dict[str, object]] = {  # as difflens metrics passes them to the route
-            "hpsv2": {"checkpoint": hpsv2_checkpoint, "arch": hpsv2_arch, "version": hpsv2_version,
-                      "dtype": preference_dtype},
-            "pickscore": {"model": pickscore_model, "dtype": preference_dtype},
-            "imagereward": {"checkpoint": imagereward_checkpoint, "tokenizer": imagereward_tokenizer,
-                            "config": imagereward_config}}
+        from difflens.metrics.config import preference_options
+
+        options = preference_options(  # as difflens metrics passes them to the route
+            hpsv2_checkpoint=hpsv2_checkpoint, hpsv2_arch=hpsv2_arch, hpsv2_version=hpsv2_version,
+            pickscore_model=pickscore_model, imagereward_checkpoint=imagereward_checkpoint,
+            imagereward_tokenizer=imagereward_tokenizer, imagereward_config=imagereward_config,
+            dtype=preference_dtype)
         record = compare(a, b, metrics, prompts=prompts, caption_column=caption_column, bootstrap=bootstrap,
                          seed=seed, batch_size=batch_size, clip_model=clip_model, metric_options=options,
                          device=device, offline=offline, strict=strict)

@@ -203,11 +203,13 @@ def register(app: typer.Typer) -> None:
         metric_options["fd-clip"] = {"clip_model": fd_clip_model}
         metric_options["fid-inf"] = {"min_fake": fid_inf_min_fake, "points": fid_inf_points}
         metric_options["vendi"] = {"q": vendi_q}
-        metric_options["hpsv2"] = {"checkpoint": hpsv2_checkpoint, "arch": hpsv2_arch,
-                                   "version": hpsv2_version, "dtype": preference_dtype}
-        metric_options["pickscore"] = {"model": pickscore_model, "dtype": preference_dtype}
-        metric_options["imagereward"] = {"checkpoint": imagereward_checkpoint, "dtype": preference_dtype,
-                                         "tokenizer": imagereward_tokenizer, "config": imagereward_config}
+        from difflens.metrics.config import preference_options
+
+        metric_options.update(preference_options(
+            hpsv2_checkpoint=hpsv2_checkpoint, hpsv2_arch=hpsv2_arch, hpsv2_version=hpsv2_version,
+            pickscore_model=pickscore_model, imagereward_checkpoint=imagereward_checkpoint,
+            imagereward_tokenizer=imagereward_tokenizer, imagereward_config=imagereward_config,
+            dtype=preference_dtype))
         result = evaluate(
             real, fake, metrics, prompts=prompts, generation=generation, datasets=datasets,
             clip_model=clip_model, cmmd_clip_model=cmmd_clip_model, dinov2_model=dinov2_model,

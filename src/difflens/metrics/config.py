@@ -140,3 +140,15 @@ class GenerationRequest:
     width: int | None = None
     negative_prompt: str | None = None
     dtype: Dtype = RUNTIME.dtype
+
+
+def preference_options(*, hpsv2_checkpoint: str | None, hpsv2_arch: str, hpsv2_version: str,
+                       pickscore_model: str, imagereward_checkpoint: str | None, imagereward_tokenizer: str,
+                       imagereward_config: str | None, dtype: str) -> dict[str, dict[str, object]]:
+    """The preference metrics' constructor settings (``metric_options`` of :mod:`difflens.metrics.route`)
+    from their command-line options, as ``difflens metrics`` and ``difflens compare`` both pass them."""
+    return {"hpsv2": {"checkpoint": hpsv2_checkpoint, "arch": hpsv2_arch, "version": hpsv2_version,
+                      "dtype": dtype},
+            "pickscore": {"model": pickscore_model, "dtype": dtype},
+            "imagereward": {"checkpoint": imagereward_checkpoint, "tokenizer": imagereward_tokenizer,
+                            "config": imagereward_config, "dtype": dtype}}
