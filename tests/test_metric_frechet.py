@@ -320,3 +320,29 @@ def test_run_options_reach_the_metrics_that_take_them() -> None:
     for name, kw in opts.items():
         create_metric(name, **kw)  # every option is a constructor setting
     assert "bootstrap" not in with_run_options(("sfid",), None, None, None, 5, 0)["sfid"]
+
+
+def test_fd_clip_preprocessing_is_clean_fids_up_to_uint8_rounding(tmp_path: Any) -> None:
+    """clean-fid's CLIP-FID input (cleanfid/clip_features.py img_preprocess_clip and CLIP_fx: torchvision
+    Resize(short side, BICUBIC) on the PIL image, CenterCrop, uint8, /255, OpenAI mean/std), restated here,
+    against the pixel values of the ``clip`` extractor: at most one uint8 level apart, rarely."""
+    import torch
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from difflens.features.registry import get_extractor
+    from difflens.tiny_encoders import save_tiny_clip
+
+    ext = get_extractor(f"clip:{save_tiny_clip(tmp_path / 'clip')}", device="cpu", offline=True)
+    enc = ext.encoder
+    rng = np.random.default_rng(0)
+    img = (np.cumsum(rng.normal(size=(90, 120, 3)), axis=1) * 3 + 128).clip(0, 255).astype(np.uint8)
+    got = enc.pixel_values([img])[0]
+    size = enc.image_size
+    y = np.asarray(T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                              T.CenterCrop(size)])(Image.fromarray(img))).clip(0, 255).astype(np.uint8)
+    ip = enc.processor.image_processor
+    want = T.Normalize(ip.image_mean, ip.image_std)(torch.from_numpy(y).permute(2, 0, 1).float() / 255.0)
+    level = 1.0 / 255.0 / min(ip.image_std)
+    diff = (got - want).abs()
+    assert diff.max().item() <= level * 1.001 and diff.mean().item() < 0.01 * level
