@@ -103,6 +103,24 @@ class ToyPrompted(Metric):
                                              counts={"n_fake": len(self.scores)})}
 
 
+class ToyPool3Gap(ToyGap):
+    """ToyGap on the first three Inception pool3 dimensions (for --real-features / --fake-features)."""
+
+    name = "toy-pool3"
+    keys: ClassVar[tuple[str, ...]] = ("toy_pool3",)
+
+    def requirements(self) -> tuple[Requirement, ...]:
+        return (Requirement("inception", "pool3"),)
+
+    def update(self, batch: FeatureBatch) -> None:
+        rows = np.asarray(batch.features[("inception", "pool3")], dtype=np.float64)[:, :3]
+        self.sums[batch.real] += rows.sum(axis=0)
+        self.n[batch.real] += len(rows)
+
+    def compute(self, context: Any = None) -> dict[str, MetricResult]:
+        return {"toy_pool3": MetricResult("toy_pool3", super().compute()["toy_gap"].value)}
+
+
 @pytest.fixture
 def toys() -> Any:
     from difflens.features.registry import register_extractor, unregister_extractor
@@ -110,12 +128,12 @@ def toys() -> Any:
 
     register_extractor("toy-mean", ToyMean)
     register_extractor("toy-prompt", ToyPromptScore)
-    for cls in (ToyGap, ToyPrompted):
+    for cls in (ToyGap, ToyPrompted, ToyPool3Gap):
         base.register_metric(MetricSpec(cls.name, f"{__name__}:{cls.__name__}", cls.keys, "features"))
     yield
     for name in ("toy-mean", "toy-prompt"):
         unregister_extractor(name)
-    for cls in (ToyGap, ToyPrompted):
+    for cls in (ToyGap, ToyPrompted, ToyPool3Gap):
         base._REGISTRY.pop(cls.name)
 
 
@@ -232,3 +250,22 @@ def test_the_evaluator_runs_features_group_metrics_as_the_cli_does(toys: Any, tm
     assert got["protocol"]["features"]["toy-prompted"]["settings"] == {"offset": 2.0}
     with pytest.raises(Exception, match="toy-prompted"):
         ev.update(fake[:1], real=False)
+
+
+def test_precomputed_features_feed_the_metrics_without_extraction(toys: Any, tmp_path: Path,
+                                                                  capsys: Any) -> None:
+    rng = np.random.default_rng(8)
+    real, fake = rng.normal(size=(6, 2048)), rng.normal(1.0, size=(5, 2048))
+    np.save(tmp_path / "r.npy", real.astype(np.float32))
+    np.save(tmp_path / "f.npy", fake.astype(np.float32))
+    out = tmp_path / "m.json"
+    code, _, err = run_cli(["metrics", "--real-features", str(tmp_path / "r.npy"), "--fake-features",
+                            str(tmp_path / "f.npy"), "--metrics", "toy-pool3", "--json", str(out),
+                            "--offline"], capsys)
+    assert code == 0, err  # offline and no Inception weights anywhere: nothing was built
+    expect = np.linalg.norm(real[:, :3].astype(np.float32).mean(0) - fake[:, :3].astype(np.float32).mean(0))
+    assert json.loads(out.read_text())["metrics"]["toy_pool3"]["value"] == pytest.approx(expect, rel=1e-6)
+    _folder(tmp_path / "fake", 9, n=3)
+    code, _, err = run_cli(["metrics", "--real-features", str(tmp_path / "r.npy"), "--fake",
+                            str(tmp_path / "fake"), "--metrics", "toy-gap", "--json", str(out)], capsys)
+    assert_one_line_error(code, err, "toy-gap", "--real-features")

@@ -38,6 +38,16 @@ def features_metrics(spec: str | Sequence[str] | None) -> tuple[str, ...]:
                  if metric_spec(n).group == "features")
 
 
+def _features_side(spec: Any, flag: str) -> Any:
+    """``--real-features``/``--fake-features`` for the features-group metrics: Inception pool3 rows."""
+    if spec is None:
+        return None
+    from difflens.metrics.route import Features
+    from difflens.metrics.sources import resolve_source
+
+    return Features(resolve_source(spec, flag, want_features=True).features)  # type: ignore[union-attr]
+
+
 def resolve_reference(spec: Any, options: DatasetOptions, offline: bool,
                       strict: bool) -> tuple[Any, dict[str, Any] | None, list[str]]:
     """A `stats:NAME` or dataset spec becomes statistics or a uint8 image array; anything else is passed
@@ -228,7 +238,10 @@ def evaluate(real: Any = None, fake: Any = None, metrics: str | Sequence[str] | 
         # --inception-weights / --inception-impl / --seed reach the features-group metrics that take them
         metric_options = with_run_options(featured, metric_options, inception_weights, inception_impl, seed,
                                           int(bootstrap))
-        extra = compute_registered(featured, real_input if real_is_stats else real_items, fake_items,
+        real_side = _features_side(real_features, "--real-features") or (real_input if real_is_stats
+                                                                            else real_items)
+        fake_side = _features_side(fake_features, "--fake-features") or fake_items
+        extra = compute_registered(featured, real_side, fake_side,
                                    prompts=fake_prompts, metric_options=metric_options, device=device,
                                    offline=offline, batch_size=batch_size, strict=strict,
                                    bootstrap=int(bootstrap), seed=int(seed), show_progress=True)

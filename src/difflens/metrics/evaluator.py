@@ -91,7 +91,11 @@ class Evaluator:
 
     def _settings(self, name: str) -> dict[str, Any]:
         if metric_spec(name).group == "features":  # built as difflens metrics builds it (metrics/route.py)
-            return dict(self.metric_options.get(name, {}))
+            from difflens.metrics.frechet import with_run_options
+
+            return with_run_options([name], {name: self.metric_options.get(name, {})},
+                                    self.options["inception_weights"], self.cfg.inception_impl, self.cfg.seed,
+                                    self.cfg.bootstrap).get(name, {})
         c, o = self.cfg, {"seed": self.cfg.seed}
         extra: dict[str, dict[str, Any]] = {
             "fid": {"bootstrap": c.bootstrap},

@@ -24,7 +24,19 @@ from typing import Any
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, Metric, create_metric
 
-Side = Any  # image items (file list, uint8 array, image source), a statistics .npz path/dict, or None
+Side = Any  # image items (file list, uint8 array, image source), a statistics .npz path/dict, Features, None
+
+
+@dataclass
+class Features:
+    """Precomputed ``(N, D)`` rows of one extractor layer given for a side (``--fake-features``: Inception
+    pool3), fed to the metrics as one batch instead of extracting."""
+
+    rows: Any
+    key: tuple[str, str] = ("inception", "pool3")
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 @dataclass
@@ -112,6 +124,15 @@ def _check_inputs(metrics: dict[str, Metric], real: Side, fake: Side, prompts: S
             if wants and _is_stats(side) and not hasattr(metric, "load_side_stats"):
                 raise DifflensError(f"--metrics {name} needs images on {flag}, not statistics.",
                                     f"pass a folder or an image array as {flag}")
+            if wants and isinstance(side, Features):
+                other = [r for r in metric.requirements() if r.wants(flag == "--real") and r.key != side.key]
+                if other:
+                    raise DifflensError(f"--metrics {name} reads {other[0].extractor} {other[0].layer}, not "
+                                        f"the {side.key[0]} {side.key[1]} features given as {flag}-features.",
+                                        f"pass images as {flag}")
+        check = getattr(metric, "check_counts", None)  # e.g. fid-inf: too few images for its fit
+        if check is not None:
+            check(None if _is_stats(real) else _count(real), _count(fake))
 
 
 def _count(side: Side) -> int | None:
@@ -132,8 +153,10 @@ def accumulate(names: Sequence[str], real: Side = None, fake: Side = None, *,
     _check_inputs(metrics, real, fake, prompts)
     out = Accumulated(metrics)
     extractors: dict[str, Any] = {}
+    given = {r for r, side in ((True, real), (False, fake)) if isinstance(side, Features) or _is_stats(side)}
     for metric in metrics.values():  # one instance per extractor name, shared by every metric reading it
-        wanted = {r.extractor for r in metric.requirements()} - set(extractors)
+        wanted = {r.extractor for r in metric.requirements()
+                  if not all(s in given for s in (True, False) if r.wants(s))} - set(extractors)
         if wanted:
             built = metric.build_extractors(device, offline)
             extractors.update({k: v for k, v in built.items() if k in wanted})
@@ -144,6 +167,15 @@ def accumulate(names: Sequence[str], real: Side = None, fake: Side = None, *,
         if side is None or not readers:
             continue
         flag = "--real" if real_side else "--fake"
+        if isinstance(side, Features):
+            from difflens.metrics.base import FeatureBatch
+
+            batch = FeatureBatch(real=real_side, features={side.key: side.rows},
+                                 prompts=None if real_side or prompts is None else list(prompts))
+            for m in readers:
+                m.update(batch)
+            out.n[flag] = len(side)
+            continue
         if _is_stats(side):
             arrays, fp, where = read_side_stats(side)
             for m in readers:
