@@ -25,6 +25,7 @@ from difflens.metrics.config import (
     GenerationRequest,
     MetricsConfig,
     Protocol,
+    StatsBuildConfig,
 )
 from difflens.schedule.config import ScheduleConfig, Spacing
 
@@ -44,7 +45,7 @@ CONFIGS: dict[str, tuple[list[Any], dict[str, tuple[Any, str]]]] = {
     "generate": ([GenerateOptions(num_samples=1), RUNTIME], {}),
     "compare": ([CompareConfig(), _EMB, RUNTIME], {}),
     "schedule": ([ScheduleConfig()], {}),
-    "stats build": ([_DATA, _METRICS, RUNTIME], {}),
+    "stats build": ([StatsBuildConfig(), _DATA, _METRICS, RUNTIME], {}),
     "stats fetch": ([RUNTIME], {}),
     "attention": ([_ATT], {"no_image_check": (_ATT, "image_check")}),  # a negated flag, checked below
     "latent encode": ([EncodeConfig(), RUNTIME], {}),

@@ -114,6 +114,19 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class StatsBuildConfig:
+    """``difflens stats build`` settings of its own. ``batch_size`` None = by device: 16 images per
+    Inception forward on CPU, where a batch's activations dominate the peak memory of a long streaming
+    build (batch 50: 1.9 GB peak RSS, batch 16: 1.3 GB; BENCHMARKS.md, reference-statistics memory) at the
+    same speed, and 128 on a GPU. The statistics agree across batch sizes to float32 noise."""
+
+    batch_size: int | None = None
+
+
+STATS_BATCH_CPU, STATS_BATCH_GPU = 16, 128
+
+
+@dataclass(frozen=True)
 class DatasetOptions:
     """How to read `hf:`/parquet/arrow specs (see difflens.refsets)."""
 

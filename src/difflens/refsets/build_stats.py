@@ -37,7 +37,7 @@ from difflens.errors import DifflensError
 #: Layouts of the written file: difflens's (pytorch-fid compatible) or ADM-style (adds sFID's mu_s/sigma_s).
 StatsFileFormat = Literal["difflens", "adm"]
 
-DEFAULT_BATCH_SIZE = 50
+DEFAULT_BATCH_SIZE: int | None = None  # by device: STATS_BATCH_CPU / STATS_BATCH_GPU (metrics.config)
 
 
 @dataclass
@@ -77,7 +77,7 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
                           image_column: str = "image", num: int | None = None, subset_seed: int = 0,
                           reference_size: int | None = None, inception_weights: str | Path | None = None,
                           protocol: str = "tf-legacy", offline: bool = False,
-                          batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None,
+                          batch_size: int | None = DEFAULT_BATCH_SIZE, device: str | None = None,
                           clip_model: str | None = None, streaming: bool = False, strict: bool = False,
                           show_progress: bool = True, workers: int | None = None,
                           stats_format: StatsFileFormat = "difflens") -> BuildResult:
@@ -104,14 +104,18 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     path = check_out_path(out)
     if stats_format not in ("difflens", "adm"):
         raise DifflensError(f"unknown --format {stats_format!r}.", "use difflens or adm")
-    if batch_size < 1:
-        raise DifflensError(f"--batch-size must be at least 1, got {batch_size}.", "use e.g. --batch-size 50")
+    if batch_size is not None and batch_size < 1:
+        raise DifflensError(f"--batch-size must be at least 1, got {batch_size}.", "use e.g. --batch-size 16")
     if protocol not in PROTOCOLS:
         raise DifflensError(f"unknown --protocol {protocol!r}.", f"use one of {', '.join(PROTOCOLS)}")
     source = open_image_source(str(real), image_column=image_column, num=num, subset_seed=subset_seed,
                                reference_size=reference_size, offline=offline, streaming=streaming,
                                strict=strict)
     dev = resolve_device(device)
+    if batch_size is None:
+        from difflens.metrics.config import STATS_BATCH_CPU, STATS_BATCH_GPU
+
+        batch_size = STATS_BATCH_CPU if str(dev).startswith("cpu") else STATS_BATCH_GPU
     weights = resolve_inception_weights(inception_weights, offline=offline)
     warnings: list[str] = []
     if weights.warning():

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from difflens.config import RUNTIME
-from difflens.metrics.config import DatasetOptions, MetricsConfig
+from difflens.metrics.config import DatasetOptions, MetricsConfig, StatsBuildConfig
 
 _M, _D = MetricsConfig(), DatasetOptions()  # the defaults: stats build reads datasets as difflens metrics
+_S = StatsBuildConfig()
 
 stats_app = typer.Typer(
     name="stats", help="Reference statistics: build them once from a dataset, or fetch published ones.",
@@ -53,7 +54,9 @@ def build_command(
     strict: bool = typer.Option(_M.strict, "--strict",
                                 help="Fail on an image that cannot be decoded (default: "
                                      "skip it, count it and report it)."),
-    batch_size: int = typer.Option(_M.batch_size, "--batch-size", help="Images per Inception batch."),
+    batch_size: int | None = typer.Option(_S.batch_size, "--batch-size",
+                                          help="Images per Inception batch (default: 16 on CPU, which bounds "
+                                               "the memory of a long build, 128 on a GPU)."),
     device: str | None = typer.Option(RUNTIME.device, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
     stats_format: str = typer.Option("difflens", "--format",
                                      help="difflens (mu, sigma, n, fingerprint: pytorch-fid compatible) or "
