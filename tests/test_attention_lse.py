@@ -285,3 +285,23 @@ def test_verification_is_kept_per_signature(monkeypatch: pytest.MonkeyPatch) -> 
         tap = SdpaTap(verify=True)
         tap.handle(sdpa, (q2, q2, q2), {})
         assert len(calls) == 3 and len(lse_mod._VERIFIED) == 2
+
+
+def test_entropy_and_peak_equal_the_separate_measures() -> None:
+    """The aggregator's one-pass measures equal spatial_entropy and peak_concentration (float32 rounding:
+    the same formulas, different summation/selection order), including an all-zero map (uniform) and a
+    single-pixel map."""
+    from difflens.attention.measures import entropy_and_peak, peak_concentration, spatial_entropy
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(3, 5, 16, 16, generator=g) ** 6
+    maps[0, 0] = 0.0
+    maps[1, 2] = 0.0
+    maps[1, 2, 4, 7] = 2.0
+    ent, peak = entropy_and_peak(maps)
+    torch.testing.assert_close(ent, spatial_entropy(maps), rtol=0, atol=1e-6)
+    torch.testing.assert_close(peak, peak_concentration(maps), rtol=0, atol=1e-6)
+    assert abs(float(ent[0, 0]) - 1.0) < 1e-6 and float(ent[1, 2]) == 0.0 and float(peak[1, 2]) == 1.0
+    one = torch.rand(2, 1, 1, generator=g)
+    e1, p1 = entropy_and_peak(one)
+    assert torch.equal(e1, spatial_entropy(one)) and torch.equal(p1, peak_concentration(one))
