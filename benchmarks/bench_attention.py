@@ -13,7 +13,10 @@
     .venv/bin/python benchmarks/bench_attention.py --families sd3,flux --wide --size 128 --steps 10
 
 ``--wide`` swaps in wider SD3/Flux transformers (4 heads x 64, more blocks): attention is a smaller share of
-the work there than in the tiny ones, as in real models.
+the work there than in the tiny ones, as in real models. ``--compare-rev REV`` also times the capture of
+``src/difflens/attention`` as it was at git revision REV (loaded beside the current one as
+``difflens.attention_rev``, same pipelines and plan), interleaved with the others, for before/after figures
+from one run on a loaded machine.
 """
 
 from __future__ import annotations
@@ -72,11 +75,44 @@ def _plain(plan: Any, seed: int = 0) -> tuple[float, float]:
     return _since(t0)
 
 
-def _captured(plan: Any, stride: int, seed: int = 0, route: str = "auto") -> tuple[tuple[float, float], Any]:
+def _load_rev(rev: str) -> Any:
+    """``src/difflens/attention`` at git revision ``rev`` as the package ``difflens.attention_rev``."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    names = subprocess.run(["git", "ls-tree", "--name-only", rev, "src/difflens/attention/"], cwd=root,
+                           check=True, capture_output=True, text=True).stdout.split()
+    folder = Path(tempfile.mkdtemp(prefix="difflens-attention-rev-"))
+    for name in names:
+        if name.endswith(".py"):
+            text = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=root, check=True, capture_output=True,
+                                  text=True).stdout
+            text = text.replace("difflens.attention.", "difflens.attention_rev.")
+            (folder / Path(name).name).write_text(text, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("difflens.attention_rev", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["difflens.attention_rev"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    import importlib
+
+    return (importlib.import_module("difflens.attention_rev.aggregate").OnlineAggregator,
+            importlib.import_module("difflens.attention_rev.capture").AttentionCapture)
+
+
+def _captured(plan: Any, stride: int, seed: int = 0, route: str = "auto",
+              classes: Any = None) -> tuple[tuple[float, float], Any]:
     import torch
 
     from difflens.attention.aggregate import OnlineAggregator
     from difflens.attention.capture import AttentionCapture
+
+    if classes is not None:
+        OnlineAggregator, AttentionCapture = classes
 
     agg = OnlineAggregator(len(plan.tokens), plan.latent_hw, stride, [la.name for la in plan.layers],
                            plan.joint, plan.groups, device=plan.denoiser.device)
@@ -132,7 +168,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier timings)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--wide", action="store_true", help="wider SD3/Flux transformers (see above)")
+    parser.add_argument("--compare-rev", default=None, help="also time the capture at this git revision")
     args = parser.parse_args()
+    rev = _load_rev(args.compare_rev) if args.compare_rev else None
 
     import torch
 
@@ -143,7 +181,8 @@ def main() -> None:
           f"{args.size}x{args.size}, {args.repeats} interleaved repeats (median)")
     print(f"{'family':8s} {'steps':>5s} {'plain':>8s} {'lse':>8s} {'replay':>8s} {'lse/plain':>9s} "
           f"{'replay/plain':>12s}   {'cpu lse/plain':>13s} {'cpu replay/plain':>16s}  "
-          f"{'max |lse-replay|':>16s} route")
+          f"{'max |lse-replay|':>16s} route"
+          + (f"   {'rev/plain':>9s} {'cpu rev/plain':>13s}" if rev else ""))
     for family in args.families.split(","):
         pipe = build_tiny_pipeline(family)
         pipe = (_widen(family, pipe) if args.wide else pipe).to(args.device)
@@ -152,16 +191,21 @@ def main() -> None:
         _, fast = _captured(plan, 1, route="auto")                 # warm-up, and the maps of both routes
         _, slow = _captured(plan, 1, route="replay")
         diff = _map_difference(fast["result"], slow["result"])
-        plain, capt, repl = [], [], []
+        if rev:
+            _captured(plan, 1, classes=rev)
+        plain, capt, repl, old = [], [], [], []
         for _ in range(args.repeats):
             plain.append(_plain(plan))
             capt.append(_captured(plan, 1, route="auto")[0])
             repl.append(_captured(plan, 1, route="replay")[0])
+            if rev:
+                old.append(_captured(plan, 1, classes=rev)[0])
         med = [(statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
-               for v in (plain, capt, repl)]
-        (pw, pc), (cw, cc), (rw, rc) = med
+               for v in (plain, capt, repl, old or plain)]
+        (pw, pc), (cw, cc), (rw, rc), (ow, oc) = med
         print(f"{family:8s} {args.steps:5d} {pw:8.4f} {cw:8.4f} {rw:8.4f} {cw / pw:8.3f}x {rw / pw:11.3f}x   "
-              f"{cc / pc:12.3f}x {rc / pc:15.3f}x  {diff:16.2e} {','.join(fast['routes'])}")
+              f"{cc / pc:12.3f}x {rc / pc:15.3f}x  {diff:16.2e} {','.join(fast['routes'])}"
+              + (f"   {ow / pw:8.3f}x {oc / pc:12.3f}x" if rev else ""), flush=True)
 
     s1, s2 = (int(x) for x in args.memory_steps.split(","))
     print("\nmemory held by the capture (bytes; stored = accumulators + per-step maps, exact)")
