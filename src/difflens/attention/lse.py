@@ -16,11 +16,13 @@ on inputs for which torch itself would run the CPU flash kernel (``torch._fused_
 tap calls that same kernel directly, with the same arguments and the boolean mask converted to the additive
 mask torch would build, and returns its output: the layer computes exactly what it computes without the tap
 (checked bit for bit against ``F.scaled_dot_product_attention`` on each layer's first captured call, where
-the real call's output is returned). The tap keeps q, k (the kernel's inputs, after projections, norms and
+the real call's output is returned; the verdict is kept per argument layout and process, so a sweep pays the
+check once). The tap keeps q, k (the kernel's inputs, after projections, norms and
 RoPE), the mask, the scale and the log-sum-exp.
 
 On CUDA the tap does what ``aten::scaled_dot_product_attention`` (torch ``attention.cpp``) does for the
-backend ``torch._fused_sdp_choice`` names, with the log-sum-exp switched on (:func:`cuda_kernel_call`): flash
+backend ``torch._fused_sdp_choice`` names, with the log-sum-exp switched on
+(:func:`difflens.attention.kernels.cuda_kernel_call`; verified on an H200 with torch 2.11): flash
 (head dim zero-padded to a multiple of 8, scale from the original head dim, output sliced back), memory-
 efficient (boolean mask made additive, bias padded to an aligned stride and expanded; its lse is padded
 along L and is sliced) or cuDNN (additive or no mask only). The same first-call ``torch.equal`` check
