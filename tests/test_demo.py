@@ -63,3 +63,13 @@ def test_report_shows_faithfulness_scores(tmp_path: Path) -> None:
     # one row per word plus the overall row
     section = html.split("Attention faithfulness")[1].split("</table>")[0]
     assert section.count("<tr>") == 4
+
+
+def test_the_real_image_shown_is_the_median_scene_not_the_best() -> None:
+    from difflens.demo.extras import _median_scene
+
+    runs = ["s0", "s1", "s2", "s3"]
+    ious = {"s0": [0.9, 0.7], "s1": [0.1], "s2": [0.4, 0.2], "s3": [0.5]}  # means 0.8, 0.1, 0.3, 0.5
+    record = {"pairs": [{"run": r, "iou": v} for r in runs for v in ious[r]]}
+    assert _median_scene(record, runs) == 2  # sorted means 0.1, 0.3, 0.5, 0.8: the lower median, 0.3
+    assert _median_scene(record, runs[:3]) == 2  # 0.1, 0.3, 0.8: the median
