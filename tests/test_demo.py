@@ -73,3 +73,22 @@ def test_the_real_image_shown_is_the_median_scene_not_the_best() -> None:
     record = {"pairs": [{"run": r, "iou": v} for r in runs for v in ious[r]]}
     assert _median_scene(record, runs) == 2  # sorted means 0.1, 0.3, 0.5, 0.8: the lower median, 0.3
     assert _median_scene(record, runs[:3]) == 2  # 0.1, 0.3, 0.8: the median
+
+
+def test_report_shows_per_prompt_tables_of_per_image_scores(tmp_path: Path) -> None:
+    """A preference metric's per-prompt table (metrics JSON) is a report table, lowest mean first."""
+    from difflens.report.render import write_report
+
+    run = tmp_path / "run"
+    (run / "metrics").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"model": "m", "label": "demo", "config": {}, "versions": {},
+                                              "notes": [], "fingerprints": {},
+                                              "modes": {"metrics": {"status": "ok", "seconds": 1.0}}}))
+    entry = {"value": 25.0, "ci95": [24.0, 26.0], "n": 3,
+             "per_prompt": {"a red circle": {"count": 2, "mean": 27.5}, "a blue square": {"count": 1,
+                                                                                       "mean": 20.25}}}
+    (run / "metrics" / "metrics.json").write_text(json.dumps({"metrics": {"hpsv2": entry}}))
+    html = write_report([run]).read_text()
+    section = html.split("hpsv2 per prompt")[1].split("</table>")[0]
+    assert section.index("a blue square") < section.index("a red circle")  # lowest mean first
+    assert "20.25" in section and "27.5" in section and "95% CI [24, 26]" in html

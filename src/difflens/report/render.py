@@ -21,6 +21,7 @@ from difflens.report.summarize import (
     headlines,
     metric_rows,
     ood_rows,
+    per_prompt_tables,
     smoothness_rows,
 )
 from difflens.versions import collect_versions
@@ -95,6 +96,7 @@ def build_context(runs: list[RunData]) -> dict[str, Any]:
                 "error": mode.error,
                 "seconds": fmt_number(mode.seconds, 3) if mode.seconds is not None else None,
                 "metrics": metric_rows(mode) if name == "metrics" else [],
+                "per_prompt": per_prompt_tables(mode) if name == "metrics" else [],
                 "checks": collect_checks(mode),
                 "matrix": check_matrix(collect_checks(mode)),
                 "ood": ood_rows(mode) if name == "latent" else [],

@@ -59,6 +59,23 @@ def metric_rows(mode: ModeData) -> list[Headline]:
     return rows
 
 
+def per_prompt_tables(mode: ModeData, limit: int = 20) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """(metric, rows of (prompt, images, mean score)) for each metric entry that carries a per-prompt table
+    (the per-image scores: hpsv2, pickscore, imagereward), lowest mean first, at most ``limit`` rows."""
+    out: list[tuple[str, list[tuple[str, str, str]]]] = []
+    for content in mode.results.values():
+        metrics = content.get("metrics") if isinstance(content, dict) else None
+        for name, entry in (metrics or {}).items():
+            table = entry.get("per_prompt") if isinstance(entry, dict) else None
+            if not isinstance(table, dict) or not table:
+                continue
+            rows = sorted(((str(p), v) for p, v in table.items() if isinstance(v, dict)),
+                          key=lambda r: (r[1].get("mean") is None, r[1].get("mean") or 0.0))
+            out.append((name, [(p, str(v.get("count", "")), fmt_number(v.get("mean")))
+                               for p, v in rows[:limit]]))
+    return out
+
+
 def collect_checks(mode: ModeData) -> list[Check]:
     """Every `checks` list found in the mode's JSON files (schedule checks, attention invariants...)."""
     found: list[Check] = []
