@@ -70,9 +70,21 @@ def test_every_json_flag_takes_dash_for_stdout(feats: dict[str, Path], tmp_path:
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """Each command with --json (found in the CLI itself, so a new one must be added here) prints exactly
     the JSON it would write to a file, and nothing else, on stdout."""
+    from PIL import Image
+
+    from difflens.shapes import pretrained_clip
+
+    for side, seed in (("a", 1), ("b", 2)):  # two tiny sample sets from the same prompts, for compare
+        (tmp_path / side).mkdir()
+        for i, im in enumerate(np.random.default_rng(seed).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)):
+            Image.fromarray(im).save(tmp_path / side / f"{i}.png")
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
     cheap = {"metrics": ["metrics", "--real-features", str(feats["real"]), "--fake-features",
                          str(feats["fake"]), "--metrics", "fid"],
-             "schedule": ["schedule", "sd15", "flux", "--steps", "4"]}
+             "schedule": ["schedule", "sd15", "flux", "--steps", "4"],
+             "compare": ["compare", "--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--prompts",
+                         str(tmp_path / "p.txt"), "--metrics", "clip", "--clip-model", pretrained_clip(),
+                         "--bootstrap", "20", "--offline"]}
     assert _commands_with_json() == set(cheap)
     monkeypatch.chdir(tmp_path)
     for name, argv in cheap.items():
