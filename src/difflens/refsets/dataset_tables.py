@@ -199,8 +199,9 @@ def _parquet_fingerprint(files: tuple[Path, ...]) -> tuple[int, str]:
 
 class ParquetTable(RowTable):
     """Local parquet files read with pyarrow, one column and ``_READ_BATCH`` rows at a time (sequential;
-    rows not selected are skipped undecoded). Not through ``datasets``: its streaming reader held about
-    300 MB more at steady state in a statistics build (BENCHMARKS.md, reference-statistics memory).
+    rows not selected are skipped undecoded). Not through ``datasets``, whose streaming reader keeps
+    pyarrow's pre-buffered column chunks: memory grew with every row read (BENCHMARKS.md,
+    reference-statistics memory).
     Column types come from the ``huggingface`` schema metadata that ``datasets`` writes (``{"_type":
     "Image"}``...), else from the arrow type."""
 
@@ -228,7 +229,10 @@ class ParquetTable(RowTable):
             return
         pos, want, i = 0, int(rows[0]), 0
         for f in self.files:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=_READ_BATCH, columns=[column]):
+            # pre_buffer=False: pyarrow's default pre-buffering keeps every column chunk read so far in
+            # memory (RSS grew ~25 KB per 256 px JPEG row, 1 GB over 40k rows); without it, flat (~180 MB)
+            reader = pq.ParquetFile(f, pre_buffer=False)
+            for batch in reader.iter_batches(batch_size=_READ_BATCH, columns=[column]):
                 if i + batch.num_rows <= want:  # nothing wanted in this batch: not even converted
                     i += batch.num_rows
                     continue
