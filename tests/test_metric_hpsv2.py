@@ -28,6 +28,7 @@ import pytest
 
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch
+from image_helpers import structured_images
 
 TINY = {"embed_dim": 16,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 32},
@@ -36,14 +37,8 @@ PROMPTS = ["a photo of a cat", "A Red CAR, parked!", "two dogs in the snow", " "
 
 
 def _images() -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    shapes = [(40, 48), (300, 200), (224, 224), (97, 301), (64, 64), (250, 250), (31, 17), (512, 384)]
-    out = []
-    for h, w in shapes:  # smooth structure plus noise, so resizing matters
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + yy) % 256], -1)
-        out.append(np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8))
-    return out
+    return structured_images([(40, 48), (300, 200), (224, 224), (97, 301), (64, 64), (250, 250), (31, 17),
+                              (512, 384)])
 
 
 def _hpsv2_ref() -> Any:

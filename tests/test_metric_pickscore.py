@@ -24,20 +24,15 @@ import pytest
 
 from difflens.errors import DifflensError
 from difflens.metrics.base import ComputeContext, FeatureBatch
+from image_helpers import structured_images
 
 PROMPTS = ["a photo of a cat", "a red car", "a dog in the snow", " ".join(["cat"] * 90)]
 SIZE = 64  # the tiny model's crop (the processing reads it from the processor config)
 
 
 def _images() -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    shapes = [(40, 48), (130, 90), (64, 64), (97, 301), (65, 64), (250, 250), (31, 17), (200, 120)]
-    out = []
-    for h, w in shapes:  # smooth structure plus noise, so resizing matters
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + yy) % 256], -1)
-        out.append(np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8))
-    return out
+    return structured_images([(40, 48), (130, 90), (64, 64), (97, 301), (65, 64), (250, 250), (31, 17),
+                              (200, 120)])
 
 
 @pytest.fixture(scope="module")
