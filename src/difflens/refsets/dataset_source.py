@@ -200,7 +200,9 @@ class ImageSource:
         with ThreadPoolExecutor(workers, thread_name_prefix="difflens-decode") as pool:
             pending: deque[tuple[int, Any]] = deque()
             try:
-                cells = guarded(self.table.iter_values(self.image_column, self.rows), self.offline)
+                cells = self.table.iter_values(self.image_column, self.rows)
+                if getattr(self.table, "uses_datasets", True):  # not pyarrow-only or folder tables
+                    cells = guarded(cells, self.offline)
                 for row, value in cells:
                     pending.append((row, pool.submit(self._decode, value)))
                     if len(pending) >= window:
