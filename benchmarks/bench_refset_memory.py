@@ -81,6 +81,10 @@ def sample():
     t0 = time.perf_counter()
     while not stop.wait(1.0):
         samples.append((round(time.perf_counter() - t0, 1), round(rss_mb("VmRSS:"), 1)))
+        every = json.loads(sys.argv[1]).get("print_every", 0)
+        if every and len(samples) % every == 0:  # progress that survives a killed run
+            t, rss = samples[-1]
+            print(f"# t={t} s rss={rss} MB peak={rss_mb('VmHWM:'):.1f} MB", flush=True)
 threading.Thread(target=sample, daemon=True).start()
 
 args = json.loads(sys.argv[1])
@@ -124,14 +128,34 @@ print(json.dumps({"n": res.n, "seconds": round(seconds, 1), "images_per_s": roun
 
 
 def measure(spec: Path, out: Path, weights: Path, extractor: str, batch_size: int,
-            threads: int) -> dict[str, Any]:
+            threads: int, print_every: int = 0) -> dict[str, Any]:
     args = {"spec": str(spec), "out": str(out), "weights": str(weights), "extractor": extractor,
-            "batch_size": batch_size, "threads": threads}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True, text=True,
-                          env={**os.environ, "DIFFLENS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+            "batch_size": batch_size, "threads": threads, "print_every": print_every}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DIFFLENS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # progress lines (--print-every) are passed through as they come
+        if line.startswith("# "):
+            print(line.rstrip(), flush=True)
+        lines.append(line)
+    err = proc.stderr.read() if proc.stderr is not None else ""
+    if proc.wait() != 0:
+        raise SystemExit(err[-3000:])
+    return json.loads(lines[-1])
+
+
+def write_parts(folder: Path, n: int, size: int, procs: int) -> Path:
+    """``n`` images as ``procs`` parquet files written in parallel (a folder is a parquet dataset spec)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = [n // procs + (i < n % procs) for i in range(procs)]
+    with ProcessPoolExecutor(procs) as pool:
+        list(pool.map(write_parquet, [folder / f"part-{i:02d}.parquet" for i in range(procs)], counts,
+                      [size] * procs, range(procs)))
+    return folder
 
 
 def main() -> None:
@@ -143,6 +167,9 @@ def main() -> None:
     parser.add_argument("--extractor", choices=("inception", "stand-in"), default="inception")
     parser.add_argument("--dir", type=Path, default=None, help="where the files go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the parquet files")
+    parser.add_argument("--write-procs", type=int, default=1,
+                        help="write the dataset as this many parquet files in parallel (a folder)")
+    parser.add_argument("--print-every", type=int, default=0, help="print RSS every S seconds while running")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="difflens-refmem-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -152,17 +179,23 @@ def main() -> None:
 
         make_random_inception_weights(weights)
     for n in args.n:
-        spec = root / f"refs-{n}-{args.size}px.parquet"
+        spec = root / (f"refs-{n}-{args.size}px" + ("" if args.write_procs > 1 else ".parquet"))
         if not spec.exists():
             t0 = time.perf_counter()
-            write_parquet(spec, n, args.size)
-            print(f"# wrote {spec} ({spec.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
-        res = measure(spec, root / f"stats-{n}.npz", weights, args.extractor, args.batch_size, args.threads)
+            if args.write_procs > 1:
+                write_parts(spec, n, args.size, args.write_procs)
+            else:
+                write_parquet(spec, n, args.size)
+            size_mb = sum(f.stat().st_size for f in ([spec] if spec.is_file() else spec.iterdir())) / 1e6
+            print(f"# wrote {spec} ({size_mb:.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        res = measure(spec, root / f"stats-{n}.npz", weights, args.extractor, args.batch_size, args.threads,
+                      args.print_every)
         print(json.dumps({"extractor": args.extractor, "size": args.size, "batch_size": args.batch_size,
                           **res}), flush=True)
         if not args.keep:
-            spec.unlink()
+            import shutil
+
+            shutil.rmtree(spec) if spec.is_dir() else spec.unlink()
 
 
 if __name__ == "__main__":
