@@ -6,6 +6,12 @@ threshold rises after the first large free, so later activation tensors come fro
 back. Measured (BENCHMARKS.md, reference-statistics memory; 300 images, batch 16): peak RSS 1679 MB with the
 defaults, 1335 MB with at most 2 arenas and a fixed 1 MiB mmap threshold (what :func:`bound_heap_growth`
 sets), no slower. A user's own ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` settings are left alone.
+
+The bounds hold for the rest of the process and are not free for compute on large tensors: every allocation
+over 1 MiB then comes fresh from the OS and is zero-filled on first touch (an elementwise loop over 10 MB
+tensors ran 2-4x slower). So only ``difflens stats build`` (:func:`difflens.refsets.build_stats.
+build_reference_stats`), a long streaming job that keeps only sums, sets them; generation, attention and
+``difflens metrics`` keep glibc's defaults.
 """
 
 from __future__ import annotations

@@ -173,9 +173,6 @@ def feature_batches(source: Any, extractors: Mapping[str, Any], *, batch_size: i
         raise DifflensError(f"--batch-size must be at least 1, got {batch_size}.", "use e.g. --batch-size 50")
     if not extractors:
         raise DifflensError("no extractor to run.", "name at least one extractor")
-    from difflens.allocator import bound_heap_growth
-
-    bound_heap_growth()  # before the reader threads: bounded malloc arenas (see difflens.allocator)
     log = log if log is not None else ReadLog()
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     names = list(extractors)

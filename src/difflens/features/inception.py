@@ -241,11 +241,10 @@ def load_inception(protocol: str = "tf-legacy", weights: Any = None, device: str
     """Registry factory: resolve the weights (:func:`resolve_inception_weights`), build the network
     (``impl``: ``reference`` = torch-fidelity's module as is; ``fast`` when :mod:`difflens.metrics.
     inception_fast` exists) and wrap it. ``weights`` may be an :class:`InceptionWeights` already resolved."""
-    from difflens.allocator import bound_heap_growth, release_freed_heap
+    from difflens.allocator import release_freed_heap
     from difflens.features.inception_weights import resolve_inception_weights
     from difflens.models import resolve_device
 
-    bound_heap_growth()
     if protocol not in PROTOCOLS:
         raise DifflensError(f"unknown --protocol {protocol!r}.", f"use one of {', '.join(PROTOCOLS)}")
     resolved = weights if isinstance(weights, InceptionWeights) else resolve_inception_weights(weights,

@@ -91,6 +91,7 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     """
     import numpy as np
 
+    from difflens.allocator import bound_heap_growth
     from difflens.console import progress
     from difflens.features.base import PROTOCOLS
     from difflens.features.extract import feature_batches
@@ -101,6 +102,7 @@ def build_reference_stats(real: str, out: str | Path, *, keep_features: bool = F
     from difflens.refsets.dataset_source import open_image_source
     from difflens.versions import collect_versions
 
+    bound_heap_growth()  # a long streaming build that keeps only sums: bounded heap (see difflens.allocator)
     path = check_out_path(out)
     if stats_format not in ("difflens", "adm"):
         raise DifflensError(f"unknown --format {stats_format!r}.", "use difflens or adm")
