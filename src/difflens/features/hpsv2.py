@@ -34,6 +34,7 @@ from typing import Any, get_args
 
 from difflens.errors import DifflensError
 from difflens.features.base import ExtractorBase, Fingerprint, canonical_preprocessing
+from difflens.features.prompted import autocast, batch_prompts, check_dtype
 from difflens.metrics.config import DEFAULT_HPSV2_ARCH as DEFAULT_HPS_ARCH
 from difflens.metrics.config import DEFAULT_HPSV2_VERSION, HpsVersion
 
@@ -227,17 +228,12 @@ class Hpsv2(ExtractorBase):
     def forward(self, prepared: Sequence[Any], prompts: Sequence[str] | None = None) -> dict[str, Any]:
         import torch
 
-        if prompts is None or len(prompts) != len(prepared):
-            raise DifflensError(f"hpsv2 scores each image against its prompt: {len(prepared)} images, "
-                                f"{0 if prompts is None else len(prompts)} prompts.",
-                                "give one prompt per image")
+        texts = batch_prompts("hpsv2", len(prepared), prompts)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         x = ((torch.stack(list(prepared)) - mean) / std).to(self.device)
-        tokens = self.tokenizer(list(prompts)).to(self.device)
-        dev = self.device.split(":")[0]
-        amp = self.dtype != "float32"
-        with torch.inference_mode(), torch.autocast(dev, dtype=getattr(torch, self.dtype), enabled=amp):
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             img = self.model.encode_image(x, normalize=True)
             txt = self.model.encode_text(tokens, normalize=True)
             cos = (img.float() * txt.float()).sum(dim=-1)
@@ -249,12 +245,10 @@ def load_hpsv2(checkpoint: str | None = None, arch: str = DEFAULT_HPS_ARCH,
                offline: bool = False) -> Hpsv2:
     """Build the HPSv2 extractor: checks (version, arch, checkpoint file or download) come first, then the
     network is built and the checkpoint loaded strictly; its SHA-256 goes into the fingerprint."""
-    from difflens.config import DTYPES
     from difflens.hashing import sha256_file
     from difflens.models import resolve_device
 
-    if dtype not in DTYPES:
-        raise DifflensError(f"unknown dtype {dtype!r} for hpsv2.", f"use one of {', '.join(DTYPES)}")
+    check_dtype("hpsv2", dtype)
     require_open_clip()
     cfg, label = arch_config(arch)
     path = resolve_checkpoint(checkpoint, version, offline)

@@ -24,6 +24,7 @@ from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.features.base import ExtractorBase, Fingerprint, canonical_preprocessing
+from difflens.features.prompted import autocast, batch_prompts, check_dtype
 from difflens.metrics.config import DEFAULT_IMAGEREWARD_REPO, DEFAULT_IMAGEREWARD_TOKENIZER
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -169,27 +170,14 @@ class ImageRewardExtractor(ExtractorBase):
         import numpy as np
         import torch
 
-        if prompts is None:
-            raise DifflensError("ImageReward scores each image against its prompt, but no prompts were "
-                                "given.",
-                                "pass one prompt per image (--prompts FILE)")
-        if len(prompts) != len(prepared):
-            raise DifflensError(f"ImageReward: {len(prepared)} images but {len(prompts)} prompts.",
-                                "give exactly one prompt per image")
+        texts = batch_prompts("ImageReward", len(prepared), prompts)
         if not len(prepared):
             return {"score": np.zeros((0, 1), np.float32)}
-        ids, mask = self.tokenize([str(p) for p in prompts])
+        ids, mask = self.tokenize(texts)
         pixels = torch.from_numpy(np.stack([np.asarray(p, np.float32) for p in prepared])).to(self.device)
-        amp = self.dtype != "float32"  # float16/bfloat16: autocast, weights stay float32
-        with torch.inference_mode(), torch.autocast(pixels.device.type, dtype=getattr(torch, self.dtype),
-                                                    enabled=amp):
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             scores = self.net.score(pixels, ids.to(self.device), mask.to(self.device))
         return {"score": scores.float().cpu().numpy().reshape(-1, 1)}
-
-    def __call__(self, images: Any, prompts: Sequence[str] | None = None) -> dict[str, Any]:  # type: ignore[override]
-        from difflens.features.base import as_image_list
-
-        return self.forward([self.prepare(im) for im in as_image_list(images)], prompts=prompts)
 
     def preprocessing(self) -> dict[str, Any]:
         s = self.image_size
@@ -217,10 +205,9 @@ def load_imagereward(checkpoint: str | Path | None = None, tokenizer: str | None
     a wrong option fails before the 1.7 GB file is read."""
     from difflens.features.imagereward_model import build_model, check_state_dict, read_config
     from difflens.hashing import sha256_file
-    from difflens.models import DTYPES, resolve_device
+    from difflens.models import resolve_device
 
-    if dtype not in DTYPES:
-        raise DifflensError(f"unknown dtype {dtype!r} for imagereward.", f"use one of {', '.join(DTYPES)}")
+    check_dtype("imagereward", dtype)
     cfg = read_config(config)
     dev = resolve_device(device)
     source = tokenizer or DEFAULT_IMAGEREWARD_TOKENIZER

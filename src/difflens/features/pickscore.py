@@ -25,6 +25,7 @@ from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.features.base import ExtractorBase, Fingerprint, canonical_preprocessing
+from difflens.features.prompted import autocast, batch_prompts, check_dtype
 from difflens.metrics.config import DEFAULT_PICKSCORE_MODEL, DEFAULT_PICKSCORE_PROCESSOR
 
 FLAG = "--pickscore-model"
@@ -122,18 +123,13 @@ class PickScore(ExtractorBase):
         import numpy as np
         import torch
 
-        if prompts is None or len(prompts) != len(prepared):
-            raise DifflensError(f"pickscore scores each image against its prompt: {len(prepared)} images, "
-                                f"{0 if prompts is None else len(prompts)} prompts.",
-                                "give one prompt per image")
+        prompts = batch_prompts("pickscore", len(prepared), prompts)
         pixels = torch.from_numpy(np.stack(list(prepared))).to(self.device)
         unique = list(dict.fromkeys(prompts))
         enc = self.processor.tokenizer(unique, padding=True, truncation=True, max_length=self.max_tokens,
                                        return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        dev = self.device.split(":")[0]
-        amp = self.dtype != "float32"
-        with torch.inference_mode(), torch.autocast(dev, dtype=getattr(torch, self.dtype), enabled=amp):
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             img = _tensor(self.model.get_image_features(pixel_values=pixels)).float()
             txt = _tensor(self.model.get_text_features(**enc)).float()
             img = img / torch.norm(img, dim=-1, keepdim=True)
@@ -154,10 +150,7 @@ def load_pickscore(model_id: str = DEFAULT_PICKSCORE_MODEL, processor: str | Non
                    device: str | None = None, dtype: str = "float32", offline: bool = False) -> PickScore:
     """Build the PickScore extractor from a hub id or a ``save_pretrained`` folder (offline: the local
     folder or the Hugging Face cache only); the SHA-256 of its weight files goes into the fingerprint."""
-    from difflens.config import DTYPES
-
-    if dtype not in DTYPES:
-        raise DifflensError(f"unknown dtype {dtype!r} for pickscore.", f"use one of {', '.join(DTYPES)}")
+    check_dtype("pickscore", dtype)
     path = Path(model_id).expanduser()
     if (model_id.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
         raise DifflensError(f"{FLAG} {model_id}: not a transformers model folder (no config.json).",
