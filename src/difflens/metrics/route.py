@@ -74,18 +74,16 @@ def read_side_stats(side: Side) -> tuple[dict[str, Any], dict[str, Any] | None, 
         arrays = {k: v for k, v in side.items() if k != "fingerprint"}
         fp = side.get("fingerprint")
         return arrays, fp if isinstance(fp, dict) else None, "statistics"
+    from difflens.metrics.stats_formats import detect_format, read_foreign_stats
     from difflens.metrics.validate import open_npz, read_npz_array
 
     path = Path(side)
     with open_npz(path, "statistics file", "an .npz of statistics", "pass a statistics .npz") as data:
-        keys = list(data.files)
-    from difflens.metrics.stats_formats import detect_format, read_foreign_stats
-
-    if detect_format(path, keys) in ("adm", "clean-fid"):  # statistics only: ADM images stay unread
+        foreign = detect_format(path, list(data.files)) in ("adm", "clean-fid")
+        arrays = {} if foreign else {k: read_npz_array(data, k, path, "statistics file") for k in data.files}
+    if foreign:  # statistics only: an ADM batch's images stay unread
         fs = read_foreign_stats(path)
         return dict(fs.arrays), fs.fingerprint, f"{path} ({fs.note})"
-    with open_npz(path, "statistics file", "an .npz of statistics", "pass a statistics .npz") as data:
-        arrays = {k: read_npz_array(data, k, path, "statistics file") for k in data.files}
     fp = None
     if "fingerprint" in arrays:
         try:
@@ -100,8 +98,10 @@ def _sides_needed(metric: Metric) -> tuple[bool, bool]:
     return any(r.wants(True) for r in reqs), any(r.wants(False) for r in reqs)
 
 
-def _check_inputs(metrics: dict[str, Metric], real: Side, fake: Side, prompts: Sequence[str] | None) -> None:
-    """Cheap checks before any network is built: sides present, prompts present and paired."""
+def _check_inputs(metrics: dict[str, Metric], real: Side, fake: Side, prompts: Sequence[str] | None,
+                  stats: dict[bool, bool]) -> None:
+    """Cheap checks before any network is built: sides present, prompts present and paired. ``stats``:
+    whether the real (True) and fake (False) sides are statistics files."""
     for name, metric in metrics.items():
         wants_real, wants_fake = _sides_needed(metric)
         if wants_fake and fake is None:
@@ -121,7 +121,7 @@ def _check_inputs(metrics: dict[str, Metric], real: Side, fake: Side, prompts: S
                                     "give one prompt per image (a manifest.jsonl), or a --prompts file "
                                     "that is cycled over the sorted images")
         for flag, side, wants in (("--real", real, wants_real), ("--fake", fake, wants_fake)):
-            if wants and _is_stats(side) and not hasattr(metric, "load_side_stats"):
+            if wants and stats[flag == "--real"] and not hasattr(metric, "load_side_stats"):
                 raise DifflensError(f"--metrics {name} needs images on {flag}, not statistics.",
                                     f"pass a folder or an image array as {flag}")
             if wants and isinstance(side, Features):
@@ -132,7 +132,7 @@ def _check_inputs(metrics: dict[str, Metric], real: Side, fake: Side, prompts: S
                                         f"pass images as {flag}")
         check = getattr(metric, "check_counts", None)  # e.g. fid-inf: too few images for its fit
         if check is not None:
-            check(None if _is_stats(real) else _count(real), _count(fake))
+            check(None if stats[True] else _count(real), _count(fake))
 
 
 def _count(side: Side) -> int | None:
@@ -150,10 +150,11 @@ def accumulate(names: Sequence[str], real: Side = None, fake: Side = None, *,
     inputs, build their extractors, and stream each side once through them into the metrics."""
     options = metric_options or {}
     metrics = {n: create_metric(n, **options.get(n, {})) for n in names}
-    _check_inputs(metrics, real, fake, prompts)
+    stats = {True: _is_stats(real), False: _is_stats(fake)}  # each side looked at once, not per metric
+    _check_inputs(metrics, real, fake, prompts, stats)
     out = Accumulated(metrics)
     extractors: dict[str, Any] = {}
-    given = {r for r, side in ((True, real), (False, fake)) if isinstance(side, Features) or _is_stats(side)}
+    given = {r for r, side in ((True, real), (False, fake)) if isinstance(side, Features) or stats[r]}
     for metric in metrics.values():  # one instance per extractor name, shared by every metric reading it
         wanted = {r.extractor for r in metric.requirements()
                   if not all(s in given for s in (True, False) if r.wants(s))} - set(extractors)
@@ -176,7 +177,7 @@ def accumulate(names: Sequence[str], real: Side = None, fake: Side = None, *,
                 m.update(batch)
             out.n[flag] = len(side)
             continue
-        if _is_stats(side):
+        if stats[real_side]:
             arrays, fp, where = read_side_stats(side)
             for m in readers:
                 m.load_side_stats(real_side, arrays, fp)  # type: ignore[attr-defined]
