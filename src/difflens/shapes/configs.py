@@ -5,7 +5,8 @@
   ViT on 8x8 patches; projection 64. Tokenizer: the tiny byte-level BPE of :mod:`difflens.tiny.tokenizers`
   in which every caption word is one token.
 * UNet: ``UNet2DConditionModel`` (SD 1.x layout) on 16x16x4 latents; cross-attention only at the 16x16
-  level (the 8x8 level and the mid block have none), so every cross-attention map is 16x16.
+  level (the 8x8 level and the mid block have none), so every cross-attention map is 16x16; the caption,
+  attention-pooled (``addition_embed_type="text"``), also enters every ResNet through the time embedding.
 * MMDiT: ``SD3Transformer2DModel`` with ``patch_size=1`` (a 16x16 grid of image tokens), joint attention
   over [image, text]; the text is the SD3 pipeline's CLIP-L ⊕ CLIP-G features (here the shipped CLIP text
   tower twice, 64 + 64 = ``joint_attention_dim``) followed by the zero "T5" rows of ``text_encoder_3=None``.
@@ -43,6 +44,9 @@ UNET_CONFIG: dict[str, Any] = dict(
     mid_block_type="UNetMidBlock2D",
     block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=TEXT_WIDTH,
     attention_head_dim=2, norm_num_groups=16,
+    # the caption, attention-pooled, is added to the timestep embedding of every ResNet block: without it
+    # the 8x8 level and the mid block never saw the text and one-object prompts drew two objects
+    addition_embed_type="text", addition_embed_type_num_heads=4,
 )
 
 MMDIT_CONFIG: dict[str, Any] = dict(

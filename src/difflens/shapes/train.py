@@ -14,10 +14,13 @@ Stages (each reads what the earlier ones left in ``--work``; ``all`` runs them i
 6. ``mmdit``: ``SD3Transformer2DModel``, rectified flow: x_s = (1 - s) z + s eps, target eps - z, s =
    sigmoid(N(0, 1)) (SD3's logit-normal), timestep 1000 s; same caption dropout and EMA.
    With ``--attn-weight w`` > 0 (unet and mmdit), w * L_attn is added: the attention supervision of
-   :mod:`difflens.shapes.attn_loss` (the shipped denoisers were fine-tuned with it; see manifest.json).
+   :mod:`difflens.shapes.attn_loss` (``--attn-loss mass`` or ``cover``; the shipped denoisers were
+   fine-tuned with it; see manifest.json).
    ``--init FOLDER`` continues from an earlier pipeline folder's denoiser.
 7. ``ship``: copy ``clip``, ``unet`` and ``mmdit`` to ``--out`` and write ``manifest.json`` (SHA-256 of every
    file, the command, versions, stage wall times).
+
+``scripts/train-shapes.sh`` runs every stage with the arguments that made the shipped files.
 
 Determinism: every stage seeds torch and numpy from ``--seed`` and its own index; one CPU thread per
 process (``--threads``) keeps the float reduction order fixed.
@@ -276,7 +279,8 @@ def stage_unet(work: Path, args: argparse.Namespace) -> None:
         loss = (pred - eps).pow(2).mean()
         if args.attn_weight > 0:
             keep = torch.from_numpy(c != len(table) - 1)
-            loss = loss + args.attn_weight * attention_loss(store, tokens[idx], cover[idx], keep)
+            term = attention_loss(store, tokens[idx], cover[idx], keep, args.attn_loss)
+            loss = loss + args.attn_weight * term
         return loss
 
     _denoiser_loop("unet", unet, forward, len(z), args.unet_steps, args.batch, args.lr, rng)
@@ -337,7 +341,8 @@ def stage_mmdit(work: Path, args: argparse.Namespace) -> None:
         loss = (pred - (eps - x0)).pow(2).mean()
         if args.attn_weight > 0:
             keep = torch.from_numpy(c != len(table) - 1)
-            loss = loss + args.attn_weight * attention_loss(store, tokens[idx], cover[idx], keep)
+            term = attention_loss(store, tokens[idx], cover[idx], keep, args.attn_loss)
+            loss = loss + args.attn_weight * term
         return loss
 
     _denoiser_loop("mmdit", dit, forward, len(z), args.mmdit_steps, args.batch, args.lr, rng)
@@ -369,7 +374,9 @@ def stage_ship(work: Path, args: argparse.Namespace) -> None:
             "Each stage "
             "lists its runs in order; a run with --init continued the denoiser of the folder it names (the "
             "earlier run's output, renamed). Runs with --attn-weight > 0 added the attention supervision of "
-            "difflens.shapes.attn_loss, so word maps sit on their objects by construction.")
+            "difflens.shapes.attn_loss (--attn-loss mass: mass on the object; cover: KL divergence from the "
+            "object's coverage), so word maps sit on their objects by construction. Made by "
+            "scripts/train-shapes.sh.")
     write_manifest(out, command=_command(), stages=times, note=note)
     _log(f"shipped to {out}")
 
@@ -394,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="unet/mmdit: continue from the denoiser of this earlier pipeline folder")
     p.add_argument("--attn-weight", type=float, default=0.0,
                    help="unet/mmdit: weight of the attention-supervision term (difflens.shapes.attn_loss)")
+    p.add_argument("--attn-loss", default="mass", choices=("mass", "cover"),
+                   help="unet/mmdit: the attention term: mass on the object (peaked maps) or the KL "
+                        "divergence from the object's coverage (maps spread over the object)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     args = p.parse_args(argv)
