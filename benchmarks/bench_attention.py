@@ -10,6 +10,7 @@
    peak allocated memory during the captured generation minus the plain one is printed too.
 
     .venv/bin/python benchmarks/bench_attention.py --families sd15,sdxl,sd3,flux,pixart --steps 20 --size 64
+    .venv/bin/python benchmarks/bench_attention.py --families shapes-unet,shapes-mmdit --steps 20
     .venv/bin/python benchmarks/bench_attention.py --families sd3,flux --wide --size 128 --steps 10
 
 ``--wide`` swaps in wider SD3/Flux transformers (4 heads x 64, more blocks): attention is a smaller share of
@@ -46,9 +47,28 @@ def _widen(family: str, pipe: Any) -> Any:
     return pipe
 
 
+def _pipeline(family: str) -> Any:
+    """A tiny random pipeline, or for ``shapes-unet`` / ``shapes-mmdit`` the shipped shapes-world model."""
+    if family.startswith("shapes-"):
+        from difflens.models import load_pipeline
+        from difflens.shapes import pretrained
+
+        return load_pipeline(pretrained(family.removeprefix("shapes-")), "float32", "cpu", offline=True)
+    from difflens.tiny.pipelines import build_tiny_pipeline
+
+    return build_tiny_pipeline(family)
+
+
 def _plan(family: str, pipe: Any, steps: int, size: int, stride: int) -> Any:
     from difflens.attention.api import AttentionConfig, plan_attention
 
+    if family.startswith("shapes-"):   # the shapes world's own vocabulary; its pipelines' defaults otherwise
+        from difflens.shapes import pretrained
+
+        cfg = AttentionConfig(model=pretrained(family.removeprefix("shapes-")),
+                              prompt="a red circle and a blue square", steps=steps, height=64, width=64,
+                              stride=stride, image_check=False)
+        return plan_attention(cfg, pipe)
     cfg = AttentionConfig(model=family, prompt="a photo of a cat sitting on a red bench", steps=steps,
                           height=size, width=size, stride=stride, image_check=False,
                           max_sequence_length=32 if family in ("sd3", "flux", "pixart") else None)
@@ -174,8 +194,6 @@ def main() -> None:
 
     import torch
 
-    from difflens.tiny.pipelines import build_tiny_pipeline
-
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
           f"{args.size}x{args.size}, {args.repeats} interleaved repeats (median)")
@@ -184,7 +202,7 @@ def main() -> None:
           f"{'max |lse-replay|':>16s} route"
           + (f"   {'rev/plain':>9s} {'cpu rev/plain':>13s}" if rev else ""))
     for family in args.families.split(","):
-        pipe = build_tiny_pipeline(family)
+        pipe = _pipeline(family)
         pipe = (_widen(family, pipe) if args.wide else pipe).to(args.device)
         plan = _plan(family, pipe, args.steps, args.size, 1)
         _plain(plan)
@@ -212,7 +230,7 @@ def main() -> None:
     print(f"{'family':8s} {'stride':>6s} {'steps':>5s} {'stored':>10s} {'transient':>10s} {'tokens':>6s} "
           f"{'cuda extra':>10s}")
     for family in args.families.split(","):
-        pipe = build_tiny_pipeline(family)
+        pipe = _pipeline(family)
         pipe = (_widen(family, pipe) if args.wide else pipe).to(args.device)
         for stride_name in ("steps", "1"):
             for steps in (s1, s2):
