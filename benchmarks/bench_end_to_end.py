@@ -7,7 +7,7 @@ in torch-fidelity's format (``difflens.metrics.inception.make_random_inception_w
 folder paths to the FID value, model construction included:
 
 * difflens: ``compute_metrics(real, fake, "fid", inception_weights=W)`` (tf-legacy protocol), with the
-  default Inception implementation (``fast``: batch-norm folded, channels-last) and with ``reference``
+  ``fast`` Inception implementation (batch-norm folded, channels-last) and with the default ``reference``
   (torch-fidelity's module, bit-identical features);
 * torch-fidelity: ``calculate_metrics(input1=real, input2=fake, fid=True, feature_extractor_weights_path=W)``;
 * clean-fid: ``compute_fid(real, fake, mode="legacy_tensorflow", custom_feat_extractor=...)``. clean-fid's own

@@ -8,9 +8,18 @@ path changes only how those numbers are computed, once at load:
   ``b' = beta - running_mean * s``, computed in float64 and rounded to float32 once. One memory pass per
   layer fewer (94 layers).
 * **channels-last** (NHWC) weights and activations: oneDNN's native layout on CPU, no reorder per layer.
+* **the TF1 bilinear resize as two matrix products** (tf-legacy protocol): out = R_h X R_w^T with R the
+  (299 x n) interpolation weights of TensorFlow 1.x ``resize_bilinear`` (align_corners=False): row i holds
+  1 - d at floor(i n / 299) and d at the next pixel (clamped), d the fractional part, as torch-fidelity's
+  ``interpolate_bilinear_2d_like_tensorflow1x`` computes them; it gathers the four neighbours instead, which
+  costs ~9 ms per image at batch 50 against ~0.3 ms here. Same weights, another summation order.
+* **CPU micro-batches** of ``CPU_CHUNK`` images through resize and network, whatever the batch size asked:
+  at batch 50 the activations (~50 MB per layer) fall out of cache and the memory-bound layers (resize,
+  pooling, concatenation) slow down; measured end to end on 2 cores, batch 16 ran 12.2 img/s against 10.4
+  at batch 50 (BENCHMARKS.md, issue 16).
 
-The resize (torch-fidelity's TF1-exact bilinear, or clean-fid's bicubic), the normalization
-``(x - 128) / 128``, the pooling, concatenations and the unbiased logits are unchanged. The result is not
+clean-fid's bicubic resize, the normalization ``(x - 128) / 128``, the pooling, concatenations and the
+unbiased logits are unchanged. The result is not
 bit-identical to torch-fidelity (another summation order, W*s rounded once): the agreement is measured and
 asserted (``tests/test_inception_fast.py``: pool3 within 1e-5 of the feature scale, measured 6e-7; FID, KID
 and IS within 1e-5 relative, FID measured 1.1e-6), and the implementation used is recorded in every result
@@ -23,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from difflens.errors import DifflensError
-from difflens.metrics.inception import InceptionExtractor, InceptionWeights, forward_normalized, tf_resize
+from difflens.metrics.inception import INPUT_SIZE, InceptionExtractor, InceptionWeights, forward_normalized
 from difflens.numerics import strict_float32
 
 InceptionImpl = Literal["fast", "reference"]
@@ -32,6 +41,47 @@ IMPLS: tuple[str, ...] = ("fast", "reference")
 #: FID is a difference of large trace terms, and on a 20 vs 20 image test its relative change was 1.1e-6,
 #: above the 1e-6 asked for; bit-identity with torch-fidelity is what the default promises.
 DEFAULT_IMPL: InceptionImpl = "reference"
+#: Images per forward pass of the fast path on CPU (see the module docstring).
+CPU_CHUNK = 16
+
+
+def resize_matrix(n_in: int, n_out: int = INPUT_SIZE) -> Any:
+    """(n_out, n_in) float32 weights of TensorFlow 1.x's bilinear resize (align_corners=False) along one
+    axis: position p_i = i * (n_in / n_out) in float32, lo = floor(p_i), hi = min(lo + 1, n_in - 1),
+    d = p_i - lo; row i = (1 - d) at lo + d at hi (torch-fidelity's arithmetic for p, lo and d)."""
+    import torch
+
+    pos = torch.arange(n_out, dtype=torch.float32) * torch.tensor(n_in / n_out, dtype=torch.float32)
+    lo = pos.long()
+    hi = (lo + 1).clamp_max(n_in - 1)
+    d = pos - lo.float()
+    rows = torch.arange(n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float32)
+    m.index_put_((rows, lo), 1 - d, accumulate=True)
+    m.index_put_((rows, hi), d, accumulate=True)
+    return m
+
+
+class MatmulResize:
+    """The TF1 bilinear resize to 299x299 of float (B, C, H, W) batches as R_h X R_w^T; the matrices are
+    built once per input size."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int, str], tuple[Any, Any]] = {}
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if (h, w) == (INPUT_SIZE, INPUT_SIZE):
+            return x
+        key = (h, w, str(x.device))
+        mats = self._cache.get(key)
+        if mats is None:
+            rw_t = resize_matrix(w).t().contiguous()
+            mats = self._cache[key] = (resize_matrix(h).to(x.device), rw_t.to(x.device))
+        rh, rw_t = mats
+        return torch.matmul(torch.matmul(rh, x), rw_t)
 
 
 def fold_batchnorm(model: Any, copy: bool = True) -> Any:
@@ -74,9 +124,20 @@ class FastInceptionExtractor(InceptionExtractor):
     def __init__(self, weights: InceptionWeights, device: str = "cpu", protocol: str = "tf-legacy") -> None:
         super().__init__(weights, device=device, protocol=protocol)
         self.model = fold_batchnorm(self.model, copy=False)
+        self._resize = MatmulResize()
 
     def __call__(self, images: list[Any]) -> tuple[Any, Any]:
-        """Features of a list of prepared images (HWC arrays) -> (pool3, logits) float32 numpy arrays."""
+        """Features of a list of prepared images (HWC arrays) -> (pool3, logits) float32 numpy arrays; on CPU
+        in micro-batches of ``CPU_CHUNK`` images."""
+        import numpy as np
+
+        step = CPU_CHUNK if str(self.device).startswith("cpu") else max(1, len(images))
+        parts = [self._forward(images[i:i + step]) for i in range(0, len(images), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _forward(self, images: list[Any]) -> tuple[Any, Any]:
         import numpy as np
         import torch
 
@@ -90,7 +151,7 @@ class FastInceptionExtractor(InceptionExtractor):
                 parts = []
                 for group in _same_size_runs(images):
                     u8 = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).contiguous()
-                    parts.append(tf_resize(u8.to(self.device, non_blocking=True).to(torch.float32)))
+                    parts.append(self._resize(u8.to(self.device, non_blocking=True).to(torch.float32)))
                 x = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = ((x - 128) / 128).contiguous(memory_format=torch.channels_last)
             pool3, logits = forward_normalized(self.model, x)
