@@ -132,26 +132,36 @@ class InceptionExtractor:
         """Per-image CPU work done in loader threads: the clean resize; tf-legacy keeps the uint8 pixels."""
         return clean_resize(image) if self.protocol == "clean" else image
 
-    def __call__(self, images: list[Any]) -> tuple[Any, Any]:
-        """Features of a list of prepared images (HWC arrays) -> (pool3, logits) float32 numpy arrays."""
+    def resize_tf(self, x: Any) -> Any:
+        """The tf-legacy resize of a float (B, 3, H, W) batch to 299x299 (torch-fidelity's function)."""
+        return tf_resize(x)
+
+    def normalized_batch(self, images: list[Any]) -> Any:
+        """The network input of a list of prepared images (HWC arrays): float32 (B, 3, 299, 299), resized
+        under the protocol and normalized to (x - 128) / 128. Call under ``inference_mode``."""
         import numpy as np
         import torch
 
+        if self.protocol == "clean":
+            batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+            x = batch.to(self.device, non_blocking=True)
+        else:
+            parts = []
+            for group in same_size_runs(images):
+                # contiguous NCHW, as torch-fidelity's loader gives: the memory layout picks the conv
+                # kernels, so it must match for bit-identical features
+                u8 = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).contiguous()
+                xf = u8.to(self.device, non_blocking=True).to(torch.float32)
+                parts.append(self.resize_tf(xf))
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (x - 128) / 128
+
+    def __call__(self, images: list[Any]) -> tuple[Any, Any]:
+        """Features of a list of prepared images (HWC arrays) -> (pool3, logits) float32 numpy arrays."""
+        import torch
+
         with torch.inference_mode(), strict_float32():
-            if self.protocol == "clean":
-                batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-                x = batch.to(self.device, non_blocking=True)
-            else:
-                parts = []
-                for group in same_size_runs(images):
-                    # contiguous NCHW, as torch-fidelity's loader gives: the memory layout picks the conv
-                    # kernels, so it must match for bit-identical features
-                    u8 = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).contiguous()
-                    xf = u8.to(self.device, non_blocking=True).to(torch.float32)
-                    parts.append(tf_resize(xf))
-                x = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = (x - 128) / 128
-            pool3, logits = forward_normalized(self.model, x)
+            pool3, logits = forward_normalized(self.model, self.normalized_batch(images))
             return pool3.cpu().numpy(), logits.cpu().numpy()
 
 

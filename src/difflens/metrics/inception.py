@@ -33,8 +33,6 @@ from difflens.features.inception_weights import (
 )
 from difflens.numerics import strict_float32
 
-_same_size_runs = same_size_runs
-
 __all__ = ["FEATURES", "INPUT_SIZE", "KNOWN_SHA256", "PROTOCOLS", "PT_FID_FILENAME", "RANDOM_SIDECAR_SUFFIX",
            "STANDARD_FILENAMES", "WEIGHTS_DIR_ENV", "WEIGHTS_FILENAME", "WEIGHTS_URL", "Fingerprint",
            "Inception", "InceptionExtractor", "InceptionWeights", "_Skeleton", "clean_resize",

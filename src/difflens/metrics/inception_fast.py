@@ -32,8 +32,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from difflens.errors import DifflensError
-from difflens.metrics.inception import INPUT_SIZE, InceptionExtractor, InceptionWeights, forward_normalized
-from difflens.numerics import strict_float32
+from difflens.metrics.inception import INPUT_SIZE, InceptionExtractor, InceptionWeights
 
 InceptionImpl = Literal["fast", "reference"]
 IMPLS: tuple[str, ...] = ("fast", "reference")
@@ -126,36 +125,25 @@ class FastInceptionExtractor(InceptionExtractor):
         self.model = fold_batchnorm(self.model, copy=False)
         self._resize = MatmulResize()
 
+    def resize_tf(self, x: Any) -> Any:
+        return self._resize(x)
+
+    def normalized_batch(self, images: list[Any]) -> Any:
+        import torch
+
+        return super().normalized_batch(images).contiguous(memory_format=torch.channels_last)
+
     def __call__(self, images: list[Any]) -> tuple[Any, Any]:
         """Features of a list of prepared images (HWC arrays) -> (pool3, logits) float32 numpy arrays; on CPU
         in micro-batches of ``CPU_CHUNK`` images."""
         import numpy as np
 
         step = CPU_CHUNK if str(self.device).startswith("cpu") else max(1, len(images))
-        parts = [self._forward(images[i:i + step]) for i in range(0, len(images), step)]
+        forward = super().__call__          # bound here: a comprehension has no zero-argument super()
+        parts = [forward(images[i:i + step]) for i in range(0, len(images), step)]
         if len(parts) == 1:
             return parts[0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def _forward(self, images: list[Any]) -> tuple[Any, Any]:
-        import numpy as np
-        import torch
-
-        from difflens.metrics.inception import _same_size_runs
-
-        with torch.inference_mode(), strict_float32():
-            if self.protocol == "clean":
-                batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-                x = batch.to(self.device, non_blocking=True)
-            else:
-                parts = []
-                for group in _same_size_runs(images):
-                    u8 = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).contiguous()
-                    parts.append(self._resize(u8.to(self.device, non_blocking=True).to(torch.float32)))
-                x = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = ((x - 128) / 128).contiguous(memory_format=torch.channels_last)
-            pool3, logits = forward_normalized(self.model, x)
-            return pool3.cpu().numpy(), logits.cpu().numpy()
 
 
 def make_inception_extractor(weights: InceptionWeights, device: str = "cpu", protocol: str = "tf-legacy",
