@@ -39,14 +39,20 @@ def test_demo_image_sets_are_disjoint_held_out_scenes_and_digits() -> None:
     assert digits.max() > 200 and digits.min() < 10  # white ink on black: not the shapes' light background
 
 
+def _run_folder(tmp_path: Path, mode: str) -> Path:
+    """A minimal run folder whose run.json lists one finished ``mode`` (its subfolder created)."""
+    run = tmp_path / "run"
+    (run / mode).mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"model": "m", "label": "demo", "config": {}, "versions": {},
+                                              "notes": [], "fingerprints": {},
+                                              "modes": {mode: {"status": "ok", "seconds": 1.0}}}))
+    return run
+
+
 def test_report_shows_faithfulness_scores(tmp_path: Path) -> None:
     from difflens.report.render import write_report
 
-    run = tmp_path / "run"
-    (run / "attention").mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"model": "m", "label": "demo", "config": {}, "versions": {},
-                                              "notes": [], "fingerprints": {},
-                                              "modes": {"attention": {"status": "ok", "seconds": 1.0}}}))
+    run = _run_folder(tmp_path, "attention")
 
     def summary(miou: float) -> dict:
         return {"n": 8, "miou": miou, "best_miou": miou + 0.1, "best_threshold": 0.25, "pointing": 0.875,
@@ -79,11 +85,7 @@ def test_report_shows_per_prompt_tables_of_per_image_scores(tmp_path: Path) -> N
     """A preference metric's per-prompt table (metrics JSON) is a report table, lowest mean first."""
     from difflens.report.render import write_report
 
-    run = tmp_path / "run"
-    (run / "metrics").mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"model": "m", "label": "demo", "config": {}, "versions": {},
-                                              "notes": [], "fingerprints": {},
-                                              "modes": {"metrics": {"status": "ok", "seconds": 1.0}}}))
+    run = _run_folder(tmp_path, "metrics")
     entry = {"value": 25.0, "ci95": [24.0, 26.0], "n": 3,
              "per_prompt": {"a red circle": {"count": 2, "mean": 27.5}, "a blue square": {"count": 1,
                                                                                        "mean": 20.25}}}
