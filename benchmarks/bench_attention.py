@@ -141,11 +141,11 @@ def _captured(plan: Any, stride: int, seed: int = 0, route: str = "auto",
     t0 = _clock()
     with cap, torch.no_grad():
         plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
-    agg.end_step()
+    result = agg.result()        # timed too: it closes the last steps and measures them
     _sync(plan)
     dt = _since(t0)
-    return dt, {"stored": agg.stored_bytes(), "transient": cap.stats.peak_transient_bytes,
-                "steps": cap.stats.steps, "tokens": len(plan.tokens), "result": agg.result(),
+    return dt, {"stored": result.stored_bytes, "transient": cap.stats.peak_transient_bytes,
+                "steps": cap.stats.steps, "tokens": len(plan.tokens), "result": result,
                 "routes": sorted({i.route for i in cap.info})}
 
 

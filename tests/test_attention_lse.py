@@ -305,3 +305,31 @@ def test_entropy_and_peak_equal_the_separate_measures() -> None:
     one = torch.rand(2, 1, 1, generator=g)
     e1, p1 = entropy_and_peak(one)
     assert torch.equal(e1, spatial_entropy(one)) and torch.equal(p1, peak_concentration(one))
+
+
+def test_first_call_checks_are_reused_for_the_same_layout(tiny_pipeline_dir: Callable[[str], Path]) -> None:
+    """A second capture of the same modules and call layout (a sweep over prompts) takes the first call's
+    checks from the first capture instead of replaying it: same check values, same maps bit for bit (the
+    same kernels on the same inputs); another image size is another layout and is checked again."""
+    path = tiny_pipeline_dir("flux")
+    pipe = load_pipeline(path, "float32", "cpu", offline=True)
+
+    def plan_for(size: int) -> Any:
+        return plan_attention(AttentionConfig(model=str(path), prompt="a photo of a cat", steps=2, seed=1,
+                                              height=size, width=size, max_sequence_length=32,
+                                              image_check=False), pipe)
+
+    first, cap1, _ = _capture(plan_for(32), "auto")
+    again, cap2, _ = _capture(plan_for(32), "auto")
+    other, cap3, _ = _capture(plan_for(48), "auto")
+    assert not any(i.checks_reused for i in cap1.info)
+    assert all(i.checks_reused for i in cap2.info)
+    assert not any(i.checks_reused for i in cap3.info)
+    for a, b in zip(cap1.info, cap2.info, strict=True):
+        assert b.route == a.route == "lse"
+        assert (b.sum_error, b.out_error, b.route_error, b.lse_error) == (
+            a.sum_error, a.out_error, a.route_error, a.lse_error)
+        assert a.sum_error is not None and a.out_error is not None
+    assert np.array_equal(first.maps, again.maps)
+    assert np.array_equal(first.token_entropy, again.token_entropy)
+    assert other.maps.shape != first.maps.shape

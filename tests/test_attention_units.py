@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from difflens.attention.aggregate import OnlineAggregator, estimate_bytes, kept_steps
+from difflens.attention.aggregate import OnlineAggregator, estimate_bytes, kept_steps, resize_matrix
 from difflens.attention.layout import grid_for
 from difflens.attention.measures import peak_concentration, spatial_entropy
 from difflens.attention.replay import replay
@@ -52,12 +52,27 @@ def _offline_mean(maps_by_step: list[list[torch.Tensor]], hw: tuple[int, int]) -
     return torch.stack(steps)
 
 
+@pytest.mark.parametrize(("grid", "size"), [((16, 16), (32, 32)), ((5, 4), (9, 7)), ((8, 6), (6, 9)),
+                                             ((7, 7), (7, 7))])
+def test_resize_matrix_is_torch_bilinear(grid: tuple[int, int], size: tuple[int, int]) -> None:
+    """M_h @ x @ M_w.T equals F.interpolate(bilinear, align_corners=False), up, down and odd sizes."""
+    import torch.nn.functional as F
+
+    x = torch.rand(3, 5, *grid, generator=torch.Generator().manual_seed(1))
+    ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    got = resize_matrix(grid[0], size[0]) @ x @ resize_matrix(grid[1], size[1]).t()
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("word_mode", ["mean", "max"])
 def test_online_aggregation_equals_offline_and_keeps_strided_steps(word_mode: str) -> None:
+    """Against F.interpolate and plain means, over more steps than one batch of closed steps (19 steps:
+    batches of 8, 8, 3), with a stride that crosses the batches."""
     gen = torch.Generator().manual_seed(0)
     hw = (8, 6)
     grids = [(8, 6), (4, 3), (4, 3), (2, 2)]
-    n_steps, T = 7, 3
+    n_steps, T = 19, 3
     data = [[torch.rand(T, *g, generator=gen) for g in grids] for _ in range(n_steps)]
     agg = OnlineAggregator(T, hw, stride=3, layer_names=[f"l{i}" for i in range(4)], joint=False,
                            word_groups=[[0, 2], [1]], word_mode=word_mode, breakdown=True)
@@ -67,11 +82,15 @@ def test_online_aggregation_equals_offline_and_keeps_strided_steps(word_mode: st
     res = agg.result()
     offline = _offline_mean(data, hw)
     assert torch.allclose(torch.from_numpy(res.maps), offline.mean(0), atol=1e-6)
-    assert res.per_step_index == [0, 3, 6] == kept_steps(n_steps, 3)
-    assert torch.allclose(torch.from_numpy(res.per_step), offline[[0, 3, 6]], atol=1e-6)
+    assert res.per_step_index == [0, 3, 6, 9, 12, 15, 18] == kept_steps(n_steps, 3)
+    assert res.steps_seen == list(range(n_steps))
+    assert torch.allclose(torch.from_numpy(res.per_step), offline[0::3], atol=1e-6)
     assert res.token_entropy.shape == (n_steps, T)
-    words = aggregate_words(offline[4], [[0, 2], [1]], word_mode)
-    assert torch.allclose(torch.from_numpy(res.word_entropy[4]), spatial_entropy(words), atol=1e-6)
+    assert torch.allclose(torch.from_numpy(res.token_entropy), spatial_entropy(offline), atol=1e-6)
+    for s in (4, 17):
+        words = aggregate_words(offline[s], [[0, 2], [1]], word_mode)
+        assert torch.allclose(torch.from_numpy(res.word_entropy[s]), spatial_entropy(words), atol=1e-6)
+        assert torch.allclose(torch.from_numpy(res.word_peak[s]), peak_concentration(words), atol=1e-6)
     assert res.per_layer.shape == (4, T, *hw)
 
 
@@ -85,10 +104,10 @@ def test_aggregator_memory_does_not_grow_with_steps() -> None:
         for s in range(n_steps):
             for li in range(2):
                 agg.add(s, li, torch.rand(4, 8, 6), torch.rand(8, 6), torch.rand(4, 8, 6))
-        agg.end_step()
-        stored.append(agg.stored_bytes())
+        held = agg.result().stored_bytes          # every step closed, step 0 kept
+        stored.append(held)
         est = estimate_bytes(4, (16, 12), n_steps, 1000, joint=True)
-        assert est["accumulators"] + est["per_step"] >= agg.stored_bytes()
+        assert est["accumulators"] + est["per_step"] >= held
     assert stored[0] == stored[1]
 
 

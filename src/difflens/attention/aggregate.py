@@ -6,11 +6,17 @@ Within a step, maps are averaged over the selected layers; the step map is then
 
 * added to the running total (the final ``maps`` are the mean over all steps),
 * kept as a per-step map when ``step % stride == 0``,
-* measured (spatial entropy, peak concentration) per token and per word, every step; the measures run on
-  batches of MEASURE_BATCH step maps held in a fixed buffer (fewer small torch calls per step).
+* measured (spatial entropy, peak concentration) per token and per word, every step.
 
-So memory is: a few (tokens x h x w) accumulators + the strided per-step maps (+ per-layer maps when the
-breakdown is asked for) + O(steps x tokens) scalars. :func:`estimate_bytes` gives that figure up front.
+Steps are closed in batches of MEASURE_BATCH: each layer's planes are summed into its grid's slot of a fixed
+(MEASURE_BATCH, C, h, w) buffer, and every MEASURE_BATCH steps the buffered step sums are resized together
+(bilinear, as two matrix products with :func:`resize_matrix`), averaged over their layers and measured. A step
+then costs one addition per layer call, not a dozen small torch calls (on small models those calls, not the
+arithmetic, were the capture's cost).
+
+So memory is: the (C x H x W) total + one (MEASURE_BATCH x C x h x w) buffer per grid + the strided per-step
+maps (+ per-layer maps when the breakdown is asked for) + O(steps x tokens) scalars. :func:`estimate_bytes`
+gives that figure up front.
 """
 
 from __future__ import annotations
@@ -31,6 +37,28 @@ def kept_steps(n_steps: int, stride: int) -> list[int]:
     return list(range(0, max(n_steps, 0), max(stride, 1)))
 
 
+def grid_sizes(latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """Every grid a layer can have for this latent: the latent divided by 1, 2, 4, ... (ceil division, as
+    :func:`difflens.attention.layout.grid_for` places them)."""
+    H, W = latent_hw
+    out, f = [], 1
+    while f <= max(H, W):
+        out.append((-(-H // f), -(-W // f)))
+        f *= 2
+    return out
+
+
+def resize_matrix(n: int, size: int) -> Any:
+    """(size, n) float32 matrix M with ``M @ x`` = ``F.interpolate(x, size, mode="linear",
+    align_corners=False)`` along one axis: the weights are torch's own (the interpolation of the identity),
+    so a bilinear resize is ``M_h @ maps @ M_w.T`` (separable; equal to the 2-D call to ~1e-7)."""
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(n, dtype=torch.float32).unsqueeze(1)                     # (n, 1, n)
+    return F.interpolate(eye, size=size, mode="linear", align_corners=False).squeeze(1).t().contiguous()
+
+
 def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stride: int, joint: bool,
                    n_layers_breakdown: int = 0, max_queries: int | None = None, max_keys: int = 77,
                    max_heads: int = 1, chunk_bytes: int = 256 * 2**20) -> dict[str, int]:
@@ -41,8 +69,10 @@ def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stri
     H, W = latent_hw
     plane = n_tokens * H * W * F32
     n_kept = len(kept_steps(n_steps, stride))
-    planes = (2 * n_tokens + 1 if joint else n_tokens) * H * W * F32
-    accum = 2 * planes + MEASURE_BATCH * plane          # running step sum and total, measure buffer
+    n_planes = 2 * n_tokens + 1 if joint else n_tokens
+    planes = n_planes * H * W * F32
+    grids = sum(h * w for h, w in grid_sizes(latent_hw)) * n_planes * F32     # every possible grid
+    accum = planes + MEASURE_BATCH * (grids + planes)   # total, step buffers, one batch of resized steps
     per_step = n_kept * (plane + (H * W * F32 if joint else 0))
     per_layer = n_layers_breakdown * plane
     nq = max_queries if max_queries is not None else H * W
@@ -80,7 +110,7 @@ class OnlineAggregator:
     """Accumulate per-layer, per-step token maps into totals and strided per-step maps.
 
     Internally every call is one stack of planes: the T token maps, and for joint attention also the text
-    mass and the T text-renormalized maps (2T + 1 planes), so each step costs one resize per grid.
+    mass and the T text-renormalized maps (2T + 1 planes). Steps are closed in batches (module docstring).
     """
 
     def __init__(self, n_tokens: int, latent_hw: tuple[int, int], stride: int, layer_names: list[str],
@@ -99,38 +129,48 @@ class OnlineAggregator:
         self.breakdown = breakdown
         self.device = torch.device(device)
         z = lambda *s: torch.zeros(s, dtype=torch.float32, device=self.device)  # noqa: E731
-        self._step_sum = z(self.C, self.H, self.W)
-        self._step_layers = 0
         self._total = z(self.C, self.H, self.W)
         self._n_steps = 0
         self._kept_planes = self.T + 1 if joint else self.T      # maps (+ text mass) per kept step
-        self._per_step: list[Any] = []
+        self._per_step: list[Any] = []          # (k, kept planes, H, W) per closed batch
         self._per_step_index: list[int] = []
         self._steps_seen: list[int] = []
         self._ent: list[Any] = []
-        self._pending = z(MEASURE_BATCH, self.T, self.H, self.W)   # step maps awaiting their measures
-        self._n_pending = 0
         self._peak: list[Any] = []
+        self._buffers: dict[tuple[int, int], Any] = {}     # grid -> (MEASURE_BATCH, C, h, w) step sums
+        self._resizers: dict[tuple[int, int], tuple[Any, Any]] = {}
+        self._slot = 0                           # the buffer slot of the open step
+        self._slot_steps: list[int] = []         # step index of each closed slot
+        self._slot_layers: list[int] = []        # layer calls summed into each closed slot
+        self._step_layers = 0
         self._layer_sum = z(len(layer_names), self.T, self.H, self.W) if breakdown else None
         self._layer_count = [0] * len(layer_names)
         self._head_ent: dict[int, Any] = {}
         self._head_count: dict[int, int] = {}
-        self._grid_sums: dict[tuple[int, int], Any] = {}
-        self._word_weights = z(len(word_groups), self.T)
-        for i, g in enumerate(word_groups):
-            if g:
-                self._word_weights[i, g] = 1.0 / len(g)
+        # words: a single-token word's map is its token's map, so only the other words are computed and
+        # measured; _word_columns picks each word's measure from the [tokens, other words] columns
+        self._multi = [i for i, g in enumerate(word_groups) if len(g) != 1]
+        self._multi_weights = z(len(self._multi), self.T)
+        for row, i in enumerate(self._multi):
+            if word_groups[i]:
+                self._multi_weights[row, word_groups[i]] = 1.0 / len(word_groups[i])
+        cols = [g[0] if len(g) == 1 else self.T + self._multi.index(i) for i, g in enumerate(word_groups)]
+        self._word_columns = torch.tensor(list(range(self.T)) + cols, dtype=torch.long, device=self.device)
         self.current_step: int | None = None
 
     # -- per call ---------------------------------------------------------------------------------
     def resize(self, maps: Any) -> Any:
-        """(C, h, w) -> (C, H, W), bilinear (identity at the latent resolution)."""
-        import torch.nn.functional as F
-
-        if tuple(maps.shape[-2:]) == (self.H, self.W):
+        """(..., h, w) -> (..., H, W), bilinear (torch's weights as two matrix products; identity at the
+        latent resolution)."""
+        grid = (int(maps.shape[-2]), int(maps.shape[-1]))
+        if grid == (self.H, self.W):
             return maps
-        return F.interpolate(maps.unsqueeze(0), size=(self.H, self.W), mode="bilinear",
-                             align_corners=False).squeeze(0)
+        mats = self._resizers.get(grid)
+        if mats is None:
+            mats = (resize_matrix(grid[0], self.H).to(self.device),
+                    resize_matrix(grid[1], self.W).t().contiguous().to(self.device))
+            self._resizers[grid] = mats
+        return mats[0] @ maps @ mats[1]
 
     def add(self, step: int, layer: int, maps: Any, text_mass: Any | None = None, renorm: Any | None = None,
             head_entropy: Any | None = None) -> None:
@@ -140,89 +180,88 @@ class OnlineAggregator:
         if self.joint:
             planes = torch.cat([maps.float(), text_mass.float().unsqueeze(0), renorm.float()])
         else:
-            planes = maps.float().clone()        # add_planes accumulates into the first tensor it gets
+            planes = maps.float()
         self.add_planes(step, layer, planes, head_entropy)
 
     def add_planes(self, step: int, layer: int, planes: Any, head_entropy: Any | None = None) -> None:
-        """Add one layer's stacked planes (C, h, w) for ``step``; the aggregator may keep ``planes``.
+        """Add one layer's stacked planes (C, h, w) for ``step``: one addition into its grid's slot (resizing
+        is linear, so each grid is resized when the batch of steps closes)."""
+        import torch
 
-        Within a step, planes are summed at their native grid; resizing is linear, so each grid is
-        resized once, when the step closes.
-        """
         if self.current_step is not None and step != self.current_step:
             self.end_step()
         self.current_step = step
         if planes.device != self.device:        # e.g. model CPU offload moved the denoiser
             planes = planes.to(self.device)
         grid = (int(planes.shape[-2]), int(planes.shape[-1]))
-        acc = self._grid_sums.get(grid)
-        if acc is None:
-            self._grid_sums[grid] = planes
-        else:
-            acc += planes
+        buf = self._buffers.get(grid)
+        if buf is None:
+            buf = self._buffers[grid] = torch.zeros((MEASURE_BATCH, self.C, *grid), dtype=torch.float32,
+                                                    device=self.device)
+        buf[self._slot] += planes
         self._step_layers += 1
         if self._layer_sum is not None:
-            self._layer_sum[layer] += self.resize(planes[:self.T])
+            self._layer_sum[layer] += self.resize(planes[:self.T].float())
             self._layer_count[layer] += 1
         if head_entropy is not None:
             he = head_entropy.double().cpu()
             self._head_ent[layer] = self._head_ent.get(layer, 0) + he
             self._head_count[layer] = self._head_count.get(layer, 0) + 1
 
-    def _words_of(self, maps: Any) -> Any:
-        """(T, H, W) -> (Wd, H, W); the mean is one matrix product with the word/token weights."""
-        if self.word_mode == "mean":
-            return (self._word_weights @ maps.flatten(1)).view(-1, self.H, self.W)
-        return aggregate_words(maps, self.groups, self.word_mode)
-
     def end_step(self) -> None:
-        """Close the current step: update the total, keep it if on the stride, measure it."""
-
-        if self.current_step is None or self._step_layers == 0:
-            self._grid_sums.clear()
-            self.current_step = None
-            return
-        step = self.current_step
-        for acc in self._grid_sums.values():
-            self._step_sum += self.resize(acc)
-        self._grid_sums.clear()
-        step_planes = self._step_sum.div_(self._step_layers)
-        self._total += step_planes
-        self._n_steps += 1
-        self._steps_seen.append(step)
-        if step % self.stride == 0:
-            self._per_step.append(step_planes[:self._kept_planes].clone())
-            self._per_step_index.append(step)
-        self._pending[self._n_pending].copy_(step_planes[:self.T])
-        self._n_pending += 1
-        if self._n_pending == MEASURE_BATCH:
-            self._measure_pending()
-        self._step_sum.zero_()
+        """Close the current step (its slot); every MEASURE_BATCH steps, close the batch."""
+        if self.current_step is not None and self._step_layers:
+            self._slot_steps.append(self.current_step)
+            self._slot_layers.append(self._step_layers)
+            self._slot += 1
+            if self._slot == MEASURE_BATCH:
+                self._close_batch()
         self._step_layers = 0
         self.current_step = None
 
-    def _measure_pending(self) -> None:
-        """Entropy and peak concentration of the buffered step maps, tokens then words, in one batch (the
-        per-step measures cost a few dozen small torch calls; batching them keeps the capture's per-step
-        cost low, and at most MEASURE_BATCH step maps are buffered, so memory stays flat in the steps)."""
+    def _close_batch(self) -> None:
+        """The buffered steps: resized per grid, summed, divided by their layer counts, added to the total,
+        kept on the stride, measured (tokens, then the words that are not single tokens); buffers zeroed."""
         import torch
 
-        if not self._n_pending:
+        n = self._slot
+        if not n:
             return
-        maps = self._pending[:self._n_pending]                       # (K, T, H, W)
-        self._n_pending = 0
-        if self.word_mode == "mean":
-            words = torch.matmul(self._word_weights, maps.flatten(2)).view(maps.shape[0], -1, self.H, self.W)
-        else:
-            words = torch.stack([self._words_of(m) for m in maps])
-        ent, peak = entropy_and_peak(torch.cat([maps, words], dim=1))
-        self._ent.extend(ent.unbind(0))
-        self._peak.extend(peak.unbind(0))
+        steps = None
+        for buf in self._buffers.values():
+            part = self.resize(buf[:n])
+            if steps is None:
+                steps = part.clone() if part.data_ptr() == buf.data_ptr() else part
+            else:
+                steps += part
+            buf[:n].zero_()
+        counts = torch.tensor(self._slot_layers, dtype=torch.float32, device=self.device)
+        steps.div_(counts.view(n, 1, 1, 1))
+        self._total += steps.sum(0)
+        kept = [i for i, s in enumerate(self._slot_steps) if s % self.stride == 0]
+        if kept:
+            self._per_step.append(steps[:, :self._kept_planes][kept])
+            self._per_step_index.extend(self._slot_steps[i] for i in kept)
+        self._steps_seen.extend(self._slot_steps)
+        self._n_steps += n
+        maps = steps[:, :self.T]                                             # (n, T, H, W)
+        if self._multi and self.word_mode == "mean":
+            words = torch.matmul(self._multi_weights, maps.flatten(2)).view(n, -1, self.H, self.W)
+            maps = torch.cat([maps, words], dim=1)
+        elif self._multi:
+            maps = torch.cat([maps, aggregate_words(maps, [self.groups[i] for i in self._multi],
+                                                    self.word_mode)], dim=1)
+        ent, peak = entropy_and_peak(maps)
+        self._ent.extend(ent.index_select(1, self._word_columns).unbind(0))
+        self._peak.extend(peak.index_select(1, self._word_columns).unbind(0))
+        self._slot = 0
+        self._slot_steps.clear()
+        self._slot_layers.clear()
 
     # -- results ----------------------------------------------------------------------------------
     def stored_bytes(self) -> int:
         """Bytes of every tensor the aggregator holds now."""
-        tensors = [self._step_sum, self._total, *self._per_step, *self._grid_sums.values(), self._pending]
+        tensors = [self._total, *self._per_step, *self._buffers.values()]
         if self._layer_sum is not None:
             tensors.append(self._layer_sum)
         return int(sum(t.numel() * t.element_size() for t in tensors))
@@ -232,12 +271,12 @@ class OnlineAggregator:
         import torch
 
         self.end_step()
-        self._measure_pending()
+        self._close_batch()
         n = max(self._n_steps, 1)
         T, H, W = self.T, self.H, self.W
         nw = len(self.groups)
         total = (self._total / n).cpu().numpy()
-        kept = (torch.stack(self._per_step).cpu().numpy() if self._per_step
+        kept = (torch.cat(self._per_step).cpu().numpy() if self._per_step
                 else np.zeros((0, self._kept_planes, H, W), np.float32))
         empty = np.zeros((0, T + nw), np.float32)
         ent = torch.stack(self._ent).float().cpu().numpy() if self._ent else empty

@@ -296,7 +296,7 @@ def _record(cfg: AttentionConfig, plan: Plan, capture: Any, res: AggregateResult
                            "sum_error": info.sum_error, "route_error": info.route_error,
                            "output_relative_error": info.out_error, "route": info.route,
                            "lse_error": info.lse_error, "lse_drift": info.lse_drift,
-                           "fallback_reason": info.fallback_reason})
+                           "checks_reused": info.checks_reused, "fallback_reason": info.fallback_reason})
     steps = res.steps_seen
     entropy = {"steps": steps,
                "words": {w.label: res.word_entropy[:, j].tolist() for j, w in enumerate(plan.words)},

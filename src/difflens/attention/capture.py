@@ -12,7 +12,8 @@ with a delegating processor that
    path on the side (:mod:`difflens.attention.replay`, a second pass over all keys). On each layer's first
    captured call the replay runs too, with the full softmax: probabilities sum to 1, P x V reproduces the
    layer output, and the log-sum-exp route is compared with it (``LayerInfo.lse_error``; above
-   :data:`LSE_GUARD` the layer keeps the replay route). On CUDA the tap calls the flash, memory-efficient or
+   :data:`LSE_GUARD` the layer keeps the replay route). A later capture of the same module with the same
+   call layout in the same process (a sweep over prompts) reuses those checks (``checks_reused``). On CUDA the tap calls the flash, memory-efficient or
    cuDNN kernel torch would run (:mod:`difflens.attention.kernels`).
 
 It also adds a forward pre-hook on the denoiser (step counter, conditional rows, text length) and on the
@@ -27,6 +28,7 @@ with the conditional call at index ``cond_call`` (unbatched true CFG).
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -82,6 +84,24 @@ class _CapturingProcessor:
         return out
 
 
+#: attention module (weakly held) -> {call layout: (sum_error, out_error, route_error, lse_error)} of a first
+#: call whose lse route agreed with the replay: a later capture of the same module and layout (a sweep over
+#: prompts) reuses these checks instead of replaying its first call (the replay is the costly part of a
+#: capture on small models). Per process, like the kernel verdicts of :mod:`difflens.attention.lse`.
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layout(processor: Any, kind: str, call: dict[str, Any], rows: slice, text_len: int | None,
+            check: bool) -> tuple:
+    """What a layer's first-call checks depend on: processor class, layer kind, the shapes, dtypes and
+    devices of its inputs (mask included), the conditional rows, the text length and whether checks run."""
+    def desc(t: Any) -> Any:
+        return None if t is None or not hasattr(t, "shape") else (tuple(t.shape), str(t.dtype), str(t.device))
+
+    return (type(processor), kind, desc(call.get("hidden_states")), desc(call.get("encoder_hidden_states")),
+            desc(call.get("attention_mask")), rows.start, rows.stop, text_len, check)
+
+
 def _call_signature(processor: Any) -> inspect.Signature:
     """The processor's call signature, once per processor class (``inspect.signature`` resolves
     annotations: milliseconds per call, paid per layer on every capture otherwise)."""
@@ -128,7 +148,8 @@ class LayerInfo:
     lse_error: float | None = None   # max |lse-route columns - replay columns| on the first call
     fallback_reason: str | None = None
     backend: str | None = None       # the kernel the lse route tapped: cpu-flash, flash, efficient, cudnn
-    lse_drift: float | None = None   # max per-call |sum exp(s - lse) - 1| (cross) / text mass - 1 (joint)
+    lse_drift: float | None = None   # |sum exp(s - lse) - 1| (cross, first call) / max text mass - 1 (joint)
+    checks_reused: bool = False      # first-call checks taken from an earlier capture (same module, layout)
 
 
 @dataclass
@@ -277,13 +298,15 @@ class AttentionCapture:
             self._keys_on = self.token_keys.to(call["hidden_states"].device)
         first = info.calls == 0
         fast = self._lse_fast(index, layer, call, tap)
+        original = self._originals[index][1] if index < len(self._originals) else None
+        layout = _layout(original, layer.kind, call, self._rows, self.stats.text_len_seen, self.check)
+        earlier = _CHECKED.get(attn, {}).get(layout) if fast is not None and first else None
         res = None
-        if fast is None or first:
+        if fast is None or (first and earlier is None):
             # The replay route: the only route where the lse tap does not apply, and on each layer's first
-            # call the reference the lse route is compared with (full softmax: sum to 1, P x V = output).
-            proc_name = layer.processor
-            if index < len(self._originals):
-                proc_name = type(self._originals[index][1]).__name__
+            # call (once per module and layout in the process) the reference the lse route is compared
+            # with (full softmax: sum to 1, P x V = output).
+            proc_name = type(original).__name__ if original is not None else layer.processor
             res = replay(layer.kind, proc_name, attn, call, output, self._rows, self._keys_on,
                          text_len=self.stats.text_len_seen, check=self.check and first,
                          head_entropy=self.head_entropy, chunk_bytes=self.chunk_bytes)
@@ -294,13 +317,22 @@ class AttentionCapture:
                 info.fallback_reason = (f"the log-sum-exp route differed from the replay by "
                                         f"{info.lse_error:.2g} (> {LSE_GUARD:g}) on the first call")
                 fast = None
+            elif first:
+                _CHECKED.setdefault(attn, {})[layout] = (res.sum_error, res.out_error, res.route_error,
+                                                         info.lse_error)
+        if earlier is not None:
+            info.sum_error, info.out_error, route_error, info.lse_error = earlier
+            info.route_error = max(route_error or 0.0, info.lse_error)
+            info.checks_reused = True
         if fast is not None:
             info.route = "lse"
             flat, n_queries, ent = fast["planes"], fast["n_queries"], fast["head_entropy"]
             transient = fast["transient_bytes"]
             sum_error = res.sum_error if res is not None else None     # the full softmax's, first call
             drift = fast["lse_drift"]
-            if isinstance(drift, float):
+            if drift is None:                   # cross attention after the first call: not measured
+                pass
+            elif isinstance(drift, float):
                 info.lse_drift = max(info.lse_drift or 0.0, drift)
             else:                               # a device tensor: folded in on exit (no sync per call)
                 import torch
@@ -345,7 +377,7 @@ class AttentionCapture:
             else:
                 self.info[index].backend = rec.backend
                 fast = lse_columns(rec, rng, self._rows, self._keys_on, head_entropy=self.head_entropy,
-                                   chunk_bytes=self.chunk_bytes)
+                                   chunk_bytes=self.chunk_bytes, drift=self.info[index].calls == 0)
                 if fast is None:
                     reason = "the kernel's sequence lengths differ from the layer's layout"
         if fast is None:

@@ -363,19 +363,22 @@ def _mask_part(mask: Any, rows: slice, qs: slice, ks: slice) -> Any:
 
 
 def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, head_entropy: bool,
-                chunk_bytes: int) -> dict[str, Any] | None:
+                chunk_bytes: int, drift: bool = True) -> dict[str, Any] | None:
     """Per-token planes from a tapped call: ``planes`` (C, Nq) = mean over the conditional rows and heads
     of [p(kept token)] (cross, C = T) or [p(kept token), text mass, p(kept token) / text mass] (joint,
     C = 2T + 1), the transpose of :func:`difflens.attention.replay._attend`'s columns. None when the
     kernel's sequence lengths do not match the layer's layout.
 
-    Cross attention: the text keys are all the keys, so the probabilities are divided by their sum (the
-    softmax itself; the kernel's lse only steadies the exponent). ``lse_drift``: how far the kernel's lse
-    is from these scores' log-sum-exp, seen as |sum_j exp(s_ij - lse_i) - 1| (cross) or max(0, text
-    mass - 1) (joint, where only the text keys are seen): float32 rounding of the kernel's exp2 arithmetic,
-    up to ~1e-5 at large scores on CUDA. It is recorded, not checked: the probabilities summing to 1 is
-    checked with the full softmax on each layer's first call (the replay route). Computed keys-major,
-    (B, H, T, Nq), so the result needs no transpose.
+    Joint attention: ``s = scale k_text . q - lse`` in one ``baddbmm`` per (row, head) batch, then
+    ``p = exp(s)``. Cross attention: the text keys are all the keys, so ``p`` is the softmax of the text
+    scores itself (the kernel's q and k spare the second pass; its lse is not needed).
+
+    ``lse_drift``: how far the kernel's lse is from these scores' log-sum-exp, seen as
+    max(0, text mass - 1) (joint, every call) or |sum_j exp(s_ij - lse_i) - 1| (cross, only when ``drift``:
+    the capture asks on a layer's first call): float32 rounding of the kernel's exp2 arithmetic, up to ~1e-5
+    at large scores on CUDA. It is recorded, not checked: the probabilities summing to 1 is checked with the
+    full softmax on each layer's first call (the replay route). Computed keys-major, (rows x heads, T, Nq),
+    so the result needs no transpose; the few torch calls per layer call are what this costs on small models.
     """
     import torch
 
@@ -384,45 +387,73 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     q, k, lse = rec.query, rec.key, rec.lse
     if int(q.shape[2]) != rng.n_queries_all or int(k.shape[2]) != rng.n_keys_all:
         return None
-    qt = q[rows, :, rng.queries].float().transpose(-1, -2)     # (B, H, d, Nq)
-    kt = k[rows, :, rng.text].float().mul(rec.scale)           # (B, H, T, d), scale folded into the keys
-    li = lse[rows, :, rng.queries].unsqueeze(-2)               # (B, H, 1, Nq) float32
-    m = None
+    B = len(range(*rows.indices(int(q.shape[0]))))
+    H, d = int(q.shape[1]), int(q.shape[3])
+    Nq = len(range(*rng.queries.indices(int(q.shape[2]))))
+    T = len(range(*rng.text.indices(int(k.shape[2]))))
+    qb = _rows_of(q, rows, rng.queries).float().reshape(B * H, Nq, d).transpose(1, 2)   # (BH, d, Nq)
+    kb = _rows_of(k, rows, rng.text).float().reshape(B * H, T, d)                        # (BH, T, d)
+    bias = None                                           # what is added to scale k.q: -lse (joint), mask
+    if rng.joint:
+        bias = _rows_of(lse, rows, rng.queries).neg().reshape(B * H, 1, Nq)
     if rec.mask is not None:
-        m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (.., T, Nq)
-    B, H, _, Nq = qt.shape
-    T = int(kt.shape[2])
-    per_head_bytes = 4 * B * Nq * T
-    hc = max(1, min(H, chunk_bytes // max(per_head_bytes, 1)))
-    parts, pts = [], []
+        m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (b, h, T|1, Nq|1)
+        if m.shape[0] * m.shape[1] == 1:               # one mask for every row and head: broadcast
+            m = m.reshape(1, *m.shape[2:])
+        else:
+            m = m.expand(B, H, *m.shape[2:]).reshape(B * H, *m.shape[2:])
+        bias = m if bias is None else m + bias
+    n_rows = B * H
+    per_row_bytes = 4 * Nq * T
+    rc = max(1, min(n_rows, chunk_bytes // max(per_row_bytes, 1)))
+    total_planes = None
+    pts = []
     err = None
-    for h0 in range(0, H, hc):
-        h1 = min(H, h0 + hc)
-        whole = hc >= H                                         # one chunk: no head slicing (fewer calls)
-        s = torch.matmul(kt if whole else kt[:, h0:h1], qt if whole else qt[:, h0:h1])   # (B, hc, T, Nq)
-        if m is not None:
-            s.add_(m[:, h0:h1] if m.shape[1] == H and not whole else m)
-        p = s.sub_(li if whole else li[:, h0:h1]).exp_()       # probabilities of the text keys
-        total = p.sum(-2, keepdim=True)                         # (B, hc, 1, Nq)
-        e = total.amax() if rng.joint else (total - 1.0).abs_().amax()
-        err = e if err is None else torch.maximum(err, e)
-        pt = p.index_select(-2, token_keys)
-        if not rng.joint:       # all keys are text keys: p / sum is the softmax itself, free of lse rounding
-            pt = pt.div_(total)
+    for r0 in range(0, n_rows, rc):
+        r1 = min(n_rows, r0 + rc)
+        kr, qr = (kb, qb) if rc >= n_rows else (kb[r0:r1], qb[r0:r1])
+        br = bias if bias is None or rc >= n_rows or bias.shape[0] == 1 else bias[r0:r1]
+        if br is None:
+            s = torch.bmm(kr, qr).mul_(rec.scale)                          # (rows, T, Nq)
+        else:
+            s = torch.baddbmm(br, kr, qr, alpha=rec.scale)
+        if rng.joint:
+            p = s.exp_()                                                   # probabilities of the text keys
+            total = p.sum(1, keepdim=True)                                 # (rows, 1, Nq): the text mass
+            e = total.amax()
+            pt = p.index_select(1, token_keys)
+            part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=1)
+        else:
+            if drift:
+                li = _rows_of(lse, rows, rng.queries).reshape(B * H, 1, Nq)
+                li = li if rc >= n_rows else li[r0:r1]
+                e = (s - li).exp_().sum(1).sub_(1.0).abs_().amax()
+            p = torch.softmax(s, dim=1)
+            pt = part = p.index_select(1, token_keys)
+        if rng.joint or drift:
+            err = e if err is None else torch.maximum(err, e)
         pts.append(pt)
-        part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=-2) if rng.joint else pt
-        parts.append(part.mean(dim=(0, 1)) if whole else part.sum(dim=(0, 1)))
+        summed = part.sum(0)
+        total_planes = summed if total_planes is None else total_planes.add_(summed)
         del p, s
-    planes = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0).div_(B * H)
+    planes = total_planes.div_(n_rows)
     # a float on CPU; on an accelerator a 0-dim tensor, folded in by the caller without a host sync per call
-    drift: Any
-    if err.device.type == "cpu":
-        drift = max(0.0, float(err) - 1.0) if rng.joint else float(err)
-    else:
-        drift = (err - 1.0).clamp_min_(0.0) if rng.joint else err
+    drift_value: Any = None
+    if err is not None and err.device.type == "cpu":
+        drift_value = max(0.0, float(err) - 1.0) if rng.joint else float(err)
+    elif err is not None:
+        drift_value = (err - 1.0).clamp_min_(0.0) if rng.joint else err
     ent = None
     if head_entropy:
-        pt_all = torch.cat(pts, 1) if len(pts) > 1 else pts[0]          # (B, H, T, Nq)
-        ent = spatial_entropy(pt_all.unsqueeze(-1)).float().mean(0)
-    return {"planes": planes, "head_entropy": ent, "lse_drift": drift, "n_queries": Nq,
-            "transient_bytes": 2 * hc * per_head_bytes}
+        pt_all = torch.cat(pts, 0) if len(pts) > 1 else pts[0]          # (B H, T, Nq)
+        ent = spatial_entropy(pt_all.view(B, H, -1, Nq, 1)).float().mean(0)
+    return {"planes": planes, "head_entropy": ent, "lse_drift": drift_value, "n_queries": Nq,
+            "transient_bytes": 2 * rc * per_row_bytes}
+
+
+def _rows_of(t: Any, rows: slice, seq: slice) -> Any:
+    """``t[rows, :, seq]`` without the indexing calls when both slices take everything."""
+    n_rows, n_seq = int(t.shape[0]), int(t.shape[2])
+    if rows.indices(n_rows) == (0, n_rows, 1):
+        return t if seq.indices(n_seq) == (0, n_seq, 1) else t[:, :, seq]
+    return t[rows, :, seq]
