@@ -333,3 +333,37 @@ def test_first_call_checks_are_reused_for_the_same_layout(tiny_pipeline_dir: Cal
     assert np.array_equal(first.maps, again.maps)
     assert np.array_equal(first.token_entropy, again.token_entropy)
     assert other.maps.shape != first.maps.shape
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 1])
+def test_identical_trailing_text_keys_are_scored_once(chunk_bytes: int) -> None:
+    """Joint attention whose last text keys are one key (an SD3 pipeline without T5 pads with zeros): the
+    run is found, scored once and counted; the planes equal the full softmax's in float64 (kept tokens
+    inside the run included), whole or one (row, head) at a time; a layer without such a run is left as is."""
+    from difflens.attention.lse import TapRecord
+    from difflens.attention.text_probs import MIN_RUN, Ranges, lse_columns
+
+    gen = torch.Generator().manual_seed(0)
+    n_img, n_text, d = 16, 10 + 2 * MIN_RUN, 8
+    q = torch.randn(2, 2, n_img + n_text, d, generator=gen)
+    k = torch.randn(2, 2, n_img + n_text, d, generator=gen)
+    k[:, :, n_img + 10:] = k[:, :, n_img + 10:n_img + 11]           # keys 10.. of the text are one key
+    scale = d ** -0.5
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, 0.0, False, scale=scale)
+    rng = Ranges(slice(0, n_img), slice(n_img, n_img + n_text), n_img + n_text, n_img + n_text, True)
+    keys = torch.tensor([0, 3, 10, n_text - 1])
+    p = torch.softmax(scale * q.double() @ k.double().transpose(-1, -2), dim=-1)[1:, :, :n_img, n_img:]
+    total = p.sum(-1, keepdim=True)
+    pt = p[..., keys]
+    ref = torch.cat([pt, total, pt / total], dim=-1).mean(dim=(0, 1)).t()      # (2T + 1, Nq)
+    memo: dict[str, Any] = {}
+    for _ in range(2):                                    # found, then confirmed from the memo
+        got = lse_columns(TapRecord(q, k, lse, None, scale), rng, slice(1, 2), keys, head_entropy=False,
+                          chunk_bytes=chunk_bytes, memo=memo)
+        assert memo["run_start"] == 10
+        np.testing.assert_allclose(got["planes"].double().numpy(), ref.numpy(), rtol=0, atol=1e-6)
+    k2 = torch.randn(2, 2, n_img + n_text, d, generator=gen)
+    memo2: dict[str, Any] = {}
+    lse_columns(TapRecord(q, k2, lse, None, scale), rng, slice(1, 2), keys, head_entropy=False,
+                chunk_bytes=chunk_bytes, memo=memo2)
+    assert memo2["run_start"] is None

@@ -7,14 +7,15 @@ with a delegating processor that
    whatever backend was set), and
 2. during conditional denoiser calls, obtains the image->text probabilities and feeds them to an
    :class:`OnlineAggregator`: on CPU and CUDA from the attention kernel's own log-sum-exp
-   (:mod:`difflens.attention.lse`: the kernel's q, k and lse are tapped during the original call, then
-   p = exp(scale q.k_text - lse) over the text keys only), elsewhere by replaying the layer's query/key
-   path on the side (:mod:`difflens.attention.replay`, a second pass over all keys). On each layer's first
-   captured call the replay runs too, with the full softmax: probabilities sum to 1, P x V reproduces the
-   layer output, and the log-sum-exp route is compared with it (``LayerInfo.lse_error``; above
-   :data:`LSE_GUARD` the layer keeps the replay route). A later capture of the same module with the same
-   call layout in the same process (a sweep over prompts) reuses those checks (``checks_reused``). On CUDA the tap calls the flash, memory-efficient or
-   cuDNN kernel torch would run (:mod:`difflens.attention.kernels`).
+   (:mod:`difflens.attention.lse`: the kernel's q, k and lse are tapped during the original call, then p =
+   exp(scale q.k_text - lse) over the text keys only, :mod:`difflens.attention.text_probs`), elsewhere by
+   replaying the layer's query/key path on the side (:mod:`difflens.attention.replay`, a second pass over all
+   keys). On each layer's first captured call the replay runs too, with the full softmax: probabilities sum to
+   1, P x V reproduces the layer output, and the log-sum-exp route is compared with it
+   (``LayerInfo.lse_error``; above :data:`LSE_GUARD` the layer keeps the replay route). A later capture of the
+   same module with the same call layout in the same process (a sweep over prompts) reuses those checks
+   (``checks_reused``). On CUDA the tap calls the flash, memory-efficient or cuDNN kernel torch would run
+   (:mod:`difflens.attention.kernels`).
 
 It also adds a forward pre-hook on the denoiser (step counter, conditional rows, text length) and on the
 text encoders (the token ids each actually received). On exit, even on an exception, every original
@@ -34,8 +35,9 @@ from typing import Any, Literal
 
 from difflens.attention.aggregate import OnlineAggregator
 from difflens.attention.layout import AttnLayer, grid_for, module_of
-from difflens.attention.lse import SdpaTap, lse_columns, lse_route_available, ranges_for, tapped_function
+from difflens.attention.lse import SdpaTap, lse_route_available, tapped_function
 from difflens.attention.replay import DEFAULT_CHUNK_BYTES, replay
+from difflens.attention.text_probs import lse_columns, ranges_for
 from difflens.errors import DifflensError
 
 _WRAPPER_CLASSES: dict[type, type] = {}
@@ -148,7 +150,7 @@ class LayerInfo:
     lse_error: float | None = None   # max |lse-route columns - replay columns| on the first call
     fallback_reason: str | None = None
     backend: str | None = None       # the kernel the lse route tapped: cpu-flash, flash, efficient, cudnn
-    lse_drift: float | None = None   # |sum exp(s - lse) - 1| (cross, first call) / max text mass - 1 (joint)
+    lse_drift: float | None = None   # first call: |sum exp(s - lse) - 1| (cross) / text mass - 1 (joint)
     checks_reused: bool = False      # first-call checks taken from an earlier capture (same module, layout)
 
 
@@ -207,6 +209,7 @@ class AttentionCapture:
         self.route = route
         self._lse_ok = [route == "auto" and lse_route_available()] * len(layers)
         self._drift_pending: list[Any] = [None] * len(layers)
+        self._memos: list[dict[str, Any]] = [{} for _ in layers]    # per layer, for lse_columns
 
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -299,8 +302,10 @@ class AttentionCapture:
         first = info.calls == 0
         fast = self._lse_fast(index, layer, call, tap)
         original = self._originals[index][1] if index < len(self._originals) else None
-        layout = _layout(original, layer.kind, call, self._rows, self.stats.text_len_seen, self.check)
-        earlier = _CHECKED.get(attn, {}).get(layout) if fast is not None and first else None
+        layout = earlier = None
+        if first and fast is not None:
+            layout = _layout(original, layer.kind, call, self._rows, self.stats.text_len_seen, self.check)
+            earlier = _CHECKED.get(attn, {}).get(layout)
         res = None
         if fast is None or (first and earlier is None):
             # The replay route: the only route where the lse tap does not apply, and on each layer's first
@@ -377,7 +382,8 @@ class AttentionCapture:
             else:
                 self.info[index].backend = rec.backend
                 fast = lse_columns(rec, rng, self._rows, self._keys_on, head_entropy=self.head_entropy,
-                                   chunk_bytes=self.chunk_bytes, drift=self.info[index].calls == 0)
+                                   chunk_bytes=self.chunk_bytes, drift=self.info[index].calls == 0,
+                                   memo=self._memos[index])
                 if fast is None:
                     reason = "the kernel's sequence lengths differ from the layer's layout"
         if fast is None:

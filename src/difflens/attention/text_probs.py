@@ -1,0 +1,219 @@
+"""Image->text probabilities from a tapped attention-kernel call (:class:`difflens.attention.lse.TapRecord`):
+the kernel's q, k and log-sum-exp give, for the text keys j only,
+
+    p(j | i) = exp(scale * q_i . k_j + m_ij - lse_i)                      (Vaswani et al. 2017, eq. 1)
+
+an N_image x N_text product per head instead of a second N_image x N_all attention pass.
+
+:func:`ranges_for` places the image queries and text keys in the kernel's sequences for each layer kind;
+:func:`lse_columns` computes the per-token planes the aggregator takes. Text keys that repeat one key to the
+end of the text sequence (the zero-padded T5 positions of an SD3 pipeline run without its T5 encoder: 256
+identical keys in the shapes-world MMDiT) are scored once and weighted by their count
+(:func:`trailing_run`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from difflens.attention.lse import TapRecord
+
+#: A run of identical trailing text keys shorter than this is scored key by key (not worth the check).
+MIN_RUN = 8
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Where the image queries and the text keys sit in the kernel's sequences."""
+
+    queries: slice
+    text: slice
+    n_queries_all: int
+    n_keys_all: int
+    joint: bool
+
+
+def ranges_for(kind: str, call: dict[str, Any], text_len: int | None) -> Ranges | None:
+    """Image-query and text-key ranges for a layer ``kind`` (DESIGN.md 4: SD3 ``[image, text]``, Flux
+    ``[text, image]`` in double and single blocks; cross attention: image queries, text keys)."""
+    hs = call.get("hidden_states")
+    enc = call.get("encoder_hidden_states")
+    if hs is None:
+        return None
+    n_hs = int(hs.shape[2] * hs.shape[3]) if hs.ndim == 4 else int(hs.shape[1])
+    if kind == "cross":
+        if enc is None:
+            return None
+        t = int(enc.shape[1])
+        return Ranges(slice(0, n_hs), slice(0, t), n_hs, t, False)
+    if kind == "joint_image_first":
+        if enc is None:
+            return None
+        t = int(enc.shape[1])
+        return Ranges(slice(0, n_hs), slice(n_hs, n_hs + t), n_hs + t, n_hs + t, True)
+    if kind == "joint_text_first":
+        if enc is None:
+            return None
+        t = int(enc.shape[1])
+        return Ranges(slice(t, t + n_hs), slice(0, t), t + n_hs, t + n_hs, True)
+    if kind == "single_text_first":
+        if text_len is None:
+            return None
+        return Ranges(slice(int(text_len), n_hs), slice(0, int(text_len)), n_hs, n_hs, True)
+    return None
+
+
+def _mask_part(mask: Any, rows: slice, qs: slice, ks: slice) -> Any:
+    m = mask
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    if m.shape[0] > 1:
+        m = m[rows]
+    if m.shape[2] > 1:
+        m = m[:, :, qs]
+    return m[..., ks] if m.shape[3] > 1 else m
+
+
+def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, head_entropy: bool,
+                chunk_bytes: int, drift: bool = True,
+                memo: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Per-token planes from a tapped call: ``planes`` (C, Nq) = mean over the conditional rows and heads
+    of [p(kept token)] (cross, C = T) or [p(kept token), text mass, p(kept token) / text mass] (joint,
+    C = 2T + 1), the transpose of :func:`difflens.attention.replay._attend`'s columns. None when the
+    kernel's sequence lengths do not match the layer's layout.
+
+    Joint attention: ``p = exp(scale k_text . q - lse)``, the scores and the subtraction in one ``baddbmm``
+    per (row x head) batch; identical trailing text keys are scored once (:func:`trailing_run`; ``memo``,
+    one dict per layer owned by the caller, keeps where the run starts). Cross attention: the text keys are
+    all the keys, so ``p`` is the softmax of the text scores itself (the kernel's q and k spare the second
+    pass; its lse is not needed). Computed keys-major, (rows x heads, T, Nq), so the result needs no
+    transpose; on small models the number of torch calls per layer call, not the arithmetic, is the cost.
+
+    ``lse_drift`` (only when ``drift``: the capture asks on each layer's first call): how far the kernel's
+    lse is from these scores' log-sum-exp, seen as max(0, text mass - 1) (joint) or
+    max |sum_j exp(s_ij - lse_i) - 1| (cross): float32 rounding of the kernel's exp2 arithmetic, up to ~1e-5
+    at large scores on CUDA. It is recorded, not checked: the probabilities summing to 1 is checked with the
+    full softmax on each layer's first call (the replay route).
+    """
+    import torch
+
+    from difflens.attention.measures import spatial_entropy
+
+    q, k, lse = rec.query, rec.key, rec.lse
+    if int(q.shape[2]) != rng.n_queries_all or int(k.shape[2]) != rng.n_keys_all:
+        return None
+    B = len(range(*rows.indices(int(q.shape[0]))))
+    H, d = int(q.shape[1]), int(q.shape[3])
+    Nq = len(range(*rng.queries.indices(int(q.shape[2]))))
+    T = len(range(*rng.text.indices(int(k.shape[2]))))
+    n_rows = B * H
+    qb = _rows_of(q, rows, rng.queries).float().reshape(n_rows, Nq, d).transpose(1, 2)   # (BH, d, Nq)
+    kb = _rows_of(k, rows, rng.text).float().reshape(n_rows, T, d)                        # (BH, T, d)
+    li = _rows_of(lse, rows, rng.queries).reshape(n_rows, 1, Nq)                        # float32
+    keys, weights = token_keys, None
+    if rng.joint and rec.mask is None:
+        start = trailing_run(kb, memo)
+        if start is not None:                  # keys start..T-1 are one key: scored once, counted T - start
+            kb = kb[:, :start + 1]
+            keys, weights = _run_weights(token_keys, start, T, memo)
+    bias, beta = None, 1.0                      # what is added to scale k.q: -lse (joint) and the mask
+    if rng.joint:
+        bias, beta = li, -1.0
+    if rec.mask is not None:
+        m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (b, h, T|1, Nq|1)
+        if m.shape[0] * m.shape[1] == 1:               # one mask for every row and head: broadcast
+            m = m.reshape(1, *m.shape[2:])
+        else:
+            m = m.expand(B, H, *m.shape[2:]).reshape(n_rows, *m.shape[2:])
+        bias, beta = (m, 1.0) if bias is None else (m - li, 1.0)
+    per_row_bytes = 4 * Nq * int(kb.shape[1])
+    rc = max(1, min(n_rows, chunk_bytes // max(per_row_bytes, 1)))
+    parts, pts, errs = [], [], []
+    for r0 in range(0, n_rows, rc):
+        whole = rc >= n_rows                                               # one chunk: no slicing calls
+        kr, qr = (kb, qb) if whole else (kb[r0:r0 + rc], qb[r0:r0 + rc])
+        if bias is None:
+            s = torch.bmm(kr, qr).mul_(rec.scale)                          # (rows, T, Nq)
+        else:
+            br = bias if whole or bias.shape[0] == 1 else bias[r0:r0 + rc]
+            s = torch.baddbmm(br, kr, qr, beta=beta, alpha=rec.scale)
+        if rng.joint:
+            p = s.exp_()                                                   # probabilities of the text keys
+            total = (p.sum(1, keepdim=True) if weights is None               # (rows, 1, Nq): the text mass
+                     else torch.matmul(weights, p).unsqueeze(1))
+            if drift:
+                errs.append(total.amax())
+            pt = p.index_select(1, keys)
+            part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=1)
+        else:
+            if drift:
+                lr = li if whole else li[r0:r0 + rc]
+                errs.append((s - lr).exp_().sum(1).sub_(1.0).abs_().amax())
+            pt = part = torch.softmax(s, dim=1).index_select(1, keys)
+        pts.append(pt)
+        parts.append(part.mean(0) if whole else part.sum(0))
+        del s
+    planes = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0).div_(n_rows)
+    # a float on CPU; on an accelerator a 0-dim tensor, folded in by the caller without a host sync per call
+    drift_value: Any = None
+    if errs:
+        err = errs[0] if len(errs) == 1 else torch.stack(errs).amax()
+        if err.device.type == "cpu":
+            drift_value = max(0.0, float(err) - 1.0) if rng.joint else float(err)
+        else:
+            drift_value = (err - 1.0).clamp_min_(0.0) if rng.joint else err
+    ent = None
+    if head_entropy:
+        pt_all = torch.cat(pts, 0) if len(pts) > 1 else pts[0]          # (B H, T, Nq)
+        ent = spatial_entropy(pt_all.view(B, H, -1, Nq, 1)).float().mean(0)
+    return {"planes": planes, "head_entropy": ent, "lse_drift": drift_value, "n_queries": Nq,
+            "transient_bytes": 2 * rc * per_row_bytes}
+
+
+def trailing_run(kb: Any, memo: dict[str, Any] | None) -> int | None:
+    """Where a run of at least :data:`MIN_RUN` text keys equal to the last one starts, in every row and head
+    (``kb`` (rows, T, d)), or None. The run is found once per layer and kept in ``memo``; later calls confirm
+    it with one ``torch.equal`` (and look again when it fails)."""
+    import torch
+
+    T = int(kb.shape[1])
+    if T < MIN_RUN:
+        return None
+    known = memo.get("run_start", -1) if memo is not None else -1
+    if known is None:
+        return None                                   # looked before: no run in this layer
+    if 0 <= known < T and torch.equal(kb[:, known:], kb[:, known:known + 1].expand(-1, T - known, -1)):
+        return known
+    same = (kb == kb[:, -1:]).all(dim=2).all(dim=0).tolist()        # key j equals the last key everywhere
+    n = 0
+    while n < T and same[T - 1 - n]:
+        n += 1
+    start = T - n if n >= MIN_RUN else None
+    if memo is not None:
+        memo["run_start"] = start
+    return start
+
+
+def _run_weights(token_keys: Any, start: int, T: int, memo: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The kept tokens' rows once keys start..T-1 are one row, and the count of each remaining key (1, and
+    T - start for the run); kept in ``memo`` per (start, T)."""
+    import torch
+
+    cached = memo.get("run_weights") if memo is not None else None
+    if cached is not None and cached[0] == (start, T, token_keys.device):
+        return cached[1], cached[2]
+    weights = torch.ones(start + 1, dtype=torch.float32, device=token_keys.device)
+    weights[start] = T - start
+    keys = token_keys.clamp_max(start)
+    if memo is not None:
+        memo["run_weights"] = ((start, T, token_keys.device), keys, weights)
+    return keys, weights
+
+
+def _rows_of(t: Any, rows: slice, seq: slice) -> Any:
+    """``t[rows, :, seq]`` without the indexing calls when both slices take everything."""
+    n_rows, n_seq = int(t.shape[0]), int(t.shape[2])
+    if rows.indices(n_rows) == (0, n_rows, 1):
+        return t if seq.indices(n_seq) == (0, n_seq, 1) else t[:, :, seq]
+    return t[rows, :, seq]
