@@ -110,7 +110,7 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     n_rows = B * H
     qb = _rows_of(q, rows, rng.queries).float().reshape(n_rows, Nq, d).transpose(1, 2)   # (BH, d, Nq)
     kb = _rows_of(k, rows, rng.text).float().reshape(n_rows, T, d)                        # (BH, T, d)
-    li = _rows_of(lse, rows, rng.queries).reshape(n_rows, 1, Nq)                        # float32
+    li = _rows_of(lse, rows, rng.queries).reshape(n_rows, 1, Nq) if rng.joint or drift else None  # float32
     keys, weights = token_keys, None
     if rng.joint and rec.mask is None:
         start = trailing_run(kb, memo)
@@ -150,7 +150,11 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
             if drift:
                 lr = li if whole else li[r0:r0 + rc]
                 errs.append((s - lr).exp_().sum(1).sub_(1.0).abs_().amax())
-            pt = part = torch.softmax(s, dim=1).index_select(1, keys)
+            p = torch.softmax(s, dim=1)
+            if whole and not head_entropy:    # the kept rows and their mean over rows x heads in one product
+                parts.append(torch.matmul(_select_mean(keys, n_rows, T, memo), p.view(n_rows * T, Nq)))
+                continue
+            pt = part = p.index_select(1, keys)
         pts.append(pt)
         parts.append(part.mean(0) if whole else part.sum(0))
         del s
@@ -193,6 +197,22 @@ def trailing_run(kb: Any, memo: dict[str, Any] | None) -> int | None:
     if memo is not None:
         memo["run_start"] = start
     return start
+
+
+def _select_mean(keys: Any, n_rows: int, T: int, memo: dict[str, Any] | None) -> Any:
+    """(K, n_rows * T) matrix W with ``W @ p.view(n_rows * T, Nq)`` = ``p[:, keys].mean(0)`` for p
+    (n_rows, T, Nq): one matrix product instead of a selection and a mean; kept in ``memo``."""
+    import torch
+
+    cached = memo.get("select_mean") if memo is not None else None
+    if cached is not None and cached[0] == (n_rows, T, keys.device):
+        return cached[1]
+    w = torch.zeros(int(keys.numel()), n_rows * T, dtype=torch.float32, device=keys.device)
+    cols = (torch.arange(n_rows, device=keys.device)[:, None] * T + keys[None, :]).t()     # (K, n_rows)
+    w.scatter_(1, cols, 1.0 / n_rows)
+    if memo is not None:
+        memo["select_mean"] = ((n_rows, T, keys.device), w)
+    return w
 
 
 def _run_weights(token_keys: Any, start: int, T: int, memo: dict[str, Any] | None) -> tuple[Any, Any]:
