@@ -367,3 +367,23 @@ def test_identical_trailing_text_keys_are_scored_once(chunk_bytes: int) -> None:
     lse_columns(TapRecord(q, k2, lse, None, scale), rng, slice(1, 2), keys, head_entropy=False,
                 chunk_bytes=chunk_bytes, memo=memo2)
     assert memo2["run_start"] is None
+
+
+@pytest.mark.parametrize("layout", ["rsd", "rds", "r1s"])
+def test_flat_rows_views_equal_slicing(layout: str) -> None:
+    """The one-call strided view equals slicing + reshape, for a kernel-style (B, L, H, d) memory layout seen
+    as (B, H, L, d), one row or two; non-float32 input takes the copying path with the same values."""
+    from difflens.attention.text_probs import _flat_rows
+
+    base = torch.randn(3, 20, 4, 8)                        # (B, L, H, d) in memory
+    t = base.permute(0, 2, 1, 3) if layout != "r1s" else base[..., 0].permute(0, 2, 1)
+    for rows in (slice(1, 2), slice(0, 3)):
+        for dtype in (torch.float32, torch.float16):
+            src = t.to(dtype)
+            got = _flat_rows(src, rows, slice(5, 17), layout)
+            ref = src[rows, :, 5:17].float()
+            n = ref.shape[0] * ref.shape[1]
+            ref = (ref.reshape(n, 1, 12) if layout == "r1s" else ref.reshape(n, 12, 8) if layout == "rsd"
+                   else ref.reshape(n, 12, 8).transpose(1, 2))
+            assert got.dtype == torch.float32 and got.shape == ref.shape
+            assert torch.equal(got, ref)

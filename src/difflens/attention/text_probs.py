@@ -104,13 +104,13 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     if int(q.shape[2]) != rng.n_queries_all or int(k.shape[2]) != rng.n_keys_all:
         return None
     B = len(range(*rows.indices(int(q.shape[0]))))
-    H, d = int(q.shape[1]), int(q.shape[3])
+    H = int(q.shape[1])
     Nq = len(range(*rng.queries.indices(int(q.shape[2]))))
     T = len(range(*rng.text.indices(int(k.shape[2]))))
     n_rows = B * H
-    qb = _rows_of(q, rows, rng.queries).float().reshape(n_rows, Nq, d).transpose(1, 2)   # (BH, d, Nq)
-    kb = _rows_of(k, rows, rng.text).float().reshape(n_rows, T, d)                        # (BH, T, d)
-    li = _rows_of(lse, rows, rng.queries).reshape(n_rows, 1, Nq) if rng.joint or drift else None  # float32
+    qb = _flat_rows(q, rows, rng.queries, "rds")                                       # (BH, d, Nq)
+    kb = _flat_rows(k, rows, rng.text, "rsd")                                          # (BH, T, d)
+    li = _flat_rows(lse, rows, rng.queries, "r1s") if rng.joint or drift else None      # (BH, 1, Nq)
     keys, weights = token_keys, None
     if rng.joint and rec.mask is None:
         start = trailing_run(kb, memo)
@@ -231,9 +231,27 @@ def _run_weights(token_keys: Any, start: int, T: int, memo: dict[str, Any] | Non
     return keys, weights
 
 
-def _rows_of(t: Any, rows: slice, seq: slice) -> Any:
-    """``t[rows, :, seq]`` without the indexing calls when both slices take everything."""
-    n_rows, n_seq = int(t.shape[0]), int(t.shape[2])
-    if rows.indices(n_rows) == (0, n_rows, 1):
-        return t if seq.indices(n_seq) == (0, n_seq, 1) else t[:, :, seq]
-    return t[rows, :, seq]
+def _flat_rows(t: Any, rows: slice, seq: slice, layout: str) -> Any:
+    """``t[rows, :, seq]`` of a (B, H, L[, d]) tensor as float32 with rows and heads flattened: ``"rsd"``
+    (R, L', d), ``"rds"`` (R, d, L') or, for (B, H, L), ``"r1s"`` (R, 1, L'). One ``as_strided`` view when
+    the rows and heads flatten to one stride (a single row, or row stride = heads x head stride) and the
+    tensor is float32; slicing, a float copy and a reshape otherwise (per-call torch calls are the cost of
+    this module on small models)."""
+    import torch
+
+    r0, r1, rstep = rows.indices(int(t.shape[0]))
+    s0, s1, sstep = seq.indices(int(t.shape[2]))
+    nr, ns, H = len(range(r0, r1, rstep)), len(range(s0, s1, sstep)), int(t.shape[1])
+    st = t.stride()
+    if t.dtype == torch.float32 and rstep == 1 and sstep == 1 and (nr == 1 or st[0] == H * st[1]):
+        offset = t.storage_offset() + r0 * st[0] + s0 * st[2]
+        if layout == "r1s":
+            return t.as_strided((nr * H, 1, ns), (st[1], 1, st[2]), offset)
+        size, stride = ((nr * H, ns, int(t.shape[3])), (st[1], st[2], st[3])) if layout == "rsd" else (
+            (nr * H, int(t.shape[3]), ns), (st[1], st[3], st[2]))
+        return t.as_strided(size, stride, offset)
+    v = t[rows, :, seq].float()
+    if layout == "r1s":
+        return v.reshape(nr * H, 1, ns)
+    v = v.reshape(nr * H, ns, int(t.shape[3]))
+    return v if layout == "rsd" else v.transpose(1, 2)
