@@ -4,7 +4,8 @@
    aggregator's ``result()``) by the log-sum-exp route (``route="auto"``: the kernel's own log-sum-exp, no
    second pass) and by the replay route (``route="replay"``: a second attention pass over all keys), each
    captured run timed between two plain runs and divided by their mean (A-B-A, robust to a drifting shared
-   machine), medians of those ratios; and the largest difference between the two routes' maps (goal:
+   machine), medians of those ratios, and the best-of ratios (fastest captured run / fastest plain run:
+   interference only slows a run down); and the largest difference between the two routes' maps (goal:
    1e-6). Goal: at most 1.10x the plain time.
 2. Memory: bytes the capture holds (aggregator tensors, exact) and its largest transient chunk, at two
    step counts; with a stride >= steps (one kept per-step map) these must not depend on the step count;
@@ -220,21 +221,25 @@ def main() -> None:
         if rev:
             variants.append(("rev", lambda p=plan: _captured(p, 1, classes=rev)[0]))
         ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+        walls: dict[str, list[float]] = {name: [] for name, _ in variants}
         plains = [_plain(plan)]
         for _ in range(args.repeats):
             for name, run in variants:
                 t = run()
+                walls[name].append(t[0])
                 plains.append(_plain(plan))
                 (aw, ac), (bw, bc) = plains[-2], plains[-1]
                 ratios[name].append((t[0] / ((aw + bw) / 2), t[1] / ((ac + bc) / 2)))
         pw = statistics.median(x[0] for x in plains)
+        best = min(x[0] for x in plains)
         med = {name: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
                for name, v in ratios.items()}
         (cw, cc), (rw, rc) = med["lse"], med["replay"]
         ow, oc = med.get("rev", (0.0, 0.0))
+        mins = "  best-of: " + " ".join(f"{name} {min(v) / best:.3f}x" for name, v in walls.items())
         print(f"{family:8s} {args.steps:5d} {pw:8.4f} {cw * pw:8.4f} {rw * pw:8.4f} {cw:8.3f}x {rw:11.3f}x   "
               f"{cc:12.3f}x {rc:15.3f}x  {diff:16.2e} {','.join(fast['routes'])}"
-              + (f"   {ow:8.3f}x {oc:12.3f}x" if rev else ""), flush=True)
+              + (f"   {ow:8.3f}x {oc:12.3f}x" if rev else "") + mins, flush=True)
 
     s1, s2 = (int(x) for x in args.memory_steps.split(","))
     print("\nmemory held by the capture (bytes; stored = accumulators + per-step maps, exact)")

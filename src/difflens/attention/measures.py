@@ -71,5 +71,19 @@ def entropy_and_peak(maps: Any, fraction: float = PEAK_FRACTION) -> tuple[Any, A
     else:
         ent = ((p * p.clamp_min(_TINY).log_()).sum(-1) / -math.log(n)).clamp_(0.0, 1.0)
     k = max(1, math.ceil(fraction * n))
-    peak = p.topk(k, dim=-1, sorted=False).values.sum(-1).clamp_(0.0, 1.0)
+    peak = top_sum(p, k).clamp_(0.0, 1.0)
     return ent, peak
+
+
+def top_sum(p: Any, k: int) -> Any:
+    """The sum of the ``k`` largest values of each row of ``p`` (..., n). On CPU numpy's introselect
+    (``np.partition``, values only: about 6x faster than ``torch.topk``, which also tracks indices, on
+    (232, 1024) rows here); elsewhere ``torch.topk``. The sums differ from topk's only in summation order."""
+    import numpy as np
+    import torch
+
+    if p.device.type != "cpu" or p.requires_grad:
+        return p.topk(k, dim=-1, sorted=False).values.sum(-1)
+    a = p.contiguous().numpy()
+    n = a.shape[-1]
+    return torch.from_numpy(np.partition(a, n - k, axis=-1)[..., n - k:].sum(-1))
