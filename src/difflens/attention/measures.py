@@ -62,10 +62,13 @@ def entropy_and_peak(maps: Any, fraction: float = PEAK_FRACTION) -> tuple[Any, A
 
     import torch
 
-    t = torch.as_tensor(maps).float().flatten(-2).clamp_min(0)
+    t = torch.as_tensor(maps).float().flatten(-2).clamp_min(0)      # a new tensor: divided in place
     n = t.shape[-1]
     total = t.sum(-1, keepdim=True)
-    p = torch.where(total > _TINY, t / total.clamp_min(_TINY), 1.0 / n)
+    p = t.div_(total.clamp_min(_TINY))
+    empty = total <= _TINY
+    if bool(empty.any()):                                # an all-zero map counts as uniform
+        p = torch.where(empty, 1.0 / n, p)
     if n <= 1:
         ent = torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
     else:
