@@ -84,11 +84,14 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     kernel's sequence lengths do not match the layer's layout.
 
     Joint attention: ``p = exp(scale k_text . q - lse)``, the scores and the subtraction in one ``baddbmm``
-    per (row x head) batch; identical trailing text keys are scored once (:func:`trailing_run`; ``memo``,
-    one dict per layer owned by the caller, keeps where the run starts). Cross attention: the text keys are
-    all the keys, so ``p`` is the softmax of the text scores itself (the kernel's q and k spare the second
-    pass; its lse is not needed). Computed keys-major, (rows x heads, T, Nq), so the result needs no
-    transpose; on small models the number of torch calls per layer call, not the arithmetic, is the cost.
+    per (row x head) batch, over every text key (the text mass needs them all); identical trailing text keys
+    are scored once (:func:`trailing_run`; ``memo``, one dict per layer owned by the caller, keeps where the
+    run starts). Cross attention on CPU: only the kept tokens' keys are scored, ``p = exp(scale k_kept . q -
+    lse)`` (K x Nq per head instead of T x Nq: SD 1.x keeps 10 of 77); on a layer's first call (``drift``)
+    and on other devices, ``p`` is the softmax of all the text scores (exactly normalized, whatever the
+    kernel's lse rounding: up to ~1e-5 from CUDA's half-precision kernels). Computed keys-major, (rows x
+    heads, T, Nq), so the result needs no transpose; on small models the number of torch calls per layer
+    call, not the arithmetic, is the cost.
 
     ``lse_drift`` (only when ``drift``: the capture asks on each layer's first call): how far the kernel's
     lse is from these scores' log-sum-exp, seen as max(0, text mass - 1) (joint) or
@@ -110,18 +113,24 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     n_rows = B * H
     qb = _flat_rows(q, rows, rng.queries, "rds")                                       # (BH, d, Nq)
     kb = _flat_rows(k, rows, rng.text, "rsd")                                          # (BH, T, d)
-    li = _flat_rows(lse, rows, rng.queries, "r1s") if rng.joint or drift else None      # (BH, 1, Nq)
+    # cross attention on CPU after the first call: only the kept tokens' keys are scored, p = exp(s - lse)
+    kept_only = not rng.joint and not drift and q.device.type == "cpu"
+    li = _flat_rows(lse, rows, rng.queries, "r1s") if rng.joint or drift or kept_only else None  # (BH,1,Nq)
     keys, weights = token_keys, None
+    if kept_only:
+        kb = kb.index_select(1, token_keys)                                            # (BH, K, d)
     if rng.joint and rec.mask is None:
         start = trailing_run(kb, memo)
         if start is not None:                  # keys start..T-1 are one key: scored once, counted T - start
             kb = kb[:, :start + 1]
             keys, weights = _run_weights(token_keys, start, T, memo)
-    bias, beta = None, 1.0                      # what is added to scale k.q: -lse (joint) and the mask
-    if rng.joint:
+    bias, beta = None, 1.0                # what is added to scale k.q: -lse (joint, kept only) and the mask
+    if rng.joint or kept_only:
         bias, beta = li, -1.0
     if rec.mask is not None:
         m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (b, h, T|1, Nq|1)
+        if kept_only and m.shape[-2] > 1:
+            m = m.index_select(-2, token_keys)
         if m.shape[0] * m.shape[1] == 1:               # one mask for every row and head: broadcast
             m = m.reshape(1, *m.shape[2:])
         else:
@@ -146,6 +155,8 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
                 errs.append(total.amax())
             pt = p.index_select(1, keys)
             part = torch.cat([pt, total, pt / total.clamp_min(1e-30)], dim=1)
+        elif kept_only:
+            pt = part = s.exp_()                                           # (rows, K, Nq)
         else:
             if drift:
                 lr = li if whole else li[r0:r0 + rc]
