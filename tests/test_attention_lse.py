@@ -387,3 +387,30 @@ def test_flat_rows_views_equal_slicing(layout: str) -> None:
                    else ref.reshape(n, 12, 8).transpose(1, 2))
             assert got.dtype == torch.float32 and got.shape == ref.shape
             assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("skew", [0.0, 0.5])
+def test_cross_attention_scores_kept_keys_only_once_the_lse_agrees(skew: float) -> None:
+    """Cross attention on CPU: the first call (drift) checks the kernel's lse against the scores; only when
+    it agrees do later calls score just the kept tokens' keys with exp(s - lse). An lse in other units
+    (skewed by 0.5) keeps the normalized softmax. Either way the planes equal a float64 softmax."""
+    from difflens.attention.lse import TapRecord
+    from difflens.attention.text_probs import Ranges, lse_columns
+
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 3, 20, 8, generator=gen)
+    k = torch.randn(2, 3, 12, 8, generator=gen)
+    scale = 8 ** -0.5
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, 0.0, False, scale=scale)
+    rec = TapRecord(q, k, lse + skew, None, scale)
+    rng = Ranges(slice(0, 20), slice(0, 12), 20, 12, False)
+    keys = torch.tensor([1, 4, 11])
+    p = torch.softmax(scale * q.double() @ k.double().transpose(-1, -2), dim=-1)[1:]
+    ref = p[..., keys].mean(dim=(0, 1)).t()                                    # (K, Nq)
+    memo: dict[str, Any] = {}
+    first = lse_columns(rec, rng, slice(1, 2), keys, head_entropy=False, chunk_bytes=1 << 20, memo=memo)
+    assert memo["lse_agrees"] is (skew == 0.0)
+    later = lse_columns(rec, rng, slice(1, 2), keys, head_entropy=False, chunk_bytes=1 << 20, drift=False,
+                        memo=memo)
+    for got in (first, later):
+        np.testing.assert_allclose(got["planes"].double().numpy(), ref.numpy(), rtol=0, atol=1e-6)

@@ -21,6 +21,10 @@ from difflens.attention.lse import TapRecord
 
 #: A run of identical trailing text keys shorter than this is scored key by key (not worth the check).
 MIN_RUN = 8
+#: Cross attention scores only the kept tokens' keys, p = exp(s - lse), once a layer's first call found
+#: |sum_j exp(s_ij - lse_i) - 1| at most this (the kernel's lse is the natural log-sum-exp of these scores;
+#: float32 on CPU: ~1e-7); otherwise every call takes the exactly normalized softmax over all text keys.
+LSE_AGREEMENT = 1e-4
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,12 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     per (row x head) batch, over every text key (the text mass needs them all); identical trailing text keys
     are scored once (:func:`trailing_run`; ``memo``, one dict per layer owned by the caller, keeps where the
     run starts). Cross attention on CPU: only the kept tokens' keys are scored, ``p = exp(scale k_kept . q -
-    lse)`` (K x Nq per head instead of T x Nq: SD 1.x keeps 10 of 77); on a layer's first call (``drift``)
-    and on other devices, ``p`` is the softmax of all the text scores (exactly normalized, whatever the
-    kernel's lse rounding: up to ~1e-5 from CUDA's half-precision kernels). Computed keys-major, (rows x
-    heads, T, Nq), so the result needs no transpose; on small models the number of torch calls per layer
-    call, not the arithmetic, is the cost.
+    lse)`` (K x Nq per head instead of T x Nq: SD 1.x keeps 10 of 77), once the layer's first call found the
+    kernel's lse to agree with the scores (:data:`LSE_AGREEMENT`, kept in ``memo``); on the first call
+    (``drift``), without a memo, and on other devices, ``p`` is the softmax of all the text scores (exactly
+    normalized, whatever the kernel's lse rounding: up to ~1e-5 from CUDA's half-precision kernels). Computed
+    keys-major, (rows x heads, T, Nq), so the result needs no transpose; on small models the number of torch
+    calls per layer call, not the arithmetic, is the cost.
 
     ``lse_drift`` (only when ``drift``: the capture asks on each layer's first call): how far the kernel's
     lse is from these scores' log-sum-exp, seen as max(0, text mass - 1) (joint) or
@@ -113,8 +118,10 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     n_rows = B * H
     qb = _flat_rows(q, rows, rng.queries, "rds")                                       # (BH, d, Nq)
     kb = _flat_rows(k, rows, rng.text, "rsd")                                          # (BH, T, d)
-    # cross attention on CPU after the first call: only the kept tokens' keys are scored, p = exp(s - lse)
-    kept_only = not rng.joint and not drift and q.device.type == "cpu"
+    # cross attention on CPU after a first call whose lse agreed with the scores: only the kept tokens' keys
+    # are scored, p = exp(s - lse)
+    kept_only = (not rng.joint and not drift and q.device.type == "cpu" and memo is not None
+                 and memo.get("lse_agrees", False))
     li = _flat_rows(lse, rows, rng.queries, "r1s") if rng.joint or drift or kept_only else None  # (BH,1,Nq)
     keys, weights = token_keys, None
     if kept_only:
@@ -176,6 +183,8 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
         err = errs[0] if len(errs) == 1 else torch.stack(errs).amax()
         if err.device.type == "cpu":
             drift_value = max(0.0, float(err) - 1.0) if rng.joint else float(err)
+            if not rng.joint and memo is not None:
+                memo["lse_agrees"] = drift_value <= LSE_AGREEMENT
         else:
             drift_value = (err - 1.0).clamp_min_(0.0) if rng.joint else err
     ent = None
