@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from difflens.attention.layout import grid_sizes
 from difflens.attention.measures import entropy_and_peak
 from difflens.attention.words import aggregate_words
 
@@ -35,17 +36,6 @@ MEASURE_BATCH = 8
 def kept_steps(n_steps: int, stride: int) -> list[int]:
     """Step indices whose maps are kept: 0, K, 2K, ..."""
     return list(range(0, max(n_steps, 0), max(stride, 1)))
-
-
-def grid_sizes(latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
-    """Every grid a layer can have for this latent: the latent divided by 1, 2, 4, ... (ceil division, as
-    :func:`difflens.attention.layout.grid_for` places them)."""
-    H, W = latent_hw
-    out, f = [], 1
-    while f <= max(H, W):
-        out.append((-(-H // f), -(-W // f)))
-        f *= 2
-    return out
 
 
 def resize_matrix(n: int, size: int) -> Any:

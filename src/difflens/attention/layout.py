@@ -154,18 +154,27 @@ def module_of(denoiser: Any, name: str) -> Any:
     return denoiser.get_submodule(name)
 
 
+def grid_sizes(latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """Every grid a layer can have for this latent: the latent divided by 1, 2, 4, ... (ceil division, as
+    strided convolutions do)."""
+    H, W = latent_hw
+    out, f = [], 1
+    while f <= max(H, W):
+        out.append((-(-H // f), -(-W // f)))
+        f *= 2
+    return out
+
+
 def grid_for(n_queries: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     """The (h, w) token grid of a layer with ``n_queries`` image tokens, for a latent of ``latent_hw``.
 
     Layers run at the latent resolution divided by a power of two (UNet down/up blocks: ceil division,
-    as strided convolutions do; patchified transformers: patch size; Flux: 2x2 packing).
+    as strided convolutions do; patchified transformers: patch size; Flux: 2x2 packing): one of
+    :func:`grid_sizes`.
     """
-    H, W = latent_hw
-    f = 1
-    while f <= max(H, W):
-        h, w = -(-H // f), -(-W // f)
+    for h, w in grid_sizes(latent_hw):
         if h * w == n_queries:
             return h, w
-        f *= 2
+    H, W = latent_hw
     raise DifflensError(f"cannot place {n_queries} image tokens on a grid for a {H}x{W} latent.",
                         "this model's token layout is not supported by the attention mode")
