@@ -219,20 +219,28 @@ def trailing_run(kb: Any, memo: dict[str, Any] | None) -> int | None:
     return start
 
 
+def _memoized(memo: dict[str, Any] | None, name: str, key: tuple, build: Any) -> Any:
+    """``build()``, kept in ``memo[name]`` while ``key`` (what it was built from) stays the same."""
+    cached = memo.get(name) if memo is not None else None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    value = build()
+    if memo is not None:
+        memo[name] = (key, value)
+    return value
+
+
 def _select_mean(keys: Any, n_rows: int, T: int, memo: dict[str, Any] | None) -> Any:
     """(K, n_rows * T) matrix W with ``W @ p.view(n_rows * T, Nq)`` = ``p[:, keys].mean(0)`` for p
     (n_rows, T, Nq): one matrix product instead of a selection and a mean; kept in ``memo``."""
     import torch
 
-    cached = memo.get("select_mean") if memo is not None else None
-    if cached is not None and cached[0] == (n_rows, T, keys.device):
-        return cached[1]
-    w = torch.zeros(int(keys.numel()), n_rows * T, dtype=torch.float32, device=keys.device)
-    cols = (torch.arange(n_rows, device=keys.device)[:, None] * T + keys[None, :]).t()     # (K, n_rows)
-    w.scatter_(1, cols, 1.0 / n_rows)
-    if memo is not None:
-        memo["select_mean"] = ((n_rows, T, keys.device), w)
-    return w
+    def build() -> Any:
+        w = torch.zeros(int(keys.numel()), n_rows * T, dtype=torch.float32, device=keys.device)
+        cols = (torch.arange(n_rows, device=keys.device)[:, None] * T + keys[None, :]).t()   # (K, n_rows)
+        return w.scatter_(1, cols, 1.0 / n_rows)
+
+    return _memoized(memo, "select_mean", (n_rows, T, keys.device), build)
 
 
 def _run_weights(token_keys: Any, start: int, T: int, memo: dict[str, Any] | None) -> tuple[Any, Any]:
@@ -240,15 +248,12 @@ def _run_weights(token_keys: Any, start: int, T: int, memo: dict[str, Any] | Non
     T - start for the run); kept in ``memo`` per (start, T)."""
     import torch
 
-    cached = memo.get("run_weights") if memo is not None else None
-    if cached is not None and cached[0] == (start, T, token_keys.device):
-        return cached[1], cached[2]
-    weights = torch.ones(start + 1, dtype=torch.float32, device=token_keys.device)
-    weights[start] = T - start
-    keys = token_keys.clamp_max(start)
-    if memo is not None:
-        memo["run_weights"] = ((start, T, token_keys.device), keys, weights)
-    return keys, weights
+    def build() -> tuple[Any, Any]:
+        weights = torch.ones(start + 1, dtype=torch.float32, device=token_keys.device)
+        weights[start] = T - start
+        return token_keys.clamp_max(start), weights
+
+    return _memoized(memo, "run_weights", (start, T, token_keys.device), build)
 
 
 def _flat_rows(t: Any, rows: slice, seq: slice, layout: str) -> Any:
