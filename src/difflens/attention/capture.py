@@ -322,24 +322,18 @@ class AttentionCapture:
                 info.fallback_reason = (f"the log-sum-exp route differed from the replay by "
                                         f"{info.lse_error:.2g} (> {LSE_GUARD:g}) on the first call")
                 fast = None
-            elif first:
-                _CHECKED.setdefault(attn, {})[layout] = (res.sum_error, res.out_error, res.route_error,
-                                                         info.lse_error)
         if earlier is not None:
-            info.sum_error, info.out_error, route_error, info.lse_error = earlier
-            info.route_error = max(route_error or 0.0, info.lse_error)
+            info.sum_error, info.out_error, info.route_error, info.lse_error = earlier
             info.checks_reused = True
         if fast is not None:
             info.route = "lse"
             flat, n_queries, ent = fast["planes"], fast["n_queries"], fast["head_entropy"]
             transient = fast["transient_bytes"]
             sum_error = res.sum_error if res is not None else None     # the full softmax's, first call
-            drift = fast["lse_drift"]
-            if drift is None:                   # cross attention after the first call: not measured
-                pass
-            elif isinstance(drift, float):
+            drift = fast["lse_drift"]               # None after a layer's first call: not measured
+            if isinstance(drift, float):
                 info.lse_drift = max(info.lse_drift or 0.0, drift)
-            else:                               # a device tensor: folded in on exit (no sync per call)
+            elif drift is not None:             # a device tensor: folded in on exit (no sync per call)
                 import torch
 
                 prev = self._drift_pending[index]
@@ -358,6 +352,9 @@ class AttentionCapture:
             info.route_error = res.route_error
             if info.lse_error is not None and fast is not None:    # the lse route's own error, when used
                 info.route_error = max(info.route_error or 0.0, info.lse_error)
+            if fast is not None and layout is not None:    # the lse route kept: later captures reuse these
+                _CHECKED.setdefault(attn, {})[layout] = (info.sum_error, info.out_error, info.route_error,
+                                                         info.lse_error)
         self.stats.captured_calls += 1
         self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, transient)
         planes = flat.reshape(flat.shape[0], h, w)   # flat: (T, Nq) or, joint, (2T + 1, Nq)
