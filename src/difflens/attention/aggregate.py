@@ -173,22 +173,26 @@ class OnlineAggregator:
             planes = maps.float()
         self.add_planes(step, layer, planes, head_entropy)
 
+    def _buffer(self, grid: tuple[int, int]) -> Any:
+        """The (MEASURE_BATCH, C, h, w) step sums of one grid."""
+        import torch
+
+        buf = self._buffers.get(grid)
+        if buf is None:
+            buf = self._buffers[grid] = torch.zeros((MEASURE_BATCH, self.C, *grid), dtype=torch.float32,
+                                                    device=self.device)
+        return buf
+
     def add_planes(self, step: int, layer: int, planes: Any, head_entropy: Any | None = None) -> None:
         """Add one layer's stacked planes (C, h, w) for ``step``: one addition into its grid's slot (resizing
         is linear, so each grid is resized when the batch of steps closes)."""
-        import torch
 
         if self.current_step is not None and step != self.current_step:
             self.end_step()
         self.current_step = step
         if planes.device != self.device:        # e.g. model CPU offload moved the denoiser
             planes = planes.to(self.device)
-        grid = (int(planes.shape[-2]), int(planes.shape[-1]))
-        buf = self._buffers.get(grid)
-        if buf is None:
-            buf = self._buffers[grid] = torch.zeros((MEASURE_BATCH, self.C, *grid), dtype=torch.float32,
-                                                    device=self.device)
-        buf[self._slot] += planes
+        self._buffer((int(planes.shape[-2]), int(planes.shape[-1])))[self._slot] += planes
         self._step_layers += 1
         if self._layer_sum is not None:
             self._layer_sum[layer] += self.resize(planes[:self.T].float())
@@ -197,6 +201,46 @@ class OnlineAggregator:
             he = head_entropy.double().cpu()
             self._head_ent[layer] = self._head_ent.get(layer, 0) + he
             self._head_count[layer] = self._head_count.get(layer, 0) + 1
+
+    def steps_room(self, first_step: int) -> int:
+        """How many consecutive steps from ``first_step`` :meth:`add_calls` can take in one call: the steps
+        left in the open batch (a full batch once the open step, if it is another one, closes it)."""
+        if self.current_step is None or not self._step_layers or self.current_step == first_step:
+            return MEASURE_BATCH - self._slot
+        after = self._slot + 1                 # ending the open step takes its slot
+        return MEASURE_BATCH if after == MEASURE_BATCH else MEASURE_BATCH - after
+
+    def add_calls(self, parts: list[tuple[list[int], Any]]) -> None:
+        """Add many layer calls at once: ``parts`` holds (steps, planes (n, C, h, w)) per grid, one step per
+        plane stack, none before the open step, at most :meth:`steps_room` distinct steps. Each grid gets one
+        ``index_add_`` into its slots (the capture's deferred calls; no per-layer breakdown)."""
+        import torch
+
+        if self._layer_sum is not None and parts:
+            raise ValueError("add_calls does not keep the per-layer breakdown; use add_planes")
+        counts: dict[int, int] = {}
+        for steps, _ in parts:
+            for step in steps:
+                counts[step] = counts.get(step, 0) + 1
+        order = sorted(counts)
+        if not order:
+            return
+        if (self.current_step is not None and order[0] < self.current_step) or len(order) > self.steps_room(
+                order[0]):
+            raise ValueError(f"steps {order[0]}..{order[-1]} do not fit the open batch of steps")
+        slot_of: dict[int, int] = {}
+        for step in order:          # only ending the step open before these can close a batch, before any add
+            if step != self.current_step:
+                self.end_step()
+                self.current_step = step
+            slot_of[step] = self._slot
+            self._step_layers += counts[step]
+        for steps, planes in parts:
+            if planes.device != self.device:
+                planes = planes.to(self.device)
+            grid = (int(planes.shape[-2]), int(planes.shape[-1]))
+            slots = torch.tensor([slot_of[s] for s in steps], dtype=torch.long, device=self.device)
+            self._buffer(grid).index_add_(0, slots, planes.float())
 
     def end_step(self) -> None:
         """Close the current step (its slot); every MEASURE_BATCH steps, close the batch."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from difflens.attention.aggregate import OnlineAggregator
+from difflens.attention.deferred import DeferredCalls
 from difflens.attention.layout import AttnLayer, grid_for, module_of
 from difflens.attention.lse import SdpaTap, lse_route_available, tapped_function
 from difflens.attention.replay import DEFAULT_CHUNK_BYTES, replay
@@ -178,7 +179,7 @@ class AttentionCapture:
                  text_len: int, latent_hw: tuple[int, int], aggregator: OnlineAggregator, *, images: int = 1,
                  calls_per_step: int = 1, cond_call: int = 0, check: bool = True, head_entropy: bool = False,
                  encoders: tuple[str, ...] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 route: Route = "auto") -> None:
+                 route: Route = "auto", defer: bool = True) -> None:
         import torch
 
         self.pipe = pipe
@@ -210,6 +211,11 @@ class AttentionCapture:
         self._lse_ok = [route == "auto" and lse_route_available()] * len(layers)
         self._drift_pending: list[Any] = [None] * len(layers)
         self._memos: list[dict[str, Any]] = [{} for _ in layers]    # per layer, for lse_columns
+        # later calls of a layer whose first call kept the lse route, scored in batches (deferred.py): on CPU,
+        # without the per-layer breakdown or head entropy
+        self.defer = defer and not head_entropy and not aggregator.breakdown
+        self._deferrable = [False] * len(layers)
+        self._deferred = DeferredCalls(aggregator, None)
 
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -235,6 +241,10 @@ class AttentionCapture:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._restore()
         self.active = False
+        if exc_type is None:
+            self._deferred.flush()
+            self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, self._deferred.peak_bytes)
+        self._deferred.discard()
         for index, pending in enumerate(self._drift_pending):
             if pending is not None:
                 info = self.info[index]
@@ -297,8 +307,14 @@ class AttentionCapture:
     def _on_layer(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], output: Any,
                   tap: SdpaTap | None = None) -> None:
         info = self.info[index]
+        if self._deferrable[index] and tap is not None and tap.record is not None and self._defer_call(
+                index, layer, call, tap.record):
+            return
+        if self._deferred:                  # the aggregator takes steps in order: the pending calls first
+            self._deferred.flush()
         if self._keys_on is None or self._keys_on.device != call["hidden_states"].device:
             self._keys_on = self.token_keys.to(call["hidden_states"].device)
+            self._deferred.token_keys = self._keys_on
         first = info.calls == 0
         fast = self._lse_fast(index, layer, call, tap)
         original = self._originals[index][1] if index < len(self._originals) else None
@@ -359,6 +375,19 @@ class AttentionCapture:
         self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, transient)
         planes = flat.reshape(flat.shape[0], h, w)   # flat: (T, Nq) or, joint, (2T + 1, Nq)
         self.aggregator.add_planes(self.step, index, planes, ent)
+        if first and fast is not None and self.defer:      # cross: once the kernel's lse agreed (text_probs)
+            self._deferrable[index] = layer.kind != "cross" or self._memos[index].get("lse_agrees", False)
+
+    def _defer_call(self, index: int, layer: AttnLayer, call: dict[str, Any], rec: Any) -> bool:
+        """Hand a later call of a layer on the lse route to the deferred batch (False: score it now)."""
+        rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
+        if (rng is None or rec.output_equal is False or rec.unchanged() is not True
+                or not self._deferred.offer(index, self.step, rec, rng, self._rows, self.info[index].grid)):
+            return False
+        info = self.info[index]
+        info.calls += 1
+        self.stats.captured_calls += 1
+        return True
 
     def _lse_fast(self, index: int, layer: AttnLayer, call: dict[str, Any],
                   tap: SdpaTap | None) -> dict[str, Any] | None:
@@ -372,6 +401,8 @@ class AttentionCapture:
         if rec is not None and rec.output_equal is False:
             reason = (f"the {rec.backend} kernel's output differed from scaled_dot_product_attention "
                       "(first-call check)")
+        elif rec is not None and rec.unchanged() is False:
+            reason = "the processor changed the kernel's q, k or mask in place after the attention call"
         elif rec is not None:
             rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
             if rng is None:

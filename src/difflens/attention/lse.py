@@ -69,6 +69,26 @@ class TapRecord:
     scale: float
     output_equal: bool | None = None   # kernel output == F.scaled_dot_product_attention (verify calls)
     backend: str = "cpu-flash"         # cpu-flash, or on CUDA: flash, efficient, cudnn
+    #: the in-place version counters of q, k and the mask at the call; None for inference-mode tensors
+    #: (they keep no counter)
+    versions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.versions is None:
+            self.versions = self._current_versions()
+
+    def _current_versions(self) -> tuple[int, ...] | None:
+        try:
+            return tuple(t._version for t in (self.query, self.key, self.mask) if t is not None)
+        except RuntimeError:
+            return None
+
+    def unchanged(self) -> bool | None:
+        """Whether q, k and the mask still hold what the kernel saw (no in-place change since the call);
+        None when that cannot be told (inference-mode tensors)."""
+        if self.versions is None:
+            return None
+        return self._current_versions() == self.versions
 
 
 def _sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

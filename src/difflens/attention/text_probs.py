@@ -14,6 +14,7 @@ identical keys in the shapes-world MMDiT) are scored once and weighted by their 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,24 +69,52 @@ def ranges_for(kind: str, call: dict[str, Any], text_len: int | None) -> Ranges 
     return None
 
 
-def _mask_part(mask: Any, rows: slice, qs: slice, ks: slice) -> Any:
-    m = mask
-    while m.dim() < 4:
-        m = m.unsqueeze(0)
-    if m.shape[0] > 1:
-        m = m[rows]
-    if m.shape[2] > 1:
-        m = m[:, :, qs]
-    return m[..., ks] if m.shape[3] > 1 else m
+def _stacked_mask(recs: Sequence[TapRecord], rows: slice, rng: Ranges, kept: Any | None, B: int,
+                  H: int) -> Any:
+    """The records' masks at the image queries and text keys (``kept``: those keys only), keys-major, as
+    one additive bias (n B H | 1, T | K | 1, Nq | 1) for the stacked (record, row, head) batch."""
+    import torch
+
+    ms = []
+    for rec in recs:
+        m = rec.mask
+        while m.dim() < 4:
+            m = m.unsqueeze(0)
+        ms.append(m)
+    m = ms[0].unsqueeze(0) if len(ms) == 1 else torch.stack(ms)                # (n, b, h, q, k)
+    if m.shape[1] > 1:
+        m = m[:, rows]
+    if m.shape[3] > 1:
+        m = m[:, :, :, rng.queries]
+    if m.shape[4] > 1:
+        m = m[..., rng.text]
+    m = m.float().transpose(-1, -2)                                              # (n, b, h, T|1, Nq|1)
+    if kept is not None and m.shape[-2] > 1:
+        m = m.index_select(-2, kept)
+    if m.shape[0] * m.shape[1] * m.shape[2] == 1:       # one mask for every record, row and head: broadcast
+        return m.reshape(1, *m.shape[3:])
+    return m.expand(len(recs), B, H, *m.shape[3:]).reshape(len(recs) * B * H, *m.shape[3:])
 
 
-def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, head_entropy: bool,
-                chunk_bytes: int, drift: bool = True,
+def _stacked_rows(recs: Sequence[TapRecord], attr: str, rows: slice, seq: slice, layout: str) -> Any:
+    """:func:`_flat_rows` of each record's ``attr`` tensor, concatenated along the rows."""
+    import torch
+
+    views = [_flat_rows(getattr(rec, attr), rows, seq, layout) for rec in recs]
+    return views[0] if len(views) == 1 else torch.cat(views)
+
+
+def lse_columns(rec: TapRecord | Sequence[TapRecord], rng: Ranges, rows: slice, token_keys: Any, *,
+                head_entropy: bool, chunk_bytes: int, drift: bool = True,
                 memo: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Per-token planes from a tapped call: ``planes`` (C, Nq) = mean over the conditional rows and heads
     of [p(kept token)] (cross, C = T) or [p(kept token), text mass, p(kept token) / text mass] (joint,
     C = 2T + 1), the transpose of :func:`difflens.attention.replay._attend`'s columns. None when the
     kernel's sequence lengths do not match the layer's layout.
+
+    ``rec`` may also be a sequence of n records of the same shapes (calls deferred by the capture: several
+    layers and steps of a small model scored as one batch); then ``planes`` is (n, C, Nq), one stack per
+    record, and the batch is computed whole (the caller keeps it under ``chunk_bytes``).
 
     Joint attention: ``p = exp(scale k_text . q - lse)``, the scores and the subtraction in one ``baddbmm``
     per (row x head) batch, over every text key (the text mass needs them all); identical trailing text keys
@@ -108,25 +137,31 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
 
     from difflens.attention.measures import spatial_entropy
 
-    q, k, lse = rec.query, rec.key, rec.lse
+    single = isinstance(rec, TapRecord)
+    recs = [rec] if single else list(rec)
+    first = recs[0]
+    q, k = first.query, first.key
     if int(q.shape[2]) != rng.n_queries_all or int(k.shape[2]) != rng.n_keys_all:
         return None
+    n = len(recs)
     B = len(range(*rows.indices(int(q.shape[0]))))
     H = int(q.shape[1])
     Nq = len(range(*rng.queries.indices(int(q.shape[2]))))
     T = len(range(*rng.text.indices(int(k.shape[2]))))
-    n_rows = B * H
-    qb = _flat_rows(q, rows, rng.queries, "rds")                                       # (BH, d, Nq)
-    kb = _flat_rows(k, rows, rng.text, "rsd")                                          # (BH, T, d)
+    per_record = B * H
+    n_rows = n * per_record
+    qb = _stacked_rows(recs, "query", rows, rng.queries, "rds")                        # (nBH, d, Nq)
+    kb = _stacked_rows(recs, "key", rows, rng.text, "rsd")                             # (nBH, T, d)
     # cross attention on CPU after a first call whose lse agreed with the scores: only the kept tokens' keys
     # are scored, p = exp(s - lse)
     kept_only = (not rng.joint and not drift and q.device.type == "cpu" and memo is not None
                  and memo.get("lse_agrees", False))
-    li = _flat_rows(lse, rows, rng.queries, "r1s") if rng.joint or drift or kept_only else None  # (BH,1,Nq)
+    li = (_stacked_rows(recs, "lse", rows, rng.queries, "r1s")                          # (nBH, 1, Nq)
+          if rng.joint or drift or kept_only else None)
     keys, weights = token_keys, None
     if kept_only:
-        kb = kb.index_select(1, token_keys)                                            # (BH, K, d)
-    if rng.joint and rec.mask is None:
+        kb = kb.index_select(1, token_keys)                                            # (nBH, K, d)
+    if rng.joint and first.mask is None:
         start = trailing_run(kb, memo)
         if start is not None:                  # keys start..T-1 are one key: scored once, counted T - start
             kb = kb[:, :start + 1]
@@ -134,26 +169,20 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
     bias, beta = None, 1.0                # what is added to scale k.q: -lse (joint, kept only) and the mask
     if rng.joint or kept_only:
         bias, beta = li, -1.0
-    if rec.mask is not None:
-        m = _mask_part(rec.mask, rows, rng.queries, rng.text).float().transpose(-1, -2)   # (b, h, T|1, Nq|1)
-        if kept_only and m.shape[-2] > 1:
-            m = m.index_select(-2, token_keys)
-        if m.shape[0] * m.shape[1] == 1:               # one mask for every row and head: broadcast
-            m = m.reshape(1, *m.shape[2:])
-        else:
-            m = m.expand(B, H, *m.shape[2:]).reshape(n_rows, *m.shape[2:])
+    if first.mask is not None:
+        m = _stacked_mask(recs, rows, rng, token_keys if kept_only else None, B, H)
         bias, beta = (m, 1.0) if bias is None else (m - li, 1.0)
     per_row_bytes = 4 * Nq * int(kb.shape[1])
-    rc = max(1, min(n_rows, chunk_bytes // max(per_row_bytes, 1)))
+    rc = n_rows if n > 1 else max(1, min(n_rows, chunk_bytes // max(per_row_bytes, 1)))
     parts, pts, errs = [], [], []
     for r0 in range(0, n_rows, rc):
         whole = rc >= n_rows                                               # one chunk: no slicing calls
         kr, qr = (kb, qb) if whole else (kb[r0:r0 + rc], qb[r0:r0 + rc])
         if bias is None:
-            s = torch.bmm(kr, qr).mul_(rec.scale)                          # (rows, T, Nq)
+            s = torch.bmm(kr, qr).mul_(first.scale)                        # (rows, T, Nq)
         else:
             br = bias if whole or bias.shape[0] == 1 else bias[r0:r0 + rc]
-            s = torch.baddbmm(br, kr, qr, beta=beta, alpha=rec.scale)
+            s = torch.baddbmm(br, kr, qr, beta=beta, alpha=first.scale)
         if rng.joint:
             p = s.exp_()                                                   # probabilities of the text keys
             total = (p.sum(1, keepdim=True) if weights is None               # (rows, 1, Nq): the text mass
@@ -169,14 +198,21 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
                 lr = li if whole else li[r0:r0 + rc]
                 errs.append((s - lr).exp_().sum(1).sub_(1.0).abs_().amax())
             p = torch.softmax(s, dim=1)
-            if whole and not head_entropy:    # the kept rows and their mean over rows x heads in one product
+            if whole and n == 1 and not head_entropy:   # kept rows, mean over rows x heads: one product
                 parts.append(torch.matmul(_select_mean(keys, n_rows, T, memo), p.view(n_rows * T, Nq)))
                 continue
             pt = part = p.index_select(1, keys)
         pts.append(pt)
-        parts.append(part.mean(0) if whole else part.sum(0))
+        if not whole:
+            parts.append(part.sum(0))
+        elif n == 1:
+            parts.append(part.mean(0))
+        else:                                                      # one stack per record: (n, C, Nq)
+            parts.append(part.view(n, per_record, *part.shape[1:]).mean(1))
         del s
     planes = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0).div_(n_rows)
+    if not single and n == 1:
+        planes = planes.unsqueeze(0)
     # a float on CPU; on an accelerator a 0-dim tensor, folded in by the caller without a host sync per call
     drift_value: Any = None
     if errs:
@@ -189,8 +225,8 @@ def lse_columns(rec: TapRecord, rng: Ranges, rows: slice, token_keys: Any, *, he
             drift_value = (err - 1.0).clamp_min_(0.0) if rng.joint else err
     ent = None
     if head_entropy:
-        pt_all = torch.cat(pts, 0) if len(pts) > 1 else pts[0]          # (B H, T, Nq)
-        ent = spatial_entropy(pt_all.view(B, H, -1, Nq, 1)).float().mean(0)
+        pt_all = torch.cat(pts, 0) if len(pts) > 1 else pts[0]          # (n B H, T, Nq)
+        ent = spatial_entropy(pt_all.view(n * B, H, -1, Nq, 1)).float().mean(0)
     return {"planes": planes, "head_entropy": ent, "lse_drift": drift_value, "n_queries": Nq,
             "transient_bytes": 2 * rc * per_row_bytes}
 

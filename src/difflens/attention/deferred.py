@@ -1,0 +1,112 @@
+"""Layer calls scored later, many at once: the capture's batching of small models' attention calls.
+
+On a small model each captured layer call costs the log-sum-exp route about 15 torch calls
+(:func:`difflens.attention.text_probs.lse_columns`) and the aggregator a few more, at about 10 us each on a
+CPU, while the layer itself runs in 100-300 us: the per-call overhead, not the arithmetic, is the cost. So
+after a layer's first call (which runs the checks and is scored at once), the capture hands its later calls
+here: each call's tapped q, k and log-sum-exp are kept (references, no copy), and the calls of the same
+shapes, across layers and up to a batch of the aggregator's steps, are scored as one stacked batch
+(``lse_columns`` on a sequence of records) and added with one ``index_add_`` per grid
+(:meth:`difflens.attention.aggregate.OnlineAggregator.add_calls`). The probabilities are the same ones,
+row by row; only the number of torch calls changes.
+
+Bounds: the kept tensors and the stacked batch stay under :data:`DEFER_BYTES` (a call whose share would
+exceed an eighth of it is scored at once, as on large models, where the per-call overhead is small next to
+the layer), and the calls never span more than the aggregator's open batch of steps, so memory stays flat in
+the step count. A kept tensor changed in place after its call (its version counter moved) is an error, never
+a silent wrong map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from difflens.attention.lse import TapRecord
+from difflens.attention.text_probs import Ranges, lse_columns
+from difflens.errors import DifflensError
+
+#: Most bytes the deferred calls may hold (their q, k, lse and mask storages) plus their stacked scores.
+DEFER_BYTES = 32 * 2**20
+
+
+def _storage_bytes(rec: TapRecord) -> int:
+    tensors = (rec.query, rec.key, rec.lse, rec.mask)
+    return sum(int(t.untyped_storage().nbytes()) for t in tensors if t is not None)
+
+
+class DeferredCalls:
+    """Pending layer calls of one capture, grouped by their shapes; :meth:`flush` scores and adds them."""
+
+    def __init__(self, aggregator: Any, token_keys: Any) -> None:
+        self.aggregator = aggregator
+        self.token_keys = token_keys
+        self._groups: dict[tuple, list[tuple[int, int, TapRecord]]] = {}   # key -> [(layer, step, record)]
+        self._layouts: dict[tuple, tuple[Ranges, slice, tuple[int, int]]] = {}   # key -> ranges, rows, grid
+        self._memos: dict[tuple, dict[str, Any]] = {}     # per group, for lse_columns (trailing key runs)
+        self._steps: list[int] = []                       # distinct pending steps, ascending
+        self.held_bytes = 0
+        self.peak_bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._steps)
+
+    def offer(self, index: int, step: int, rec: TapRecord, rng: Ranges, rows: slice,
+              grid: tuple[int, int]) -> bool:
+        """Keep this call for later, or return False (too large, or its tensors keep no version counter:
+        then the caller scores it at once)."""
+        if rec.versions is None or rec.query.device.type != "cpu" or (
+                int(rec.query.shape[2]), int(rec.key.shape[2])) != (rng.n_queries_all, rng.n_keys_all):
+            return False
+        n_rows = len(range(*rows.indices(int(rec.query.shape[0])))) * int(rec.query.shape[1])
+        n_queries = len(range(*rng.queries.indices(int(rec.query.shape[2]))))
+        n_text = len(range(*rng.text.indices(int(rec.key.shape[2]))))
+        cost = _storage_bytes(rec) + 2 * 4 * n_rows * n_queries * (n_text + 1)
+        if cost > DEFER_BYTES // 8:
+            return False
+        new_step = not self._steps or step != self._steps[-1]
+        if self._steps and (self.held_bytes + cost > DEFER_BYTES or (
+                new_step and len(self._steps) >= self.aggregator.steps_room(self._steps[0]))):
+            self.flush()
+            new_step = True
+        mask = None if rec.mask is None else (tuple(rec.mask.shape), rec.mask.dtype)
+        key = (rng.joint, rng.queries.indices(rng.n_queries_all),
+               rng.text.indices(rng.n_keys_all), rows.start, rows.stop, tuple(rec.query.shape),
+               tuple(rec.key.shape), rec.query.dtype, mask, rec.scale)
+        self._groups.setdefault(key, []).append((index, step, rec))
+        self._layouts[key] = (rng, rows, grid)
+        if new_step:
+            self._steps.append(step)
+        self.held_bytes += cost
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        return True
+
+    def flush(self) -> None:
+        """Score every pending call (one stacked batch per group) and add them to the aggregator."""
+        if not self._groups:
+            return
+        parts = []
+        for key, entries in self._groups.items():
+            for index, step, rec in entries:
+                if not rec.unchanged():
+                    self.discard()
+                    raise DifflensError(
+                        f"the attention inputs of captured layer {index} (step {step}) were changed in place "
+                        "after the attention call, so its probabilities can no longer be computed from them.",
+                        "report this with the pipeline's attention processor; capturing with "
+                        "AttentionCapture(..., defer=False) scores each call at once")
+            rng, rows, grid = self._layouts[key]
+            memo = self._memos.setdefault(key, {"lse_agrees": True})    # only agreeing layers are deferred
+            fast = lse_columns([rec for _, _, rec in entries], rng, rows, self.token_keys, head_entropy=False,
+                               chunk_bytes=DEFER_BYTES, drift=False, memo=memo)
+            if fast is None:                        # cannot happen: offer() checked the shapes
+                raise RuntimeError("deferred attention calls no longer match their layout")
+            planes = fast["planes"]
+            parts.append(([step for _, step, _ in entries], planes.view(*planes.shape[:2], *grid)))
+        self.discard()
+        self.aggregator.add_calls(parts)
+
+    def discard(self) -> None:
+        """Forget every pending call."""
+        self._groups.clear()
+        self._steps.clear()
+        self.held_bytes = 0
