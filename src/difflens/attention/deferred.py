@@ -43,6 +43,7 @@ class DeferredCalls:
         self._groups: dict[tuple, list[tuple[int, int, TapRecord]]] = {}   # key -> [(layer, step, record)]
         self._layouts: dict[tuple, tuple[Ranges, slice, tuple[int, int]]] = {}   # key -> ranges, rows, grid
         self._memos: dict[tuple, dict[str, Any]] = {}     # per group, for lse_columns (trailing key runs)
+        self._costs: dict[tuple, int] = {}                 # (layer, group) -> bytes per call (see _cost)
         self._steps: list[int] = []                       # distinct pending steps, ascending
         self.held_bytes = 0
         self.peak_bytes = 0
@@ -54,24 +55,20 @@ class DeferredCalls:
               grid: tuple[int, int]) -> bool:
         """Keep this call for later, or return False (too large, or its tensors keep no version counter:
         then the caller scores it at once)."""
-        if rec.versions is None or rec.query.device.type != "cpu" or (
-                int(rec.query.shape[2]), int(rec.key.shape[2])) != (rng.n_queries_all, rng.n_keys_all):
-            return False
-        n_rows = len(range(*rows.indices(int(rec.query.shape[0])))) * int(rec.query.shape[1])
-        n_queries = len(range(*rng.queries.indices(int(rec.query.shape[2]))))
-        n_text = len(range(*rng.text.indices(int(rec.key.shape[2]))))
-        cost = _storage_bytes(rec) + 2 * 4 * n_rows * n_queries * (n_text + 1)
-        if cost > DEFER_BYTES // 8:
+        q, k = rec.query, rec.key
+        key = (rng.joint, rng.queries.start, rng.queries.stop, rng.text.start, rng.text.stop, rows.start,
+               rows.stop, tuple(q.shape), tuple(k.shape), q.dtype, q.device.type,
+               None if rec.mask is None else (tuple(rec.mask.shape), rec.mask.dtype), rec.scale)
+        cost = self._costs.get((index, key))
+        if cost is None:
+            cost = self._costs[(index, key)] = self._cost(rec, rng, rows)
+        if rec.versions is None or cost > DEFER_BYTES // 8:
             return False
         new_step = not self._steps or step != self._steps[-1]
         if self._steps and (self.held_bytes + cost > DEFER_BYTES or (
                 new_step and len(self._steps) >= self.aggregator.steps_room(self._steps[0]))):
             self.flush()
             new_step = True
-        mask = None if rec.mask is None else (tuple(rec.mask.shape), rec.mask.dtype)
-        key = (rng.joint, rng.queries.indices(rng.n_queries_all),
-               rng.text.indices(rng.n_keys_all), rows.start, rows.stop, tuple(rec.query.shape),
-               tuple(rec.key.shape), rec.query.dtype, mask, rec.scale)
         self._groups.setdefault(key, []).append((index, step, rec))
         self._layouts[key] = (rng, rows, grid)
         if new_step:
@@ -79,6 +76,19 @@ class DeferredCalls:
         self.held_bytes += cost
         self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         return True
+
+    @staticmethod
+    def _cost(rec: TapRecord, rng: Ranges, rows: slice) -> int:
+        """Bytes a deferred call holds (its tensors' storages) and adds to the stacked scores; more than
+        :data:`DEFER_BYTES` where it cannot be deferred (not CPU, or sequences unlike the layer's layout)."""
+        q, k = rec.query, rec.key
+        lengths = (int(q.shape[2]), int(k.shape[2]))
+        if q.device.type != "cpu" or lengths != (rng.n_queries_all, rng.n_keys_all):
+            return DEFER_BYTES + 1
+        n_rows = len(range(*rows.indices(int(q.shape[0])))) * int(q.shape[1])
+        n_queries = len(range(*rng.queries.indices(int(q.shape[2]))))
+        n_text = len(range(*rng.text.indices(int(k.shape[2]))))
+        return _storage_bytes(rec) + 2 * 4 * n_rows * n_queries * (n_text + 1)
 
     def flush(self) -> None:
         """Score every pending call (one stacked batch per group) and add them to the aggregator."""

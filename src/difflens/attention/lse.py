@@ -10,16 +10,15 @@ for the text keys j only: an N_image x N_text product per head instead of an N_i
 (:mod:`difflens.attention.text_probs`).
 
 :class:`SdpaTap` runs the ORIGINAL processor's call on a captured layer with its SDPA call routed to the tap
-(:func:`tapped_function`: the processor's ``__call__`` over a private copy of its globals; else a
-``TorchFunctionMode`` around the call; thread-local, scoped, nothing shared is patched). When that processor
-calls ``F.scaled_dot_product_attention``
-on inputs for which torch itself would run the CPU flash kernel (``torch._fused_sdp_choice`` says so), the
-tap calls that same kernel directly, with the same arguments and the boolean mask converted to the additive
-mask torch would build, and returns its output: the layer computes exactly what it computes without the tap
-(checked bit for bit against ``F.scaled_dot_product_attention`` on each layer's first captured call, where
-the real call's output is returned; the verdict is kept per argument layout and process, so a sweep pays the
-check once). The tap keeps q, k (the kernel's inputs, after projections, norms and
-RoPE), the mask, the scale and the log-sum-exp.
+(:func:`difflens.attention.rebuild.tapped_function`: the processor's ``__call__`` over a private copy of its
+globals; else a ``TorchFunctionMode`` around the call; thread-local, scoped, nothing shared is patched). When
+that processor calls ``F.scaled_dot_product_attention`` on inputs for which torch itself would run the CPU
+flash kernel (``torch._fused_sdp_choice`` says so), the tap calls that same kernel directly, with the same
+arguments and the boolean mask converted to the additive mask torch would build, and returns its output: the
+layer computes exactly what it computes without the tap (checked bit for bit against
+``F.scaled_dot_product_attention`` on each layer's first captured call, where the real call's output is
+returned; the verdict is kept per argument layout and process, so a sweep pays the check once). The tap keeps
+q, k (the kernel's inputs, after projections, norms and RoPE), the mask, the scale and the log-sum-exp.
 
 On CUDA the tap does what ``aten::scaled_dot_product_attention`` (torch ``attention.cpp``) does for the
 backend ``torch._fused_sdp_choice`` names, with the log-sum-exp switched on
@@ -37,7 +36,6 @@ from __future__ import annotations
 
 import math
 import threading
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +54,18 @@ def lse_route_available() -> bool:
 
     return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
         torch, "_fused_sdp_choice")
+
+
+_CPU_FLASH: list[Any] = []
+
+
+def _cpu_flash() -> Any:
+    """The CPU flash kernel's op overload, resolved once (the packet resolves its overload on every call)."""
+    if not _CPU_FLASH:
+        import torch
+
+        _CPU_FLASH.append(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default)
+    return _CPU_FLASH[0]
 
 
 @dataclass
@@ -116,9 +126,9 @@ class SdpaTap:
     def run(self, processor: Any, args: tuple, kwargs: dict[str, Any],
             function: Any | None = None) -> Any:
         """Call ``processor(*args, **kwargs)`` with its SDPA call tapped. ``function`` (from
-        :func:`tapped_function`) is the processor's ``__call__`` rebound to globals in which ``F`` and
-        ``dispatch_attention_fn`` lead to the tap: no cost on the processor's other torch calls. Without
-        it, the whole call runs under a ``TorchFunctionMode`` (a Python hop on every torch call)."""
+        :func:`difflens.attention.rebuild.tapped_function`) is the processor's ``__call__`` rebound to globals
+        in which ``F`` and ``dispatch_attention_fn`` lead to the tap: no cost on its other torch calls.
+        Without it, the whole call runs under a ``TorchFunctionMode`` (a Python hop on every torch call)."""
         prev = getattr(_ACTIVE, "tap", None)
         _ACTIVE.tap = self
         try:
@@ -158,8 +168,7 @@ class SdpaTap:
         if why is not None:
             self.reason = why
             return func(*args, **kwargs)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, attn_mask=mask, scale=a["scale"])
+        out, lse = _cpu_flash()(q, k, v, 0.0, False, attn_mask=mask, scale=a["scale"])
         scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
         self.record = TapRecord(q, k, lse, mask, scale)
         return self._verified(func, args, kwargs, out, ("cpu-flash", q, k, v, a["attn_mask"], a["scale"]))
@@ -261,56 +270,6 @@ def _mode_class() -> type:
 
         _MODE_CLASS.append(_Mode)
     return _MODE_CLASS[0]
-
-
-class _FunctionalShim:
-    """``torch.nn.functional`` as a processor sees it under the tap: every name is the real one except
-    ``scaled_dot_product_attention``, which goes to the active tap (when there is one)."""
-
-    def __init__(self, functional: Any) -> None:
-        self._functional = functional
-        self._sdpa = functional.scaled_dot_product_attention
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._functional, name)
-
-    def scaled_dot_product_attention(self, *args: Any, **kwargs: Any) -> Any:
-        return _active_handle(self._sdpa, args, kwargs)
-
-
-def tapped_function(processor: Any) -> Any | None:
-    """The processor class's ``__call__`` rebuilt over a private copy of its module globals in which
-    ``F`` is :class:`_FunctionalShim` and ``dispatch_attention_fn`` (diffusers' backend dispatch) runs under
-    the tap's ``TorchFunctionMode`` (a handful of torch calls). Nothing shared is modified: the copy is
-    used only by the capturing wrapper. None when the processor is not a plain Python class with a
-    ``__call__`` function referring to either name (then the whole call runs under the mode)."""
-    import torch
-    import torch.nn.functional as F
-
-    fn = type(processor).__dict__.get("__call__") or getattr(type(processor), "__call__", None)  # noqa: B004
-    if isinstance(processor, torch.nn.Module) or not isinstance(fn, types.FunctionType):
-        return None
-    names = set(fn.__code__.co_names)
-    g = dict(fn.__globals__)
-    changed = False
-    if "F" in names and g.get("F") is F:
-        g["F"] = _FunctionalShim(F)
-        changed = True
-    dispatch = g.get("dispatch_attention_fn")
-    if "dispatch_attention_fn" in names and callable(dispatch):
-        def dispatch_tapped(*args: Any, **kwargs: Any) -> Any:
-            if getattr(_ACTIVE, "tap", None) is None:
-                return dispatch(*args, **kwargs)
-            with _mode_class()():
-                return dispatch(*args, **kwargs)
-
-        g["dispatch_attention_fn"] = dispatch_tapped
-        changed = True
-    if not changed:
-        return None
-    new = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
-    new.__kwdefaults__ = fn.__kwdefaults__
-    return new
 
 
 def _ineligible(q: Any, k: Any, v: Any, a: dict[str, Any]) -> str | None:
