@@ -339,8 +339,10 @@ class AttentionCapture:
     def _on_layer(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], output: Any,
                   tap: SdpaTap | None = None) -> None:
         info = self.info[index]
-        if self._deferrable[index] and tap is not None and tap.record is not None and self._defer_call(
-                index, layer, call, tap.record):
+        rec = tap.record if tap is not None else None
+        deferrable = rec is not None and (self._deferrable[index] or (
+            info.calls == 0 and self.defer and self._reuse_checks(index, layer, attn, call, rec)))
+        if deferrable and self._defer_call(index, layer, call, rec):
             return
         if self._deferred:                  # the aggregator takes steps in order: the pending calls first
             self._deferred.flush()
@@ -371,7 +373,7 @@ class AttentionCapture:
                                         f"{info.lse_error:.2g} (> {LSE_GUARD:g}) on the first call")
                 fast = None
         if earlier is not None:
-            info.sum_error, info.out_error, info.route_error, info.lse_error = earlier
+            info.sum_error, info.out_error, info.route_error, info.lse_error = earlier[:4]
             info.checks_reused = True
         if fast is not None:
             info.route = "lse"
@@ -401,14 +403,39 @@ class AttentionCapture:
             if info.lse_error is not None and fast is not None:    # the lse route's own error, when used
                 info.route_error = max(info.route_error or 0.0, info.lse_error)
             if fast is not None and layout is not None:    # the lse route kept: later captures reuse these
+                drift = fast["lse_drift"] if isinstance(fast["lse_drift"], float) else None
                 _CHECKED.setdefault(attn, {})[layout] = (info.sum_error, info.out_error, info.route_error,
-                                                         info.lse_error)
+                                                         info.lse_error, drift,
+                                                         self._memos[index].get("lse_agrees", False))
         self.stats.captured_calls += 1
         self.stats.peak_transient_bytes = max(self.stats.peak_transient_bytes, transient)
         planes = flat.reshape(flat.shape[0], h, w)   # flat: (T, Nq) or, joint, (2T + 1, Nq)
         self.aggregator.add_planes(self.step, index, planes, ent)
         if first and fast is not None and self.defer:      # cross: once the kernel's lse agreed (text_probs)
             self._deferrable[index] = layer.kind != "cross" or self._memos[index].get("lse_agrees", False)
+
+    def _reuse_checks(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], rec: Any) -> bool:
+        """On a layer's first call: when an earlier capture checked this module and call layout and kept the
+        lse route (``_CHECKED``, with the lse drift and agreement it measured), take its checks and let this
+        call be deferred like the later ones (no replay, no first-call scoring)."""
+        if rec.output_equal is False or index >= len(self._originals):
+            return False
+        layout = _layout(self._originals[index][1], layer.kind, call, self._rows, self.stats.text_len_seen,
+                         self.check)
+        earlier = _CHECKED.get(attn, {}).get(layout)
+        rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
+        if earlier is None or rng is None or not (rng.joint or earlier[5]):
+            return False
+        if self._keys_on is None or self._keys_on.device != call["hidden_states"].device:
+            self._keys_on = self.token_keys.to(call["hidden_states"].device)
+            self._deferred.token_keys = self._keys_on
+        info = self.info[index]
+        info.sum_error, info.out_error, info.route_error, info.lse_error, info.lse_drift = earlier[:5]
+        info.checks_reused, info.route, info.backend = True, "lse", rec.backend
+        info.grid = grid_for(len(range(*rng.queries.indices(rng.n_queries_all))), self.latent_hw)
+        self._memos[index]["lse_agrees"] = earlier[5]
+        self._deferrable[index] = True
+        return True
 
     def _defer_call(self, index: int, layer: AttnLayer, call: dict[str, Any], rec: Any) -> bool:
         """Hand a later call of a layer on the lse route to the deferred batch (False: score it now)."""
