@@ -309,8 +309,9 @@ def test_entropy_and_peak_equal_the_separate_measures() -> None:
 
 def test_first_call_checks_are_reused_for_the_same_layout(tiny_pipeline_dir: Callable[[str], Path]) -> None:
     """A second capture of the same modules and call layout (a sweep over prompts) takes the first call's
-    checks from the first capture instead of replaying it: same check values, same maps bit for bit (the
-    same kernels on the same inputs); another image size is another layout and is checked again."""
+    checks from the first capture instead of replaying it: same check values (lse drift included), same maps
+    (to float32 noise: its first call is then scored in the deferred batch, the first capture's at once);
+    another image size is another layout and is checked again."""
     path = tiny_pipeline_dir("flux")
     pipe = load_pipeline(path, "float32", "cpu", offline=True)
 
@@ -327,11 +328,11 @@ def test_first_call_checks_are_reused_for_the_same_layout(tiny_pipeline_dir: Cal
     assert not any(i.checks_reused for i in cap3.info)
     for a, b in zip(cap1.info, cap2.info, strict=True):
         assert b.route == a.route == "lse"
-        assert (b.sum_error, b.out_error, b.route_error, b.lse_error) == (
-            a.sum_error, a.out_error, a.route_error, a.lse_error)
-        assert a.sum_error is not None and a.out_error is not None
-    assert np.array_equal(first.maps, again.maps)
-    assert np.array_equal(first.token_entropy, again.token_entropy)
+        assert (b.sum_error, b.out_error, b.route_error, b.lse_error, b.lse_drift) == (
+            a.sum_error, a.out_error, a.route_error, a.lse_error, a.lse_drift)
+        assert a.sum_error is not None and a.out_error is not None and a.lse_drift is not None
+    np.testing.assert_allclose(again.maps, first.maps, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(again.token_entropy, first.token_entropy, rtol=0, atol=1e-6)
     assert other.maps.shape != first.maps.shape
 
 
