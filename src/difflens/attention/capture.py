@@ -77,6 +77,16 @@ class _CapturingProcessor:
             if self._tapped is False:
                 self._tapped = tapped_function(self.original)
             out = tap.run(self.original, args, kwargs, self._tapped)
+            # steady state: a later call of a deferred layer with the shapes of its last deferred call joins
+            # the deferred batch at once (no argument binding, no layout reading: per-call Python is the
+            # capture's cost on small models)
+            steady = cap._steady[self._index]
+            rec = tap.record
+            if (steady is not None and rec is not None and rec.query.shape == steady[0]
+                    and rec.key.shape == steady[1] and (rec.mask is None or rec.mask.shape) == steady[2]
+                    and cap._rows == steady[3] and rec.output_equal is not False):
+                cap._keep(self._index, rec, steady[4])
+                return out
         named = _bind(self._sig, args, kwargs)
         if named is not None:
             cap._on_layer(self._index, self._layer, args[0], named, out, tap)
@@ -247,6 +257,7 @@ class AttentionCapture:
         # without the per-layer breakdown or head entropy
         self.defer = defer and not head_entropy and not aggregator.breakdown
         self._deferrable = [False] * len(layers)
+        self._steady: list[tuple | None] = [None] * len(layers)   # per layer: shapes, rows, deferred group
         self._deferred = DeferredCalls(aggregator, None)
 
     # -- context ----------------------------------------------------------------------------------
@@ -440,13 +451,22 @@ class AttentionCapture:
     def _defer_call(self, index: int, layer: AttnLayer, call: dict[str, Any], rec: Any) -> bool:
         """Hand a later call of a layer on the lse route to the deferred batch (False: score it now)."""
         rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
-        if (rng is None or rec.output_equal is False or rec.unchanged() is not True
-                or not self._deferred.offer(index, self.step, rec, rng, self._rows, self.info[index].grid)):
+        if rng is None or rec.output_equal is False or rec.unchanged() is not True:
             return False
-        info = self.info[index]
-        info.calls += 1
+        known = self._deferred.offer(index, self.step, rec, rng, self._rows, self.info[index].grid)
+        if known is None:
+            return False
+        self._steady[index] = (rec.query.shape, rec.key.shape, rec.mask is None or rec.mask.shape, self._rows,
+                               known)
+        self.info[index].calls += 1
         self.stats.captured_calls += 1
         return True
+
+    def _keep(self, index: int, rec: Any, known: tuple[tuple, int]) -> None:
+        """A steady-state call (see ``_CapturingProcessor._observe``) joins the deferred batch."""
+        self._deferred.keep(index, self.step, rec, *known)
+        self.info[index].calls += 1
+        self.stats.captured_calls += 1
 
     def _lse_fast(self, index: int, layer: AttnLayer, call: dict[str, Any],
                   tap: SdpaTap | None) -> dict[str, Any] | None:

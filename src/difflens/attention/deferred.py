@@ -52,9 +52,10 @@ class DeferredCalls:
         return bool(self._steps)
 
     def offer(self, index: int, step: int, rec: TapRecord, rng: Ranges, rows: slice,
-              grid: tuple[int, int]) -> bool:
-        """Keep this call for later, or return False (too large, or its tensors keep no version counter:
-        then the caller scores it at once)."""
+              grid: tuple[int, int]) -> tuple[tuple, int] | None:
+        """Keep this call for later and return its (group, bytes), which :meth:`keep` takes for the layer's
+        next calls of the same shapes; or None (too large, not on CPU, or its tensors keep no version
+        counter: then the caller scores it at once)."""
         q, k = rec.query, rec.key
         key = (rng.joint, rng.queries.start, rng.queries.stop, rng.text.start, rng.text.stop, rows.start,
                rows.stop, tuple(q.shape), tuple(k.shape), q.dtype, q.device.type,
@@ -63,19 +64,26 @@ class DeferredCalls:
         if cost is None:
             cost = self._costs[(index, key)] = self._cost(rec, rng, rows)
         if rec.versions is None or cost > DEFER_BYTES // 8:
-            return False
+            return None
+        self._layouts[key] = (rng, rows, grid)
+        self.keep(index, step, rec, key, cost)
+        return key, cost
+
+    def keep(self, index: int, step: int, rec: TapRecord, key: tuple, cost: int) -> None:
+        """Keep a call whose group and bytes :meth:`offer` found for an earlier call of the same layer and
+        shapes; first score what is pending when the call would not fit the byte bound or the aggregator's
+        open batch of steps."""
         new_step = not self._steps or step != self._steps[-1]
         if self._steps and (self.held_bytes + cost > DEFER_BYTES or (
                 new_step and len(self._steps) >= self.aggregator.steps_room(self._steps[0]))):
             self.flush()
             new_step = True
         self._groups.setdefault(key, []).append((index, step, rec))
-        self._layouts[key] = (rng, rows, grid)
         if new_step:
             self._steps.append(step)
         self.held_bytes += cost
-        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
-        return True
+        if self.held_bytes > self.peak_bytes:
+            self.peak_bytes = self.held_bytes
 
     @staticmethod
     def _cost(rec: TapRecord, rng: Ranges, rows: slice) -> int:
