@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from difflens.attention.aggregate import OnlineAggregator, estimate_bytes, kept_steps, resize_matrix
+from difflens.attention.aggregate import (
+    MEASURE_BATCH,
+    OnlineAggregator,
+    estimate_bytes,
+    kept_steps,
+    resize_matrix,
+)
 from difflens.attention.layout import grid_for
 from difflens.attention.measures import peak_concentration, spatial_entropy
 from difflens.attention.replay import replay
@@ -67,12 +73,12 @@ def test_resize_matrix_is_torch_bilinear(grid: tuple[int, int], size: tuple[int,
 
 @pytest.mark.parametrize("word_mode", ["mean", "max"])
 def test_online_aggregation_equals_offline_and_keeps_strided_steps(word_mode: str) -> None:
-    """Against F.interpolate and plain means, over more steps than one batch of closed steps (19 steps:
-    batches of 8, 8, 3), with a stride that crosses the batches."""
+    """Against F.interpolate and plain means, over more steps than one batch of closed steps (two full
+    batches and 3 steps), with a stride that crosses the batches."""
     gen = torch.Generator().manual_seed(0)
     hw = (8, 6)
     grids = [(8, 6), (4, 3), (4, 3), (2, 2)]
-    n_steps, T = 19, 3
+    n_steps, T = 2 * MEASURE_BATCH + 3, 3
     data = [[torch.rand(T, *g, generator=gen) for g in grids] for _ in range(n_steps)]
     agg = OnlineAggregator(T, hw, stride=3, layer_names=[f"l{i}" for i in range(4)], joint=False,
                            word_groups=[[0, 2], [1]], word_mode=word_mode, breakdown=True)
@@ -82,12 +88,12 @@ def test_online_aggregation_equals_offline_and_keeps_strided_steps(word_mode: st
     res = agg.result()
     offline = _offline_mean(data, hw)
     assert torch.allclose(torch.from_numpy(res.maps), offline.mean(0), atol=1e-6)
-    assert res.per_step_index == [0, 3, 6, 9, 12, 15, 18] == kept_steps(n_steps, 3)
+    assert res.per_step_index == list(range(0, n_steps, 3)) == kept_steps(n_steps, 3)
     assert res.steps_seen == list(range(n_steps))
     assert torch.allclose(torch.from_numpy(res.per_step), offline[0::3], atol=1e-6)
     assert res.token_entropy.shape == (n_steps, T)
     assert torch.allclose(torch.from_numpy(res.token_entropy), spatial_entropy(offline), atol=1e-6)
-    for s in (4, 17):
+    for s in (4, MEASURE_BATCH + 1, n_steps - 2):
         words = aggregate_words(offline[s], [[0, 2], [1]], word_mode)
         assert torch.allclose(torch.from_numpy(res.word_entropy[s]), spatial_entropy(words), atol=1e-6)
         assert torch.allclose(torch.from_numpy(res.word_peak[s]), peak_concentration(words), atol=1e-6)
