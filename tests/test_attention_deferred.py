@@ -68,6 +68,15 @@ def test_deferred_capture_equals_immediate_scoring(family: str,
     assert float(np.abs(later.maps).max()) > 1e-3
     assert [i.calls for i in cap_later.info] == [i.calls for i in cap_now.info]
     assert {i.route for i in cap_later.info} == {"lse"}
+    # a capture whose chunk of transient bytes is small (a tight --max-memory-mb) defers within it
+    agg = OnlineAggregator(len(plan.tokens), plan.latent_hw, 3, [la.name for la in plan.layers], plan.joint,
+                           plan.groups)
+    small = AttentionCapture(plan.pipe, plan.denoiser, plan.layers, [t.key for t in plan.tokens],
+                             plan.prompt_tokens.text_len, plan.latent_hw, agg, chunk_bytes=1 << 18)
+    with small, torch.no_grad():
+        plan.pipe(**plan.call_kwargs, generator=torch.Generator("cpu").manual_seed(1))
+    assert small._deferred.peak_bytes <= 1 << 18
+    np.testing.assert_allclose(agg.result().maps, now.maps, rtol=0, atol=1e-6)
 
 
 def test_add_calls_equals_add_planes() -> None:

@@ -29,10 +29,9 @@ from difflens.attention.measures import entropy_and_peak
 from difflens.attention.words import aggregate_words
 
 F32 = 4
-#: Step maps measured together (entropy, peak concentration); the buffer is allocated once. 16 (was 8):
-#: a 20-step run closes 2 batches instead of 3, and the capture's deferred calls are scored in as many
-#: batches (per-batch torch calls are a measurable part of the capture on small models).
-MEASURE_BATCH = 16
+#: Step maps measured together (entropy, peak concentration); the buffer is allocated once. (16 and 32 were
+#: tried in session 5: no measurable change in the capture's cost on the tiny pipelines, so 8 stays.)
+MEASURE_BATCH = 8
 
 
 def kept_steps(n_steps: int, stride: int) -> list[int]:
@@ -54,10 +53,14 @@ def resize_matrix(n: int, size: int) -> Any:
 def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stride: int, joint: bool,
                    n_layers_breakdown: int = 0, max_queries: int | None = None, max_keys: int = 77,
                    max_heads: int = 1, chunk_bytes: int = 256 * 2**20) -> dict[str, int]:
-    """Bytes the capture will hold: stored maps and the largest transient probability chunk.
+    """Bytes the capture will hold: stored maps, the largest transient probability chunk, and the calls the
+    capture may defer on CPU (:mod:`difflens.attention.deferred`: at most ``chunk_bytes``, capped at
+    ``DEFER_BYTES``).
 
     ``n_steps`` counts denoiser steps (a scheduler may add one, as PNDM does; pass the upper bound).
     """
+    from difflens.attention.deferred import DEFER_BYTES
+
     H, W = latent_hw
     plane = n_tokens * H * W * F32
     n_kept = len(kept_steps(n_steps, stride))
@@ -71,7 +74,7 @@ def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stri
     per_head = nq * max_keys * F32
     hc = max(1, min(max_heads, chunk_bytes // max(per_head, 1)))
     token_part = n_tokens * nq * F32 * (3 if joint else 1)
-    transient = 2 * hc * per_head + token_part
+    transient = 2 * hc * per_head + token_part + min(DEFER_BYTES, chunk_bytes)
     total = accum + per_step + per_layer + transient
     return {"accumulators": accum, "per_step": per_step, "per_layer": per_layer, "transient": transient,
             "total": total, "kept_steps": n_kept, "per_head": per_head, "heads_per_chunk": hc,

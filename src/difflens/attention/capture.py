@@ -258,7 +258,7 @@ class AttentionCapture:
         self.defer = defer and not head_entropy and not aggregator.breakdown
         self._deferrable = [False] * len(layers)
         self._steady: list[tuple | None] = [None] * len(layers)   # per layer: shapes, rows, deferred group
-        self._deferred = DeferredCalls(aggregator, None)
+        self._deferred = DeferredCalls(aggregator, None, budget=chunk_bytes)
 
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:

@@ -10,12 +10,12 @@ shapes, across layers and up to a batch of the aggregator's steps, are scored as
 (:meth:`difflens.attention.aggregate.OnlineAggregator.add_calls`). The probabilities are the same ones,
 row by row; only the number of torch calls changes.
 
-Bounds: the kept tensors and the stacked batch stay under :data:`DEFER_BYTES` (a call whose share would
-exceed an eighth of it is scored at once, as on large models, where the per-call overhead is small next to
-the layer), and the calls never span more than the aggregator's open batch of steps, so memory stays flat in
-the step count. A kept tensor changed in place after its call (its version counter moved) is an error, never
-a silent wrong map.
-"""
+Bounds: the kept tensors and the stacked batch stay under the capture's budget, at most :data:`DEFER_BYTES`
+and never more than its chunk of transient bytes (a call whose share would exceed an eighth of it is scored at
+once, as on large models, where the per-call overhead is small next to the layer), and the calls never span
+more than the aggregator's open batch of steps, so memory is bounded whatever the step count (the preflight
+estimate counts this budget: :func:`difflens.attention.aggregate.estimate_bytes`). A kept tensor changed in
+place after its call (its version counter moved) is an error, never a silent wrong map. """
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def _storage_bytes(rec: TapRecord) -> int:
 class DeferredCalls:
     """Pending layer calls of one capture, grouped by their shapes; :meth:`flush` scores and adds them."""
 
-    def __init__(self, aggregator: Any, token_keys: Any) -> None:
+    def __init__(self, aggregator: Any, token_keys: Any, budget: int = DEFER_BYTES) -> None:
         self.aggregator = aggregator
         self.token_keys = token_keys
+        self.budget = min(int(budget), DEFER_BYTES)        # bytes held and stacked at most
         self._groups: dict[tuple, list[tuple[int, int, TapRecord]]] = {}   # key -> [(layer, step, record)]
         self._layouts: dict[tuple, tuple[Ranges, slice, tuple[int, int]]] = {}   # key -> ranges, rows, grid
         self._memos: dict[tuple, dict[str, Any]] = {}     # per group, for lse_columns (trailing key runs)
@@ -63,7 +64,7 @@ class DeferredCalls:
         cost = self._costs.get((index, key))
         if cost is None:
             cost = self._costs[(index, key)] = self._cost(rec, rng, rows)
-        if rec.versions is None or cost > DEFER_BYTES // 8:
+        if rec.versions is None or cost > self.budget // 8:
             return None
         self._layouts[key] = (rng, rows, grid)
         self.keep(index, step, rec, key, cost)
@@ -74,7 +75,7 @@ class DeferredCalls:
         shapes; first score what is pending when the call would not fit the byte bound or the aggregator's
         open batch of steps."""
         new_step = not self._steps or step != self._steps[-1]
-        if self._steps and (self.held_bytes + cost > DEFER_BYTES or (
+        if self._steps and (self.held_bytes + cost > self.budget or (
                 new_step and len(self._steps) >= self.aggregator.steps_room(self._steps[0]))):
             self.flush()
             new_step = True
@@ -115,7 +116,7 @@ class DeferredCalls:
             rng, rows, grid = self._layouts[key]
             memo = self._memos.setdefault(key, {"lse_agrees": True})    # only agreeing layers are deferred
             fast = lse_columns([rec for _, _, rec in entries], rng, rows, self.token_keys, head_entropy=False,
-                               chunk_bytes=DEFER_BYTES, drift=False, memo=memo)
+                               chunk_bytes=self.budget, drift=False, memo=memo)
             if fast is None:                        # cannot happen: offer() checked the shapes
                 raise RuntimeError("deferred attention calls no longer match their layout")
             planes = fast["planes"]
