@@ -266,17 +266,22 @@ class OnlineAggregator:
         n = self._slot
         if not n:
             return
-        steps = None
-        for buf in self._buffers.values():
-            part = self.resize(buf[:n])
-            if steps is None:
-                steps = part.clone() if part.data_ptr() == buf.data_ptr() else part
-            else:
-                steps += part
-            buf[:n].zero_()
         counts = torch.tensor(self._slot_layers, dtype=torch.float32, device=self.device)
+        weights = 1.0 / counts
+        kp = self._kept_planes     # per-step planes; the others (text-renormalized maps) only feed the total
+        steps = rest = None
+        for buf in self._buffers.values():
+            part = self.resize(buf[:n, :kp])
+            steps = (part.clone() if part.data_ptr() == buf.data_ptr() else part) if steps is None else (
+                steps.add_(part))
+            if kp < self.C:            # summed over the steps first (resizing is linear): one resize
+                summed = torch.matmul(weights, buf[:n, kp:].reshape(n, -1)).view(-1, *buf.shape[2:])
+                rest = self.resize(summed) if rest is None else rest.add_(self.resize(summed))
+            buf[:n].zero_()
         steps.div_(counts.view(n, 1, 1, 1))
-        self._total += steps.sum(0)
+        self._total[:kp] += steps.sum(0)
+        if rest is not None:
+            self._total[kp:] += rest
         kept = [i for i, s in enumerate(self._slot_steps) if s % self.stride == 0]
         if kept:
             self._per_step.append(steps[:, :self._kept_planes][kept])
