@@ -104,9 +104,15 @@ def _stacked_rows(recs: Sequence[TapRecord], attr: str, rows: slice, seq: slice,
 
     if len(recs) == 1:
         return _flat_rows(getattr(recs[0], attr), rows, seq, layout)
-    if layout == "rds":
-        return torch.cat([_flat_rows(getattr(rec, attr), rows, seq, "rsd") for rec in recs]).transpose(1, 2)
-    return torch.cat([_flat_rows(getattr(rec, attr), rows, seq, layout) for rec in recs])
+    st = torch.stack([getattr(rec, attr) for rec in recs])                      # (n, B, H, L[, d])
+    v = st[:, rows, :, seq]
+    if v.dtype != torch.float32:
+        v = v.float()
+    n_rows = v.shape[0] * v.shape[1] * v.shape[2]
+    if layout == "r1s":
+        return v.reshape(n_rows, 1, v.shape[3])
+    v = v.reshape(n_rows, v.shape[3], v.shape[4])
+    return v if layout == "rsd" else v.transpose(1, 2)
 
 
 def lse_columns(rec: TapRecord | Sequence[TapRecord], rng: Ranges, rows: slice, token_keys: Any, *,
