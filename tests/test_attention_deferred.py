@@ -19,9 +19,10 @@ import torch
 
 from difflens.attention.aggregate import MEASURE_BATCH, OnlineAggregator
 from difflens.attention.api import AttentionConfig, plan_attention
-from difflens.attention.capture import AttentionCapture, _bind
+from difflens.attention.capture import AttentionCapture
 from difflens.attention.lse import SdpaTap, TapRecord, lse_route_available
 from difflens.attention.text_probs import Ranges, lse_columns
+from difflens.attention.wrapper import bind_arguments
 from difflens.errors import DifflensError
 from difflens.models import load_pipeline
 
@@ -210,9 +211,9 @@ def test_bind_names_arguments_as_signature_bind() -> None:
              (keyword_only, ("A", "h"), {"image_rotary_emb": "r"})]
     for fn, args, kwargs in cases:
         sig = inspect.signature(fn)
-        assert _bind(sig, args, kwargs) == reference(sig, args, kwargs)
+        assert bind_arguments(sig, args, kwargs) == reference(sig, args, kwargs)
     sig = inspect.signature(variadic)                # more positionals than named parameters: bind's route
-    assert _bind(sig, ("A", "h", "e", "m", "x"), {})["attention_mask"] == "m"
+    assert bind_arguments(sig, ("A", "h", "e", "m", "x"), {})["attention_mask"] == "m"
 
 
 def test_rebuilt_dispatch_reaches_the_tap_without_a_torch_function_mode(

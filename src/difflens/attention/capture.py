@@ -15,7 +15,11 @@ with a delegating processor that
    (``LayerInfo.lse_error``; above :data:`LSE_GUARD` the layer keeps the replay route). A later capture of the
    same module with the same call layout in the same process (a sweep over prompts) reuses those checks
    (``checks_reused``). On CUDA the tap calls the flash, memory-efficient or cuDNN kernel torch would run
-   (:mod:`difflens.attention.kernels`).
+   (:mod:`difflens.attention.kernels`). On CPU, a layer's later calls (and, with reused checks, its first)
+   are not scored one by one: their tapped q, k and lse are kept and scored in stacked batches
+   (:mod:`difflens.attention.deferred`), within a byte budget and the aggregator's open batch of steps.
+
+The delegating processor is :mod:`difflens.attention.wrapper`.
 
 It also adds a forward pre-hook on the denoiser (step counter, conditional rows, text length) and on the
 text encoders (the token ids each actually received). On exit, even on an exception, every original
@@ -28,7 +32,6 @@ with the conditional call at index ``cond_call`` (unbatched true CFG).
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,13 +40,11 @@ from difflens.attention.aggregate import OnlineAggregator
 from difflens.attention.deferred import DeferredCalls
 from difflens.attention.layout import AttnLayer, grid_for, module_of
 from difflens.attention.lse import SdpaTap, lse_route_available
-from difflens.attention.rebuild import tapped_function
 from difflens.attention.replay import DEFAULT_CHUNK_BYTES, replay
 from difflens.attention.text_probs import lse_columns, ranges_for
+from difflens.attention.wrapper import call_signature, wrapper_class
 from difflens.errors import DifflensError
 
-_WRAPPER_CLASSES: dict[type, type] = {}
-_SIGNATURES: dict[type, inspect.Signature] = {}
 #: "auto": the kernel's log-sum-exp where a fused kernel runs (CPU flash; CUDA flash, memory-efficient,
 #: cuDNN), else the replay; "replay": always the
 #: replay (second attention pass over all keys), the route of difflens <= 0.1.
@@ -55,48 +56,11 @@ Route = Literal["auto", "replay"]
 LSE_GUARD = 1e-4
 
 
-class _CapturingProcessor:
-    """Delegates to the original processor; observes the call when the capture is active."""
-
-    def __init__(self, original: Any, capture: AttentionCapture, index: int, layer: AttnLayer) -> None:
-        self.original = original
-        self._capture = capture
-        self._index = index
-        self._layer = layer
-        self._sig = _call_signature(original)
-        self._tapped: Any = False      # the rebuilt __call__ of rebuild.tapped_function, once, on first use
-
-    def _observe(self, *args: Any, **kwargs: Any) -> Any:
-        cap = self._capture
-        if not cap.active:
-            return self.original(*args, **kwargs)
-        tap = cap._tap_for(self._index)
-        if tap is None:
-            out = self.original(*args, **kwargs)
-        else:
-            if self._tapped is False:
-                self._tapped = tapped_function(self.original)
-            out = tap.run(self.original, args, kwargs, self._tapped)
-            # steady state: a later call of a deferred layer with the shapes of its last deferred call joins
-            # the deferred batch at once (no argument binding, no layout reading: per-call Python is the
-            # capture's cost on small models)
-            steady = cap._steady[self._index]
-            rec = tap.record
-            if (steady is not None and rec is not None and rec.query.shape == steady[0]
-                    and rec.key.shape == steady[1] and (rec.mask is None or rec.mask.shape) == steady[2]
-                    and cap._rows == steady[3] and rec.output_equal is not False):
-                cap._keep(self._index, rec, steady[4])
-                return out
-        named = _bind(self._sig, args, kwargs)
-        if named is not None:
-            cap._on_layer(self._index, self._layer, args[0], named, out, tap)
-        return out
-
-
-#: attention module (weakly held) -> {call layout: (sum_error, out_error, route_error, lse_error)} of a first
-#: call whose lse route agreed with the replay: a later capture of the same module and layout (a sweep over
-#: prompts) reuses these checks instead of replaying its first call (the replay is the costly part of a
-#: capture on small models). Per process, like the kernel verdicts of :mod:`difflens.attention.lse`.
+#: attention module (weakly held) -> {call layout: (sum_error, out_error, route_error, lse_error, lse_drift,
+#: lse_agrees)} of a first call whose lse route agreed with the replay: a later capture of the same module and
+#: layout (a sweep over prompts) reuses these checks instead of replaying its first call (the replay is the
+#: costly part of a capture on small models). Per process, like the kernel verdicts of
+#: :mod:`difflens.attention.lse`.
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -109,71 +73,6 @@ def _layout(processor: Any, kind: str, call: dict[str, Any], rows: slice, text_l
 
     return (type(processor), kind, desc(call.get("hidden_states")), desc(call.get("encoder_hidden_states")),
             desc(call.get("attention_mask")), rows.start, rows.stop, text_len, check)
-
-
-def _call_signature(processor: Any) -> inspect.Signature:
-    """The processor's call signature, once per processor class (``inspect.signature`` resolves
-    annotations: milliseconds per call, paid per layer on every capture otherwise)."""
-    import torch
-
-    cls = type(processor)
-    sig = _SIGNATURES.get(cls)
-    if sig is None:
-        fn = processor.forward if isinstance(processor, torch.nn.Module) else processor.__call__
-        sig = _SIGNATURES[cls] = inspect.signature(fn)
-    return sig
-
-
-_POSITIONAL: dict[inspect.Signature, tuple[str, ...]] = {}
-
-
-def _bind(sig: inspect.Signature, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """The call's arguments by name (those passed; extra keywords flattened in), or None when they do not fit
-    the signature. Positional arguments are named from the signature's leading parameters directly (about
-    1 us, against 30-100 us for ``Signature.bind`` on every layer call; the processor has just accepted these
-    arguments, so they fit); anything else goes to ``bind``."""
-    names = _POSITIONAL.get(sig)
-    if names is None:
-        names = _POSITIONAL[sig] = _leading_parameters(sig)
-    if len(args) <= len(names):
-        named = dict(zip(names, args, strict=False))
-        named.update(kwargs)
-        return named
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError:
-        return None
-    named = dict(bound.arguments)
-    for name, param in sig.parameters.items():         # extra keywords flattened in, as the fast path does
-        if param.kind == inspect.Parameter.VAR_KEYWORD:
-            named.update(named.pop(name, {}) or {})
-    return named
-
-
-def _leading_parameters(sig: inspect.Signature) -> tuple[str, ...]:
-    """The names of the positional-or-keyword parameters before any other kind."""
-    names = []
-    for name, param in sig.parameters.items():
-        if param.kind != inspect.Parameter.POSITIONAL_OR_KEYWORD:
-            break
-        names.append(name)
-    return tuple(names)
-
-
-def _wrapper_class(original_cls: type, signature: inspect.Signature) -> type:
-    """A per-original-class subclass of _CapturingProcessor whose ``__call__`` advertises the original's
-    signature, because ``Attention.forward`` filters keyword arguments by the processor's signature."""
-    cls = _WRAPPER_CLASSES.get(original_cls)
-    if cls is None:
-        def __call__(self: _CapturingProcessor, *args: Any, **kwargs: Any) -> Any:
-            return self._observe(*args, **kwargs)
-
-        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        __call__.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=[self_param, *signature.parameters.values()])
-        cls = type(f"Capturing{original_cls.__name__}", (_CapturingProcessor,), {"__call__": __call__})
-        _WRAPPER_CLASSES[original_cls] = cls
-    return cls
 
 
 @dataclass
@@ -266,7 +165,7 @@ class AttentionCapture:
             for i, layer in enumerate(self.layers):
                 module = module_of(self.denoiser, layer.name)
                 original = module.processor
-                wrapper = _wrapper_class(type(original), _call_signature(original))(original, self, i, layer)
+                wrapper = wrapper_class(type(original), call_signature(original))(original, self, i, layer)
                 self._originals.append((module, original))
                 module.set_processor(wrapper)
             self._hooks.append(self.denoiser.register_forward_pre_hook(self._denoiser_pre_hook,
