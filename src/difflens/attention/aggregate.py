@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from difflens.attention.deferred import DEFER_BYTES
 from difflens.attention.layout import grid_sizes
 from difflens.attention.measures import entropy_and_peak
 from difflens.attention.words import aggregate_words
@@ -59,8 +60,6 @@ def estimate_bytes(n_tokens: int, latent_hw: tuple[int, int], n_steps: int, stri
 
     ``n_steps`` counts denoiser steps (a scheduler may add one, as PNDM does; pass the upper bound).
     """
-    from difflens.attention.deferred import DEFER_BYTES
-
     H, W = latent_hw
     plane = n_tokens * H * W * F32
     n_kept = len(kept_steps(n_steps, stride))
@@ -284,7 +283,7 @@ class OnlineAggregator:
             self._total[kp:] += rest
         kept = [i for i, s in enumerate(self._slot_steps) if s % self.stride == 0]
         if kept:
-            self._per_step.append(steps[:, :self._kept_planes][kept])
+            self._per_step.append(steps[kept])               # steps holds the per-step planes only
             self._per_step_index.extend(self._slot_steps[i] for i in kept)
         self._steps_seen.extend(self._slot_steps)
         self._n_steps += n

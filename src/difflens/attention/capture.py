@@ -256,9 +256,7 @@ class AttentionCapture:
             return
         if self._deferred:                  # the aggregator takes steps in order: the pending calls first
             self._deferred.flush()
-        if self._keys_on is None or self._keys_on.device != call["hidden_states"].device:
-            self._keys_on = self.token_keys.to(call["hidden_states"].device)
-            self._deferred.token_keys = self._keys_on
+        self._keys_for(call["hidden_states"].device)
         first = info.calls == 0
         fast = self._lse_fast(index, layer, call, tap)
         original = self._originals[index][1] if index < len(self._originals) else None
@@ -324,6 +322,12 @@ class AttentionCapture:
         if first and fast is not None and self.defer:      # cross: once the kernel's lse agreed (text_probs)
             self._deferrable[index] = layer.kind != "cross" or self._memos[index].get("lse_agrees", False)
 
+    def _keys_for(self, device: Any) -> None:
+        """The kept tokens' key indices on ``device`` (replay, lse route and deferred batch)."""
+        if self._keys_on is None or self._keys_on.device != device:
+            self._keys_on = self.token_keys.to(device)
+            self._deferred.token_keys = self._keys_on
+
     def _reuse_checks(self, index: int, layer: AttnLayer, attn: Any, call: dict[str, Any], rec: Any) -> bool:
         """On a layer's first call: when an earlier capture checked this module and call layout and kept the
         lse route (``_CHECKED``, with the lse drift and agreement it measured), take its checks and let this
@@ -336,13 +340,11 @@ class AttentionCapture:
         rng = ranges_for(layer.kind, call, self.stats.text_len_seen)
         if earlier is None or rng is None or not (rng.joint or earlier[5]):
             return False
-        if self._keys_on is None or self._keys_on.device != call["hidden_states"].device:
-            self._keys_on = self.token_keys.to(call["hidden_states"].device)
-            self._deferred.token_keys = self._keys_on
+        self._keys_for(call["hidden_states"].device)
         info = self.info[index]
         info.sum_error, info.out_error, info.route_error, info.lse_error, info.lse_drift = earlier[:5]
         info.checks_reused, info.route, info.backend = True, "lse", rec.backend
-        info.grid = grid_for(len(range(*rng.queries.indices(rng.n_queries_all))), self.latent_hw)
+        info.grid = grid_for(rng.n_queries, self.latent_hw)
         self._memos[index]["lse_agrees"] = earlier[5]
         self._deferrable[index] = True
         return True

@@ -15,7 +15,8 @@ and never more than its chunk of transient bytes (a call whose share would excee
 once, as on large models, where the per-call overhead is small next to the layer), and the calls never span
 more than the aggregator's open batch of steps, so memory is bounded whatever the step count (the preflight
 estimate counts this budget: :func:`difflens.attention.aggregate.estimate_bytes`). A kept tensor changed in
-place after its call (its version counter moved) is an error, never a silent wrong map. """
+place after its call (its version counter moved) is an error, never a silent wrong map.
+"""
 
 from __future__ import annotations
 
@@ -95,9 +96,7 @@ class DeferredCalls:
         if q.device.type != "cpu" or lengths != (rng.n_queries_all, rng.n_keys_all):
             return DEFER_BYTES + 1
         n_rows = len(range(*rows.indices(int(q.shape[0])))) * int(q.shape[1])
-        n_queries = len(range(*rng.queries.indices(int(q.shape[2]))))
-        n_text = len(range(*rng.text.indices(int(k.shape[2]))))
-        return _storage_bytes(rec) + 2 * 4 * n_rows * n_queries * (n_text + 1)
+        return _storage_bytes(rec) + 2 * 4 * n_rows * rng.n_queries * (rng.n_text + 1)
 
     def flush(self) -> None:
         """Score every pending call (one stacked batch per group) and add them to the aggregator."""

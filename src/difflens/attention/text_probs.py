@@ -39,6 +39,16 @@ class Ranges:
     n_keys_all: int
     joint: bool
 
+    @property
+    def n_queries(self) -> int:
+        """Image queries."""
+        return len(range(*self.queries.indices(self.n_queries_all)))
+
+    @property
+    def n_text(self) -> int:
+        """Text keys."""
+        return len(range(*self.text.indices(self.n_keys_all)))
+
 
 def ranges_for(kind: str, call: dict[str, Any], text_len: int | None) -> Ranges | None:
     """Image-query and text-key ranges for a layer ``kind`` (DESIGN.md 4: SD3 ``[image, text]``, Flux
@@ -98,8 +108,8 @@ def _stacked_mask(recs: Sequence[TapRecord], rows: slice, rng: Ranges, kept: Any
 
 
 def _stacked_rows(recs: Sequence[TapRecord], attr: str, rows: slice, seq: slice, layout: str) -> Any:
-    """:func:`_flat_rows` of each record's ``attr`` tensor, concatenated along the rows (``"rds"`` as the
-    transpose of a concatenated ``"rsd"``: the copy then reads rows of d contiguous values)."""
+    """:func:`_flat_rows` of each record's ``attr`` tensor, concatenated along the rows: the records'
+    tensors stacked whole (one copy), then sliced and flattened (``"rds"`` as the transpose of ``"rsd"``)."""
     import torch
 
     if len(recs) == 1:
@@ -157,8 +167,7 @@ def lse_columns(rec: TapRecord | Sequence[TapRecord], rng: Ranges, rows: slice, 
     n = len(recs)
     B = len(range(*rows.indices(int(q.shape[0]))))
     H = int(q.shape[1])
-    Nq = len(range(*rng.queries.indices(int(q.shape[2]))))
-    T = len(range(*rng.text.indices(int(k.shape[2]))))
+    Nq, T = rng.n_queries, rng.n_text              # the kernel's lengths are the layout's (checked above)
     per_record = B * H
     n_rows = n * per_record
     qb = _stacked_rows(recs, "query", rows, rng.queries, "rds")                        # (nBH, d, Nq)
