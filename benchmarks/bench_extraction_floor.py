@@ -1,12 +1,15 @@
 """Inception extraction speed against the compute floor of the device (by hand; CPU and, where present, CUDA).
 
-The floor is what the arithmetic alone allows: images/s = (the device's measured float32 matmul rate) /
+The floor is what the arithmetic alone allows: images/s = (the device's measured float32 rate: the higher of a
+matmul's and of one Inception-sized 3x3 convolution's) /
 (FLOPs of one Inception-v3 forward at 299x299). FLOPs are counted with ``torch.utils.flop_counter`` on
 difflens's own forward (``forward_normalized``: pool3 + unbiased logits), 2 FLOPs per multiply-add
 (about 11.4 GFLOP, i.e. the 5.7 G multiply-adds usually quoted). The matmul rate is measured here with
 the precision difflens computes in: float32 with TF32 off (``strict_float32``), so the floor is the one
 that applies to the numbers difflens reports. Extraction is difflens's ``InceptionExtractor`` on uint8
-images already in memory at 299x299 (decode and resize excluded: this measures the network).
+images already in memory at 299x299 (decode and resize excluded: this measures the network), for both
+``--inception-impl`` paths (``reference``: torch-fidelity's module; ``fast``: batch-norm folded,
+channels-last).
 
     .venv/bin/python benchmarks/bench_extraction_floor.py                  # CPU, and CUDA when available
     .venv/bin/python benchmarks/bench_extraction_floor.py --quick
@@ -60,6 +63,30 @@ def matmul_rate(device: str, size: int, reps: int) -> float:
     return 2.0 * size ** 3 / best
 
 
+def conv_rate(device: str, reps: int) -> float:
+    """Best float32 rate (FLOP/s) of one 3x3 convolution of Inception's size (192 -> 192 channels, 35 x 35,
+    batch 16, channels-last): where the CPU's convolution kernels outrun its matmul (measured on an AVX-512
+    EPYC: torch.mm 166-186 GFLOP/s, this convolution 429 on 2 threads), this is the higher ceiling."""
+    import torch
+
+    from difflens.metrics.inception import strict_float32
+
+    conv = torch.nn.Conv2d(192, 192, 3, padding=1, bias=False).to(device)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(16, 192, 35, 35, device=device).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with strict_float32(), torch.inference_mode():
+        for _ in range(reps + 2):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            conv(x)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * 16 * 192 * 35 * 35 * 192 * 9 / best
+
+
 def extraction_rate(extractor: Any, images: list[Any], batch: int, reps: int, device: str) -> float:
     """Best images/s of ``extractor`` over ``images`` in batches (after one warm-up batch)."""
     import torch
@@ -82,14 +109,17 @@ def run(device: str, num: int, batch: int, reps: int, gemm: int, weights: Path) 
     import numpy as np
     import torch
 
-    from difflens.metrics.inception import InceptionExtractor, resolve_inception_weights
+    from difflens.metrics.inception import resolve_inception_weights
+    from difflens.metrics.inception_fast import make_inception_extractor
 
-    extractor = InceptionExtractor(resolve_inception_weights(weights), device=device)
-    flops = inception_flops(extractor.model, device)
-    peak = matmul_rate(device, gemm, reps=3)
+    extractors = {impl: make_inception_extractor(resolve_inception_weights(weights), device=device, impl=impl)
+                  for impl in ("reference", "fast")}
+    flops = inception_flops(extractors["reference"].model, device)
+    gemm_rate, conv = matmul_rate(device, gemm, reps=3), conv_rate(device, reps=3)
+    peak = max(gemm_rate, conv)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (299, 299, 3), dtype=np.uint8) for _ in range(num)]
-    rate = extraction_rate(extractor, images, batch, reps, device)
+    rates = {impl: extraction_rate(ex, images, batch, reps, device) for impl, ex in extractors.items()}
     floor = peak / flops
     name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
@@ -97,10 +127,12 @@ def run(device: str, num: int, batch: int, reps: int, gemm: int, weights: Path) 
     print(f"{device} ({name}){tag}")
     print(f"  Inception-v3 forward at 299x299: {flops / 1e9:.2f} GFLOP/image "
           f"({flops / 2e9:.2f} G multiply-adds)")
-    print(f"  float32 matmul rate (TF32 off, {gemm}x{gemm}): {peak / 1e9:.1f} GFLOP/s")
-    print(f"  compute floor: {floor:.1f} images/s")
-    print(f"  difflens extraction: {rate:.1f} images/s (batch {batch}, {num} images) = "
-          f"{rate * flops / 1e9:.1f} GFLOP/s = {100 * rate / floor:.0f}% of the floor")
+    print(f"  float32 matmul rate (TF32 off, {gemm}x{gemm}): {gemm_rate / 1e9:.1f} GFLOP/s")
+    print(f"  float32 3x3 convolution rate (192 ch, 35 x 35, batch 16): {conv / 1e9:.1f} GFLOP/s")
+    print(f"  compute floor (the higher rate): {floor:.1f} images/s")
+    for impl, rate in rates.items():
+        print(f"  difflens extraction ({impl}): {rate:.1f} images/s (batch {batch}, {num} images) = "
+              f"{rate * flops / 1e9:.1f} GFLOP/s = {100 * rate / floor:.0f}% of the floor")
 
 
 def main(argv: list[str] | None = None) -> int:
