@@ -42,25 +42,32 @@ def inception_flops(model: Any, device: str) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_rate(device: str, size: int, reps: int) -> float:
-    """Best float32 GEMM rate (FLOP/s) with TF32 off."""
+def _best_seconds(fn: Any, device: str, reps: int) -> float:
+    """Shortest wall time of ``fn()`` over ``reps`` runs after one warm-up, float32 with TF32 off."""
     import torch
 
     from difflens.metrics.inception import strict_float32
 
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
     best = float("inf")
     with strict_float32(), torch.inference_mode():
         for _ in range(reps + 1):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            torch.mm(a, b)
+            fn()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
-    return 2.0 * size ** 3 / best
+    return best
+
+
+def matmul_rate(device: str, size: int, reps: int) -> float:
+    """Best float32 GEMM rate (FLOP/s) with TF32 off."""
+    import torch
+
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return 2.0 * size ** 3 / _best_seconds(lambda: torch.mm(a, b), device, reps)
 
 
 def conv_rate(device: str, reps: int) -> float:
@@ -69,22 +76,10 @@ def conv_rate(device: str, reps: int) -> float:
     EPYC: torch.mm 166-186 GFLOP/s, this convolution 429 on 2 threads), this is the higher ceiling."""
     import torch
 
-    from difflens.metrics.inception import strict_float32
-
     conv = torch.nn.Conv2d(192, 192, 3, padding=1, bias=False).to(device)
     conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(16, 192, 35, 35, device=device).contiguous(memory_format=torch.channels_last)
-    best = float("inf")
-    with strict_float32(), torch.inference_mode():
-        for _ in range(reps + 2):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            conv(x)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-    return 2.0 * 16 * 192 * 35 * 35 * 192 * 9 / best
+    return 2.0 * 16 * 192 * 35 * 35 * 192 * 9 / _best_seconds(lambda: conv(x), device, reps + 1)
 
 
 def extraction_rate(extractor: Any, images: list[Any], batch: int, reps: int, device: str) -> float:
