@@ -1,9 +1,10 @@
 """Where the attention capture's time goes: its cost with parts of it switched off (run by hand; diagnosis).
 
-The same A-B-A harness as ``bench_attention.py`` (each captured run divided by the mean of the plain runs
-before and after it; median and smallest ratio over ``--repeats``), with one variant of the capture per
-run of this script. Variants switch parts off by replacing them in-process, so **the maps of every variant
-but ``full`` are wrong**: this measures time only.
+The A-B-A harness of ``bench_attention.py`` (:func:`bench_attention.aba_ratios`: each captured run divided
+by the mean of the plain runs before and after it; median and smallest ratio over ``--repeats``), with one
+variant of the capture per run of this script. The capture keeps only the last step's maps (stride = steps;
+the benchmark times stride 1, every step's maps kept). Variants switch parts off by replacing them
+in-process, so **the maps of every variant but ``full`` are wrong**: this measures time only.
 
 - ``full``: the capture as shipped.
 - ``noscore``: deferred layer calls are dropped instead of scored (no ``lse_columns``, no aggregation of
@@ -70,12 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(3):                                   # warm-up: first-call checks, allocator
         bench._plain(plan)
         bench._captured(plan, args.steps)
-    ratios = []
-    for _ in range(args.repeats):
-        before = bench._plain(plan)[0]
-        captured = bench._captured(plan, args.steps)[0][0]
-        after = bench._plain(plan)[0]
-        ratios.append(captured / ((before + after) / 2))
+    runs = [(args.variant, lambda: bench._captured(plan, args.steps)[0])]
+    ratios = [wall for wall, _ in bench.aba_ratios(plan, runs, args.repeats)[0][args.variant]]
     print(f"{args.family} {args.variant}: captured / plain, median of {args.repeats} A-B-A ratios "
           f"{statistics.median(ratios):.3f}x (smallest {min(ratios):.3f}x)")
     return 0

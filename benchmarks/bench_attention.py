@@ -152,6 +152,24 @@ def _captured(plan: Any, stride: int, seed: int = 0, route: str = "auto",
                 "routes": sorted({i.route for i in cap.info})}
 
 
+def aba_ratios(plan: Any, variants: list[tuple[str, Any]], repeats: int) -> tuple[
+        dict[str, list[tuple[float, float]]], dict[str, list[float]], list[tuple[float, float]]]:
+    """A-B-A pairing: every run of a variant (name, callable returning (wall, CPU) seconds) sits between two
+    plain runs and is divided by their mean, so a machine whose speed drifts (shared CPUs) moves both sides of
+    each ratio. Returns per variant its (wall, CPU) ratios and its wall times, and every plain (wall, CPU)."""
+    ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+    walls: dict[str, list[float]] = {name: [] for name, _ in variants}
+    plains = [_plain(plan)]
+    for _ in range(repeats):
+        for name, run in variants:
+            t = run()
+            walls[name].append(t[0])
+            plains.append(_plain(plan))
+            (aw, ac), (bw, bc) = plains[-2], plains[-1]
+            ratios[name].append((t[0] / ((aw + bw) / 2), t[1] / ((ac + bc) / 2)))
+    return ratios, walls, plains
+
+
 def _map_difference(a: Any, b: Any) -> float:
     """Largest |difference| over every map the two aggregates hold."""
     import numpy as np
@@ -214,22 +232,11 @@ def main() -> None:
         diff = _map_difference(fast["result"], slow["result"])
         if rev:
             _captured(plan, 1, classes=rev)
-        # A-B-A pairing: every captured run sits between two plain runs and is divided by their mean, so a
-        # machine whose speed drifts (shared CPUs) moves both sides of each ratio; medians of the ratios.
         variants = [("lse", lambda p=plan: _captured(p, 1, route="auto")[0]),
                     ("replay", lambda p=plan: _captured(p, 1, route="replay")[0])]
         if rev:
             variants.append(("rev", lambda p=plan: _captured(p, 1, classes=rev)[0]))
-        ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
-        walls: dict[str, list[float]] = {name: [] for name, _ in variants}
-        plains = [_plain(plan)]
-        for _ in range(args.repeats):
-            for name, run in variants:
-                t = run()
-                walls[name].append(t[0])
-                plains.append(_plain(plan))
-                (aw, ac), (bw, bc) = plains[-2], plains[-1]
-                ratios[name].append((t[0] / ((aw + bw) / 2), t[1] / ((ac + bc) / 2)))
+        ratios, walls, plains = aba_ratios(plan, variants, args.repeats)
         pw = statistics.median(x[0] for x in plains)
         best = min(x[0] for x in plains)
         med = {name: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))

@@ -43,7 +43,8 @@ def inception_flops(model: Any, device: str) -> float:
 
 
 def _best_seconds(fn: Any, device: str, reps: int) -> float:
-    """Shortest wall time of ``fn()`` over ``reps`` runs after one warm-up, float32 with TF32 off."""
+    """Shortest wall time of ``reps + 1`` runs of ``fn()`` (the first also warms up; a slower first run does
+    not move the minimum), float32 with TF32 off."""
     import torch
 
     from difflens.metrics.inception import strict_float32
@@ -79,7 +80,7 @@ def conv_rate(device: str, reps: int) -> float:
     conv = torch.nn.Conv2d(192, 192, 3, padding=1, bias=False).to(device)
     conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(16, 192, 35, 35, device=device).contiguous(memory_format=torch.channels_last)
-    return 2.0 * 16 * 192 * 35 * 35 * 192 * 9 / _best_seconds(lambda: conv(x), device, reps + 1)
+    return 2.0 * 16 * 192 * 35 * 35 * 192 * 9 / _best_seconds(lambda: conv(x), device, reps)
 
 
 def extraction_rate(extractor: Any, images: list[Any], batch: int, reps: int, device: str) -> float:
@@ -107,7 +108,8 @@ def run(device: str, num: int, batch: int, reps: int, gemm: int, weights: Path) 
     from difflens.metrics.inception import resolve_inception_weights
     from difflens.metrics.inception_fast import make_inception_extractor
 
-    extractors = {impl: make_inception_extractor(resolve_inception_weights(weights), device=device, impl=impl)
+    resolved = resolve_inception_weights(weights)          # hashes the file: once for both extractors
+    extractors = {impl: make_inception_extractor(resolved, device=device, impl=impl)
                   for impl in ("reference", "fast")}
     flops = inception_flops(extractors["reference"].model, device)
     gemm_rate, conv = matmul_rate(device, gemm, reps=3), conv_rate(device, reps=3)
