@@ -36,25 +36,25 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _clocked(inner: Any, totals: dict[str, float], label: str) -> Any:
+    """``inner`` with each call's wall time added to ``totals[label]``."""
+
+    @functools.wraps(inner)
+    def clocked(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            totals[label] = totals.get(label, 0.0) + time.perf_counter() - t0
+
+    return clocked
+
+
 def _install_timers(totals: dict[str, float]) -> None:
     """Wrap the capture's parts (this process only) so each call adds its wall time to ``totals``."""
     from difflens.attention import aggregate, capture, deferred, lse, wrapper
 
-    def timed(owner: Any, name: str, label: str) -> None:
-        inner = getattr(owner, name)
-
-        @functools.wraps(inner)
-        def clocked(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                totals[label] = totals.get(label, 0.0) + time.perf_counter() - t0
-
-        setattr(owner, name, clocked)
-
-    kernel = lse._cpu_flash()
-    lse._CPU_FLASH[0] = functools.partial(_clocked_kernel, kernel, totals)
+    lse._CPU_FLASH[0] = _clocked(lse._cpu_flash(), totals, "kernel")
     for owner, name, label in (
             (capture.AttentionCapture, "__enter__", "enter"), (capture.AttentionCapture, "__exit__", "exit"),
             (wrapper._CapturingProcessor, "_observe", "observe"), (lse.SdpaTap, "run", "tap.run"),
@@ -64,7 +64,7 @@ def _install_timers(totals: dict[str, float]) -> None:
             (aggregate.OnlineAggregator, "_close_batch", "close_batch"),
             (aggregate, "entropy_and_peak", "entropy_and_peak"),
             (aggregate.OnlineAggregator, "result", "result")):
-        timed(owner, name, label)
+        setattr(owner, name, _clocked(getattr(owner, name), totals, label))
 
 
 def _time_modules(plan: Any, totals: dict[str, float]) -> None:
@@ -72,33 +72,13 @@ def _time_modules(plan: Any, totals: dict[str, float]) -> None:
     (instance attributes: this process only)."""
     from difflens.attention.layout import module_of
 
-    def clock(module: Any, label: str) -> None:
-        inner = module.forward
-
-        @functools.wraps(inner)
-        def clocked(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                totals[label] = totals.get(label, 0.0) + time.perf_counter() - t0
-
-        module.forward = clocked
-
-    clock(plan.denoiser, "denoiser")
-    for layer in plan.layers:
-        clock(module_of(plan.denoiser, layer.name), "attention layers")
+    modules = [(plan.denoiser, "denoiser")]
+    modules += [(module_of(plan.denoiser, layer.name), "attention layers") for layer in plan.layers]
     vae = getattr(plan.pipe, "vae", None)
     if vae is not None:
-        clock(getattr(vae, "decoder", vae), "vae")
-
-
-def _clocked_kernel(kernel: Any, totals: dict[str, float], *args: Any, **kwargs: Any) -> Any:
-    t0 = time.perf_counter()
-    try:
-        return kernel(*args, **kwargs)
-    finally:
-        totals["kernel"] = totals.get("kernel", 0.0) + time.perf_counter() - t0
+        modules.append((getattr(vae, "decoder", vae), "vae"))
+    for module, label in modules:
+        module.forward = _clocked(module.forward, totals, label)
 
 
 def main(argv: list[str] | None = None) -> int:
