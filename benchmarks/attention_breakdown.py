@@ -9,7 +9,6 @@ time inside each part (sums over its calls; the parts nest, so they do not add u
   (medians, plain -> captured), so the capture's cost inside the layers, elsewhere in the denoiser (not the
   capture's code: the cost of its work on the rest, e.g. caches and allocations) and after the denoiser
   (``exit`` and ``result``) can be told apart.
-
 - ``kernel``: the CPU flash kernel the tap calls (the same kernel the plain run calls through
   ``F.scaled_dot_product_attention``); ``tap.handle`` is the kernel plus the tap's Python around it.
 - ``observe``: the capturing processor's calls, the original processor included; ``tap.run`` is the
@@ -34,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: Parts timed in plain and captured runs alike (see :func:`_time_modules`).
+MODULE_LABELS = ("denoiser", "attention layers", "vae")
 
 
 def _clocked(inner: Any, totals: dict[str, float], label: str) -> Any:
@@ -112,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     p_ms, c_ms = ms["plain"]["run"], ms["captured"]["run"]
     print(f"{args.family}: plain {p_ms:.2f} ms, captured {c_ms:.2f} ms (medians of {args.repeats}), "
           f"difference {c_ms - p_ms:.2f} ms ({c_ms / p_ms:.3f}x)")
-    for label in ("denoiser", "attention layers", "vae"):
+    for label in MODULE_LABELS:
         if label in ms["plain"]:
             plain_ms, captured_ms = ms["plain"][label], ms["captured"][label]
             print(f"  {label:18s} plain {plain_ms:7.2f} ms -> captured {captured_ms:7.2f} ms")
     for label, value in ms["captured"].items():
-        if label not in ("run", "denoiser", "attention layers", "vae"):
+        if label != "run" and label not in MODULE_LABELS:
             print(f"  {label:18s} {value:7.2f} ms per captured run")
     return 0
 
